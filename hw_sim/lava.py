@@ -1,0 +1,115 @@
+"""Run a :class:`~hw_sim.network.Network` in Intel's Lava (``fixed_pt`` models), in ``.venv-lava``.
+
+Lava pins numpy < 2 and forks worker processes, so it lives in its own virtual environment. This module
+writes the network (``loihi.h5``) and the inputs to a job folder, starts ``hw_sim.lava_worker`` there in
+its own process group, and reads back a :class:`~hw_sim.network.RunResult` with hw_sim's layout and
+timing. A worker that fails, hangs past ``timeout`` or is killed gives a :class:`LavaError`, and its whole
+process group (Lava's runtime children included) is killed, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .netx_io import netx_exact, save
+from .network import Network, NetworkError, RunResult
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODES = ("auto", "concat", "per_sample")
+BUILDERS = ("description", "netx")
+
+
+class LavaError(RuntimeError):
+    """Lava could not produce a result (missing environment, worker crash, timeout)."""
+
+
+def lava_python() -> Path:
+    """The interpreter of the Lava environment: ``$SBNN_LAVA_PYTHON`` or ``.venv-lava`` in the project."""
+    path = Path(os.environ.get("SBNN_LAVA_PYTHON", PROJECT_ROOT / ".venv-lava" / "bin" / "python"))
+    if not path.exists():
+        raise LavaError(f"the Lava environment is missing ({path}); run `make setup`")
+    return path
+
+
+def choose_mode(network: Network) -> str:
+    """"concat" (samples back to back, exact without biases) or "per_sample" (a fresh run per sample)."""
+    return "concat" if all(not np.any(layer.neurons.bias) for layer in network.layers) else "per_sample"
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: str = "auto",
+        builder: str = "description", workers: int = 1, timeout: float = 600.0) -> RunResult:
+    """Run ``network`` on ``x`` ((batch, T, *input_shape) integers) in Lava; same result as hw_sim.loihi.run.
+
+    ``builder="description"`` builds Lava's Dense/Conv/LIF(Reset) processes from the description;
+    ``"netx"`` has Intel's ``netx.hdf5.Network`` load our ``loihi.h5`` (the network must be
+    :func:`~hw_sim.netx_io.netx_exact`). ``workers`` > 1 splits the batch over parallel Lava processes.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, found {mode!r}")
+    if builder not in BUILDERS:
+        raise ValueError(f"builder must be one of {BUILDERS}, found {builder!r}")
+    x = np.asarray(x)
+    if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
+        raise NetworkError(f"input must have shape (batch, T, {', '.join(map(str, network.input_shape))}), "
+                           f"found {x.shape}")
+    if builder == "netx" and not netx_exact(network):
+        raise ValueError("netx cannot express this network exactly (see hw_sim.netx_exact)")
+    if mode == "auto":
+        mode = choose_mode(network)
+    python = lava_python()
+    chunks = [chunk for chunk in np.array_split(np.arange(x.shape[0]), max(1, min(workers, x.shape[0]))) if chunk.size]
+    with tempfile.TemporaryDirectory(prefix="sbnn-lava-") as scratch:
+        processes = []
+        try:
+            for index, chunk in enumerate(chunks):
+                job_dir = Path(scratch) / f"job{index}"
+                job_dir.mkdir()
+                save(network, job_dir / "loihi.h5")
+                np.save(job_dir / "input.npy", x[chunk].astype(np.int64))
+                (job_dir / "job.json").write_text(json.dumps(
+                    {"builder": builder, "mode": mode, "record_states": record_states}))
+                process = subprocess.Popen(
+                    [str(python), "-m", "hw_sim.lava_worker", str(job_dir)], cwd=PROJECT_ROOT,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"})
+                processes.append((process, job_dir))
+            deadline = time.monotonic() + timeout
+            for process, job_dir in processes:
+                try:
+                    _, stderr = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise LavaError(f"the Lava worker did not finish within {timeout:g} s and was stopped")
+                # The worker's own children (Lava's runtime) may outlive it; the group goes in any case.
+                _kill_group(process)
+                if process.returncode != 0:
+                    message = stderr.decode(errors="replace").strip().splitlines()
+                    reason = message[-1] if message else f"exit status {process.returncode}"
+                    if process.returncode < 0:
+                        reason = f"killed by signal {-process.returncode}"
+                    raise LavaError(f"the Lava worker failed: {reason}")
+        finally:
+            for process, _ in processes:
+                _kill_group(process)
+        parts = [np.load(job_dir / "output.npz") for _, job_dir in processes]
+        layers = range(len(network.layers))
+        result = RunResult(spikes=[np.concatenate([p[f"spikes_{k}"] for p in parts]) for k in layers])
+        if record_states:
+            result.u.extend(np.concatenate([p[f"u_{k}"] for p in parts]) for k in layers)
+            result.v.extend(np.concatenate([p[f"v_{k}"] for p in parts]) for k in layers)
+    return result

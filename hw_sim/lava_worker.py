@@ -1,0 +1,218 @@
+"""The Lava side of :mod:`hw_sim.lava`. Runs inside ``.venv-lava`` (lava-nc 0.10.0, numpy < 2).
+
+Usage: ``python -m hw_sim.lava_worker JOB_DIR``. ``JOB_DIR`` holds ``loihi.h5`` (the network),
+``input.npy`` ((batch, T, *input_shape) integers) and ``job.json`` (``builder``: "description" builds
+Dense/Conv/LIF processes from our description, "netx" loads the file with Intel's
+``netx.hdf5.Network``; ``mode``: "concat" or "per_sample"; ``record_states``). The worker writes
+``output.npz`` with ``spikes_k``, ``u_k``, ``v_k`` per layer in hw_sim's layout and timing, then exits 0.
+Any failure exits non-zero with a one-line message on stderr.
+
+Batching (LOIHI.md §2): Lava has no batch dimension. In "concat" mode the samples run back to back, each
+padded with L zero steps (L = number of layers), and LIFReset clears layer k (1-based) at the sample's
+virtual step k - L + 1, so the last layer is cleared exactly when its first real output step begins. That
+is exact for bias-free networks; with biases, neurons keep integrating through the pad, so the runner
+uses "per_sample" mode (a fresh Lava network per sample) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+# Import fix before the first `import lava` (LOIHI.md §7).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hw_sim import lava_compat  # noqa: E402
+
+lava_compat.install()
+
+from hw_sim.arith import SignMode  # noqa: E402
+from hw_sim.netx_io import load  # noqa: E402
+from hw_sim.network import ConvLayer, Network  # noqa: E402
+
+
+def lava_order(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """(C, H, W) -> Lava's (W, H, C); 1-D shapes unchanged."""
+    return tuple(reversed(shape))
+
+
+def reverse_axes(array: np.ndarray) -> np.ndarray:
+    """(T, C, H, W) <-> Lava's (W, H, C, T) and (T, N) <-> (N, T): both are a reversal of all axes."""
+    return np.ascontiguousarray(array.T)
+
+
+class Built:
+    """The Lava processes of one network: where the source connects and each layer's neuron process."""
+
+    def __init__(self, input_port, neurons: list, keep_alive: list) -> None:
+        self.input_port = input_port
+        self.neurons = neurons
+        self.keep_alive = keep_alive
+
+
+def reset_offsets(num_layers: int, period: int) -> list[int]:
+    """LIFReset offsets (time_step % period) clearing layer k at virtual step k - L + 1 (LOIHI.md §2)."""
+    return [(k - num_layers + 1) % period for k in range(1, num_layers + 1)]
+
+
+def build_from_description(network: Network, period: int | None) -> Built:
+    from lava.proc.conv.process import Conv
+    from lava.proc.dense.process import Dense
+    from lava.proc.lif.process import LIF, LIFReset
+    from lava.utils.weightutils import SignMode as LavaSignMode
+
+    offsets = reset_offsets(len(network.layers), period) if period else None
+    previous_out = None
+    input_port = None
+    neurons, keep = [], []
+    previous_shape = network.input_shape
+    for index, layer in enumerate(network.layers):
+        message_bits = network.input_message_bits if index == 0 else 0
+        params = dict(shape=lava_order(layer.shape), du=layer.neurons.du, dv=layer.neurons.dv,
+                      vth=layer.neurons.vth,
+                      bias_mant=_lava_array(layer.neurons.bias_mant), bias_exp=_lava_array(layer.neurons.bias_exp))
+        lif = LIFReset(**params, reset_interval=period, reset_offset=offsets[index]) if period else LIF(**params)
+        if isinstance(layer, ConvLayer):
+            synapse = Conv(weight=np.ascontiguousarray(layer.weights[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)),
+                           input_shape=lava_order(layer.input_shape), stride=layer.stride[::-1],
+                           padding=layer.padding[::-1], dilation=layer.dilation[::-1], groups=layer.groups,
+                           num_message_bits=message_bits)
+            synapse_in = synapse.s_in
+        else:
+            dense_args = dict(weight_exp=layer.weight_exp, num_weight_bits=layer.num_weight_bits,
+                              num_message_bits=message_bits)
+            if layer.sign_mode != SignMode.INFERRED:
+                dense_args["sign_mode"] = LavaSignMode(int(layer.sign_mode))
+            synapse = Dense(weights=layer.weights, **dense_args)
+            synapse_in = synapse.s_in
+            if layer.recurrent_weights is not None:
+                dense_args["num_message_bits"] = 0
+                recurrent = Dense(weights=layer.recurrent_weights, **dense_args)
+                lif.s_out.connect(recurrent.s_in)
+                recurrent.a_out.connect(lif.a_in)
+                keep.append(recurrent)
+        synapse.a_out.connect(lif.a_in)
+        if previous_out is None:
+            input_port = synapse_in
+        elif len(previous_shape) == 3 and len(layer.shape) == 1:
+            previous_out.transpose([2, 1, 0]).flatten().connect(synapse_in)   # netx's flatten (to C, H, W)
+        else:
+            previous_out.connect(synapse_in)
+        previous_out, previous_shape = lif.s_out, layer.shape
+        neurons.append(lif)
+        keep.append(synapse)
+    return Built(input_port, neurons, keep)
+
+
+def _lava_array(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(2, 1, 0)) if array.ndim == 3 else np.asarray(array)
+
+
+def build_from_netx(path: Path, network: Network, period: int | None) -> Built:
+    from lava.lib.dl.netx import hdf5
+
+    kwargs = dict(net_config=str(path), input_message_bits=network.input_message_bits)
+    if period:
+        # netx clears layer k (0-based) at time_step ≡ reset_offset + 1 + k; we want virtual step k + 2 - L.
+        kwargs.update(reset_interval=period, reset_offset=(1 - len(network.layers)) % period)
+    net = hdf5.Network(**kwargs)
+    return Built(net.inp, [layer.neuron for layer in net.layers], [net])
+
+
+def _import_netx() -> None:
+    """netx imports slayer, whose package __init__ imports cv2 and torchvision for object detection, which
+    netx never uses and which are not installed (LOIHI.md §5): stand-ins let the import complete."""
+    from unittest import mock
+
+    for name in ("cv2", "torchvision", "torchvision.ops", "torchvision.transforms", "torchvision.io",
+                 "torchvision.utils", "torchvision.transforms.functional", "torchvision.datasets"):
+        sys.modules.setdefault(name, mock.MagicMock())
+
+
+def run_once(build, network: Network, data: np.ndarray, steps: int, record_states: bool,
+             ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Build, run ``steps`` Lava steps with ``data`` (*lava_input_shape, steps) as the source, read back."""
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.io.sink import RingBuffer as Sink
+    from lava.proc.io.source import RingBuffer as Source
+    from lava.proc.monitor.process import Monitor
+
+    built = build()
+    source = Source(data=data.astype(np.int32))
+    source.s_out.connect(built.input_port)
+    sinks, monitors = [], []
+    for lif, layer in zip(built.neurons, network.layers):
+        sink = Sink(shape=lava_order(layer.shape), buffer=steps)
+        lif.s_out.connect(sink.a_in)
+        sinks.append(sink)
+        if record_states:
+            pair = (Monitor(), Monitor())
+            pair[0].probe(lif.u, steps)
+            pair[1].probe(lif.v, steps)
+            monitors.append(pair)
+    try:
+        source.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
+        spikes = [reverse_axes(np.asarray(sink.data.get()))
+                  for sink, layer in zip(sinks, network.layers)]
+        us, vs = [], []
+        for (monitor_u, monitor_v), lif, layer in zip(monitors, built.neurons, network.layers):
+            for monitor, name, store in ((monitor_u, "u", us), (monitor_v, "v", vs)):
+                recorded = np.asarray(next(iter(monitor.get_data().values()))[name])  # (steps, *lava_shape)
+                store.append(reverse_axes(recorded.reshape(steps, *lava_order(layer.shape))
+                                          .transpose(*range(1, len(layer.shape) + 1), 0)))
+    finally:
+        source.stop()
+    return spikes, us, vs
+
+
+def main(job_dir: Path) -> None:
+    job = json.loads((job_dir / "job.json").read_text())
+    network = load(job_dir / "loihi.h5")
+    x = np.load(job_dir / "input.npy", allow_pickle=False)
+    batch, steps = x.shape[:2]
+    record_states = bool(job["record_states"])
+    num_layers = len(network.layers)
+    if job["builder"] == "netx":
+        _import_netx()
+
+    def builder(period):
+        if job["builder"] == "netx":
+            return lambda: build_from_netx(job_dir / "loihi.h5", network, period)
+        return lambda: build_from_description(network, period)
+
+    outputs: dict[str, list] = {"spikes": [[] for _ in network.layers], "u": [[] for _ in network.layers],
+                                "v": [[] for _ in network.layers]}
+    if job["mode"] == "concat":
+        period = steps + num_layers
+        data = np.zeros((*lava_order(network.input_shape), batch * period), dtype=np.int64)
+        for i in range(batch):
+            data[..., i * period:i * period + steps] = reverse_axes(x[i])
+        results = run_once(builder(period), network, data, batch * period, record_states)
+        for name, per_layer in zip(("spikes", "u", "v"), results):
+            for k, series in enumerate(per_layer):
+                outputs[name][k] = [series[i * period:i * period + steps] for i in range(batch)]
+    else:
+        for i in range(batch):
+            results = run_once(builder(None), network, reverse_axes(x[i]), steps, record_states)
+            for name, per_layer in zip(("spikes", "u", "v"), results):
+                for k, series in enumerate(per_layer):
+                    outputs[name][k].append(series)
+    arrays = {}
+    for name, per_layer in outputs.items():
+        for k, samples in enumerate(per_layer):
+            if samples:
+                arrays[f"{name}_{k}"] = np.stack(samples).astype(np.uint8 if name == "spikes" else np.int64)
+    np.savez(job_dir / "output.npz", **arrays)
+
+
+if __name__ == "__main__":
+    try:
+        main(Path(sys.argv[1]))
+    except Exception as error:  # one line for the parent; the full trace goes to the log file
+        (Path(sys.argv[1]) / "worker.log").write_text(traceback.format_exc())
+        print(f"{type(error).__name__}: {error}".replace("\n", " "), file=sys.stderr)
+        sys.exit(3)

@@ -1,0 +1,411 @@
+"""``loihi.h5``: a :class:`Network` in the lava-dl netx HDF5 layout (LOIHI.md §5).
+
+The file is one Intel's ``netx.hdf5.Network`` loads unchanged: root group ``layer`` with ``"0"`` (type
+``input``, shape), then one group per layer (``dense``, ``dense_rec``, ``conv``, ``flatten``) with
+``weight`` (and ``weight_rec``), ``bias``, conv geometry and a ``neuron`` group (``CUBA``: ``iDecay`` =
+du + 1, ``vDecay`` = dv, ``vThMant`` = vth); a readout dense layer has no neuron group.
+
+netx derives the synapse's exponent, weight bits and sign mode from the stored weights and always uses
+bias exponent 6, so it can express only part of what Lava can run. Every layer therefore also stores
+its exact Lava parameters in a ``lava`` sub-group (ignored by netx), which :func:`load` prefers. The
+standard fields are written so that netx computes the very same network whenever that is possible;
+:func:`netx_exact` says whether it is, and a file that claims it (root attribute ``netx_exact``) is
+checked on load. Files written by slayer (no ``lava`` groups) are read the way netx reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .arith import SignMode, effective_bias, infer_sign_mode, netx_optimize_weight_bits, prepare_dense_weights, shift_by_exponent
+from .network import (READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
+
+FORMAT = "sbnn-loihi/1"
+NETX_BIAS_EXP = 6
+MAX_ELEMENTS = 1 << 28   # refuse absurd declared dataset sizes before reading them
+
+
+class LoihiFileError(ValueError):
+    """A ``loihi.h5`` that cannot be read; the message names the file, the layer and the field."""
+
+
+# --------------------------------------------------------------------------------------------------
+# What a synapse computes, to decide whether netx's reading of the standard fields equals ours.
+
+def _synapse_behaviour(weights: np.ndarray, sign_mode: SignMode, bits: int, exponent: int) -> tuple:
+    """A canonical form of shift(Σ W_q s, exponent): ("linear", effective weights) when the shift is
+    exact for every input, else ("floor", W_q, exponent)."""
+    prepared = prepare_dense_weights(weights, sign_mode, bits)
+    if exponent >= 0:
+        return ("linear", prepared << exponent)
+    if np.all(prepared % (1 << -exponent) == 0):
+        return ("linear", prepared >> -exponent)
+    return ("floor", prepared, exponent)
+
+
+def _same_behaviour(a: tuple, b: tuple) -> bool:
+    return a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1:], b[1:]))
+
+
+def _netx_dense_weights(layer: DenseLayer) -> tuple[np.ndarray, np.ndarray | None]:
+    """The file weights for netx: the effective weights when the synapse is linear, else the raw ones."""
+    def file_weights(weights: np.ndarray, sign_mode: SignMode) -> np.ndarray:
+        behaviour = _synapse_behaviour(weights, sign_mode, layer.num_weight_bits, layer.weight_exp)
+        return behaviour[1] if behaviour[0] == "linear" else weights
+    weight = file_weights(layer.weights, layer.sign_mode)
+    if layer.recurrent_weights is None:
+        return weight, None
+    return weight, file_weights(layer.recurrent_weights, layer.effective_sign_mode(layer.recurrent_weights))
+
+
+def _netx_dense_reading(weight: np.ndarray, weight_rec: np.ndarray | None) -> tuple[dict, np.ndarray | None]:
+    """How netx turns file weights into Lava Dense parameters (sign mode left for Lava to infer)."""
+    if weight_rec is None:
+        scaled, bits, exponent = netx_optimize_weight_bits(weight)
+        return dict(weights=scaled, weight_exp=exponent, num_weight_bits=bits), None
+    scaled, bits, exponent = netx_optimize_weight_bits(np.hstack([weight, weight_rec]))
+    return (dict(weights=scaled[:, :weight.shape[1]], weight_exp=exponent, num_weight_bits=bits),
+            scaled[:, weight.shape[1]:])
+
+
+def _netx_bias(neurons: CubaNeurons) -> np.ndarray | None:
+    """netx's bias mantissa (exponent 6) equal to our effective bias, or None when there is none."""
+    bias = neurons.bias
+    if np.any(bias % (1 << NETX_BIAS_EXP)):
+        return None
+    mant = bias >> NETX_BIAS_EXP
+    return mant if np.abs(mant).max(initial=0) < (1 << 15) else None
+
+
+def _layer_behaviour(layer: Layer) -> tuple:
+    neurons = layer.neurons
+    common = ((neurons.du, neurons.dv, neurons.vth), neurons.bias)
+    if isinstance(layer, ConvLayer):
+        return ("conv", layer.weights, layer.stride, layer.padding, layer.dilation, layer.groups) + common
+    synapses = [_synapse_behaviour(layer.weights, layer.sign_mode, layer.num_weight_bits, layer.weight_exp)]
+    if layer.recurrent_weights is not None:
+        synapses.append(_synapse_behaviour(layer.recurrent_weights, layer.effective_sign_mode(layer.recurrent_weights), layer.num_weight_bits, layer.weight_exp))
+    return ("dense", *synapses) + common
+
+
+def _behaviours_equal(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_behaviours_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+def equivalent(a: Network, b: Network) -> bool:
+    """True when two descriptions compute the same spikes for every input (e.g. netx's reading of a
+    file and its exact parameters): same shapes, neuron parameters, effective biases and synapses."""
+    return (a.input_shape == b.input_shape and a.input_message_bits == b.input_message_bits
+            and len(a.layers) == len(b.layers)
+            and all(_behaviours_equal(_layer_behaviour(x), _layer_behaviour(y)) for x, y in zip(a.layers, b.layers)))
+
+
+def netx_exact(network: Network) -> bool:
+    """True when Intel's netx, reading only the standard fields we write, runs exactly this network."""
+    with h5py.File(f"netx-view-{id(network)}.h5", "w", driver="core", backing_store=False) as handle:
+        write_layers(handle, network)
+        try:
+            netx_view = read_network(handle, Path("<memory>"), use_lava_groups=False)
+        except LoihiFileError:
+            return False
+    return equivalent(network, netx_view)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+
+def _string(group: h5py.Group, name: str, value: str) -> None:
+    group.create_dataset(name, data=np.array([value.encode("ascii")], dtype="S10"))
+
+
+def _write_neurons(group: h5py.Group, neurons: CubaNeurons, layer_shape: tuple[int, ...], readout: bool) -> None:
+    netx_bias = _netx_bias(neurons)
+    if netx_bias is not None and np.any(netx_bias):
+        group.create_dataset("bias", data=_to_netx_bias_layout(netx_bias, layer_shape))
+    if readout:
+        return
+    neuron = group.create_group("neuron")
+    _string(neuron, "type", "CUBA")
+    for name, value in (("iDecay", neurons.du + 1), ("vDecay", neurons.dv), ("vThMant", neurons.vth),
+                        ("refDelay", 1), ("gradedSpike", 0)):
+        neuron.create_dataset(name, data=np.int64(value))
+
+
+def _to_netx_bias_layout(bias: np.ndarray, layer_shape: tuple[int, ...]) -> np.ndarray:
+    """Dense: (N,). Conv: per channel (C,) when constant over (H, W), else netx's (W, H, C) order."""
+    if len(layer_shape) == 1:
+        return bias
+    per_channel = bias[:, :1, :1]
+    if np.all(bias == per_channel):
+        return per_channel[:, 0, 0]
+    return bias.transpose(2, 1, 0)
+
+
+def _write_lava_group(group: h5py.Group, layer: Layer) -> None:
+    lava = group.create_group("lava")
+    lava.create_dataset("weight", data=layer.weights)
+    if isinstance(layer, DenseLayer):
+        for name in ("weight_exp", "num_weight_bits", "sign_mode"):
+            lava.create_dataset(name, data=np.int64(getattr(layer, name)))
+        if layer.recurrent_weights is not None:
+            lava.create_dataset("weight_rec", data=layer.recurrent_weights)
+    neurons = layer.neurons
+    for name in ("du", "dv", "vth"):
+        lava.create_dataset(name, data=np.int64(getattr(neurons, name)))
+    lava.create_dataset("bias_mant", data=neurons.bias_mant)
+    lava.create_dataset("bias_exp", data=neurons.bias_exp)
+
+
+def write_layers(handle: h5py.File, network: Network) -> None:
+    root = handle.create_group("layer")
+    entries: list[tuple[str, Layer | None]] = []
+    previous_is_conv = len(network.input_shape) == 3
+    for layer in network.layers:
+        if isinstance(layer, DenseLayer) and previous_is_conv:
+            entries.append(("flatten", None))
+        entries.append(("conv" if isinstance(layer, ConvLayer) else
+                        "dense_rec" if layer.recurrent_weights is not None else "dense", layer))
+        previous_is_conv = isinstance(layer, ConvLayer)
+    input_group = root.create_group("0")
+    _string(input_group, "type", "input")
+    input_group.create_dataset("shape", data=np.array(network.input_shape, dtype=np.int64))
+    input_group.create_dataset("inputMessageBits", data=np.int64(network.input_message_bits))
+    for index, (kind, layer) in enumerate(entries, start=1):
+        group = root.create_group(str(index))
+        _string(group, "type", kind)
+        if layer is None:
+            continue
+        group.create_dataset("shape", data=np.array(layer.shape, dtype=np.int64))
+        if isinstance(layer, ConvLayer):
+            group.create_dataset("weight", data=layer.weights)
+            for name in ("stride", "padding", "dilation"):
+                group.create_dataset(name, data=np.array(getattr(layer, name), dtype=np.int64))
+            group.create_dataset("groups", data=np.int64(layer.groups))
+        else:
+            weight, weight_rec = _netx_dense_weights(layer)
+            group.create_dataset("weight", data=weight)
+            if weight_rec is not None:
+                group.create_dataset("weight_rec", data=weight_rec)
+        _write_neurons(group, layer.neurons, layer.shape, isinstance(layer, DenseLayer) and layer.readout)
+        _write_lava_group(group, layer)
+
+
+def save(network: Network, path: str | os.PathLike) -> Path:
+    """Write ``network`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    try:
+        with h5py.File(temporary, "w") as handle:
+            handle.attrs["format"] = FORMAT
+            handle.attrs["netx_exact"] = netx_exact(network)
+            write_layers(handle, network)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+
+class _Reader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = ""
+
+    def fail(self, message: str) -> LoihiFileError:
+        return LoihiFileError(f"{self.path}: {self.where}{message}")
+
+    def array(self, group: h5py.Group, name: str, *, required: bool = True) -> np.ndarray | None:
+        if name not in group:
+            if required:
+                raise self.fail(f"missing field '{name}'")
+            return None
+        dataset = group[name]
+        if not isinstance(dataset, h5py.Dataset):
+            raise self.fail(f"field '{name}' is not a dataset")
+        if dataset.size > MAX_ELEMENTS:
+            raise self.fail(f"field '{name}' declares {dataset.size} elements, more than {MAX_ELEMENTS}")
+        try:
+            value = np.asarray(dataset[()])
+        except (OSError, ValueError, TypeError) as error:
+            raise self.fail(f"field '{name}' cannot be read ({error})")
+        if value.dtype.kind not in "iuf" and not (value.dtype.kind == "b"):
+            raise self.fail(f"field '{name}' must be numeric, found {value.dtype}")
+        if value.dtype.kind == "f" and (not np.all(np.isfinite(value)) or np.any(value != np.round(value))):
+            raise self.fail(f"field '{name}' must be integer-valued")
+        return value.astype(np.int64)
+
+    def scalar(self, group: h5py.Group, name: str, *, default: int | None = None) -> int:
+        value = self.array(group, name, required=default is None)
+        if value is None:
+            return default
+        if value.size != 1:
+            raise self.fail(f"field '{name}' must be a single integer, found shape {value.shape}")
+        return int(value.reshape(-1)[0])
+
+    def string(self, group: h5py.Group, name: str) -> str:
+        if name not in group or not isinstance(group[name], h5py.Dataset):
+            raise self.fail(f"missing field '{name}'")
+        value = np.asarray(group[name][()]).reshape(-1)
+        if value.size != 1 or value.dtype.kind not in "SOU":
+            raise self.fail(f"field '{name}' must be one string")
+        item = value[0]
+        return (item.decode("ascii", "replace") if isinstance(item, bytes) else str(item)).strip()
+
+
+def _bias_from_netx(bias: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """netx's bias field -> per-neuron bias in our layout: (N,) for dense; (C,) or (W, H, C) for conv."""
+    if bias is None:
+        return np.zeros(shape, dtype=np.int64)
+    if len(shape) == 1 and bias.size == shape[0]:
+        return bias.reshape(shape)
+    if len(shape) == 3 and bias.shape == tuple(reversed(shape)):
+        return bias.transpose(2, 1, 0)
+    if len(shape) == 3 and bias.shape == (shape[0],):
+        return np.broadcast_to(bias[:, None, None], shape)
+    raise ValueError(f"bias of shape {bias.shape} does not fit layer shape {shape}")
+
+
+def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[int, ...],
+                use_lava_groups: bool) -> Layer:
+    shape = tuple(int(n) for n in reader.array(group, "shape"))
+    lava = group.get("lava") if use_lava_groups else None
+    if lava is not None and not isinstance(lava, h5py.Group):
+        raise reader.fail("field 'lava' is not a group")
+    has_neuron = "neuron" in group
+    if lava is not None:
+        reader.where += "lava/"
+        neurons = CubaNeurons(du=reader.scalar(lava, "du"), dv=reader.scalar(lava, "dv"),
+                              vth=reader.scalar(lava, "vth"), bias_mant=reader.array(lava, "bias_mant"),
+                              bias_exp=reader.array(lava, "bias_exp"))
+    else:
+        if has_neuron:
+            neuron = group["neuron"]
+            neuron_type = reader.string(neuron, "type")
+            if neuron_type not in ("CUBA", "LOIHI"):
+                raise reader.fail(f"neuron type '{neuron_type}' is not supported (CUBA or LOIHI)")
+            params = dict(du=reader.scalar(neuron, "iDecay") - 1, dv=reader.scalar(neuron, "vDecay"),
+                          vth=reader.scalar(neuron, "vThMant"))
+        elif kind == "conv":
+            raise reader.fail("missing group 'neuron'")
+        else:
+            params = dict(READOUT_NEURON)
+        try:
+            bias = _bias_from_netx(reader.array(group, "bias", required=False), shape)
+        except ValueError as error:
+            raise reader.fail(f"field 'bias': {error}")
+        neurons = CubaNeurons.create(shape, **params, bias_mant=bias, bias_exp=NETX_BIAS_EXP)
+    source = lava if lava is not None else group
+    if kind == "conv":
+        return ConvLayer(weights=reader.array(source, "weight"), neurons=neurons, input_shape=previous,
+                         stride=tuple(reader.array(group, "stride").reshape(-1)),
+                         padding=tuple(reader.array(group, "padding").reshape(-1)),
+                         dilation=tuple(reader.array(group, "dilation").reshape(-1)),
+                         groups=reader.scalar(group, "groups"))
+    readout = not has_neuron
+    if lava is not None:
+        return DenseLayer(weights=reader.array(lava, "weight"), neurons=neurons,
+                          weight_exp=reader.scalar(lava, "weight_exp"),
+                          num_weight_bits=reader.scalar(lava, "num_weight_bits"),
+                          sign_mode=reader.scalar(lava, "sign_mode"),
+                          recurrent_weights=reader.array(lava, "weight_rec", required=kind == "dense_rec"),
+                          readout=readout)
+    weight = reader.array(group, "weight")
+    if weight.ndim == 1:
+        weight = weight.reshape(shape[0], -1)
+    weight_rec = reader.array(group, "weight_rec") if kind == "dense_rec" else None
+    if weight_rec is not None and weight_rec.ndim == 1:
+        weight_rec = weight_rec.reshape(shape[0], -1)
+    try:
+        reading, rec_scaled = _netx_dense_reading(weight, weight_rec)
+    except ValueError as error:
+        raise reader.fail(f"field 'weight': {error}")
+    return DenseLayer(**reading, neurons=neurons, recurrent_weights=rec_scaled, readout=readout)
+
+
+def load(path: str | os.PathLike) -> Network:
+    """Read and validate a ``loihi.h5``; any problem is a :class:`LoihiFileError` naming file, layer and field."""
+    path = Path(path)
+    reader = _Reader(path)
+    if not path.is_file():
+        raise reader.fail("no such file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise reader.fail(f"not an HDF5 file ({error})")
+    with handle:
+        network = read_network(handle, path)
+        if bool(handle.attrs.get("netx_exact", False)):
+            try:
+                netx_view = read_network(handle, path, use_lava_groups=False)
+            except LoihiFileError:
+                netx_view = None
+            if netx_view is None or not equivalent(network, netx_view):
+                raise reader.fail("claims netx_exact but its netx fields disagree with its exact Lava parameters")
+        return network
+
+
+def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True) -> Network:
+    """Read the layers of an open netx file; ``use_lava_groups=False`` reads it exactly as netx does."""
+    reader = _Reader(path)
+    root = handle.get("layer")
+    if not isinstance(root, h5py.Group):
+        raise reader.fail("missing group 'layer' (not a netx network file)")
+    names = sorted(root.keys(), key=lambda name: int(name) if name.isdigit() else -1)
+    if names != [str(i) for i in range(len(names))] or not names:
+        raise reader.fail(f"layer groups must be named 0..N-1, found {sorted(root.keys())[:10]}")
+    layers: list[Layer] = []
+    input_shape: tuple[int, ...] | None = None
+    input_message_bits = 0
+    flatten_pending = False
+    for name in names:
+        reader.where = f"layer {name}: "
+        group = root[name]
+        if not isinstance(group, h5py.Group):
+            raise reader.fail("is not a group")
+        kind = reader.string(group, "type")
+        try:
+            if kind == "input":
+                if name != "0":
+                    raise reader.fail("an input layer must come first")
+                if "neuron" in group:
+                    raise reader.fail("input layers with neurons are not supported")
+                input_shape = tuple(int(n) for n in reader.array(group, "shape"))
+                input_message_bits = reader.scalar(group, "inputMessageBits", default=0)
+                continue
+            if input_shape is None:
+                raise reader.fail("the first layer must be 'input' with the input shape")
+            previous = layers[-1].shape if layers else input_shape
+            if kind == "flatten":
+                flatten_pending = True
+                continue
+            if kind not in ("dense", "dense_rec", "conv"):
+                raise reader.fail(f"layer type '{kind}' is not supported (dense, dense_rec, conv, flatten)")
+            if kind != "conv" and len(previous) == 3 and not flatten_pending:
+                raise reader.fail("a dense layer after a conv layer needs a 'flatten' layer before it")
+            flatten_pending = False
+            layers.append(_read_layer(reader, group, kind, previous, use_lava_groups))
+        except NetworkError as error:
+            raise reader.fail(str(error))
+        except (KeyError, TypeError) as error:
+            raise reader.fail(f"malformed ({error})")
+    reader.where = ""
+    try:
+        network = Network(input_shape=input_shape or (), layers=tuple(layers),
+                          input_message_bits=input_message_bits)
+    except NetworkError as error:
+        raise reader.fail(str(error))
+    return network

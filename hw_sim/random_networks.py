@@ -1,0 +1,114 @@
+"""Seeded random networks over the whole Lava parameter space, for verification, demos and benchmarks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .arith import SignMode
+from .network import ConvLayer, CubaNeurons, DenseLayer, Network, conv_output_hw
+
+
+def _neurons(rng: np.random.Generator, shape: tuple[int, ...], *, bias: bool, stress: bool,
+             drive: float) -> CubaNeurons:
+    """Random neurons whose threshold is a random multiple of ``drive``, the typical |input| per step
+    (in a_in units), so that random networks are neither silent nor saturated."""
+    vth = int(np.clip(drive * rng.uniform(0.2, 2.0), 0, (1 << 17) - 1))
+    if stress:
+        du, dv = int(rng.choice([0, 4095, int(rng.integers(0, 4096))])), int(rng.choice([0, 4096, int(rng.integers(0, 4097))]))
+        vth = int(rng.choice([0, 1, (1 << 17) - 1, vth]))
+    else:
+        du, dv = int(rng.integers(0, 4096)), int(rng.integers(0, 4097))
+    if bias:
+        # The bias is not MSB-aligned: 64 bias units equal one unit of a_in.
+        mant = rng.integers(-300, 500, size=shape) * max(1, int(drive) // 8)
+        mant = np.clip(mant, -(1 << 15), (1 << 15) - 1)
+        exp = rng.integers(-3, 3, size=shape) if stress else np.full(shape, int(rng.integers(0, 3)))
+    else:
+        mant, exp = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    return CubaNeurons(du=du, dv=dv, vth=vth, bias_mant=mant, bias_exp=exp)
+
+
+def _drive(weights: np.ndarray, scale: float, density: float) -> float:
+    """Typical net synaptic input per step when a fraction ``density`` of the inputs spike."""
+    rows = weights.reshape(weights.shape[0], -1)
+    net = max(float(rows.sum(axis=1).mean()), 0.1 * float(np.abs(rows).sum(axis=1).mean()))
+    return max(1.0, net * density * scale)
+
+
+def _dense_weights(rng: np.random.Generator, out: int, inp: int, sign_mode: SignMode) -> np.ndarray:
+    weights = rng.integers(-200, 256, size=(out, inp))
+    if sign_mode == SignMode.EXCITATORY:
+        weights = np.abs(weights) % 256
+    elif sign_mode == SignMode.INHIBITORY:
+        weights = -(np.abs(weights) % 256)
+    return weights
+
+
+def random_network(seed: int, *, input_shape: tuple[int, ...] = (32,), hidden: tuple[int, ...] = (48,),
+                   outputs: int = 10, conv_channels: tuple[int, ...] = (), recurrent: bool = False,
+                   bias: bool = True, stress: bool = False, readout: bool = False,
+                   input_message_bits: int = 0, netx_compatible: bool = False) -> Network:
+    """A random integer network: optional conv layers (3x3, random stride and padding) on a (C, H, W)
+    input, dense hidden layers (the first recurrent if asked), then ``outputs`` neurons (a readout
+    integrator if ``readout``). Weights, exponents, weight bits, sign modes, decays, thresholds and biases
+    are drawn over Lava's ranges; ``stress`` adds extremes (du/dv at their limits, thresholds 0 and
+    2^17 - 1, large weight exponents) and makes the last layer a slow integrator of large
+    sums, so that u wraps and v saturates. ``netx_compatible`` restricts
+    the draw to what netx can express exactly (weights in [-127, 127], exponent 0, bias exponent 6)."""
+    rng = np.random.default_rng(seed)
+    layers = []
+    shape = tuple(input_shape)
+    for channels in conv_channels:
+        stride, padding = int(rng.integers(1, 3)), int(rng.integers(0, 2))
+        h, w = conv_output_hw(shape[1:], (3, 3), (stride, stride), (padding, padding), (1, 1))
+        weights = rng.integers(-30 if not stress else -3000, 41 if not stress else 3001, size=(channels, shape[0], 3, 3))
+        neurons = _neurons(rng, (channels, h, w), bias=bias, stress=stress, drive=_drive(weights, 1, 0.2))
+        layer = ConvLayer(weights=weights, neurons=neurons,
+                          input_shape=shape, stride=(stride, stride), padding=(padding, padding))
+        layers.append(_netx_bias(layer) if netx_compatible else layer)
+        shape = layer.shape
+    widths = list(hidden) + [outputs]
+    for index, width in enumerate(widths):
+        sign_mode = SignMode(int(rng.choice(4, p=[0.35, 0.35, 0.2, 0.1])))
+        is_readout = readout and index == len(widths) - 1
+        weights = _dense_weights(rng, width, int(np.prod(shape)), sign_mode)
+        weight_exp = int(rng.integers(-7, 8)) if stress else int(rng.integers(-3, 3))
+        if netx_compatible:
+            weights, weight_exp, sign_mode = np.clip(weights, -127, 127), 0, SignMode.INFERRED
+        neurons = (CubaNeurons.integrator((width,), bias_mant=rng.integers(-50, 50, size=width) if bias else 0)
+                   if is_readout else _neurons(rng, (width,), bias=bias, stress=stress,
+                                               drive=_drive(weights, 2.0 ** weight_exp, 0.2)))
+        layers.append(DenseLayer(
+            weights=weights, neurons=neurons, weight_exp=weight_exp,
+            num_weight_bits=8 if netx_compatible else int(rng.integers(1, 9)), sign_mode=sign_mode,
+            recurrent_weights=(_dense_weights(rng, width, width, sign_mode)
+                               if recurrent and index == 0 and not is_readout else None),
+            readout=is_readout))
+        if netx_compatible:
+            layers[-1] = _netx_bias(layers[-1])
+        if stress and index == len(widths) - 1 and not is_readout:
+            # A near-integrator at the top threshold, fed by large excitatory sums: u wraps and v saturates.
+            from dataclasses import replace
+            layers[-1] = replace(layers[-1], weights=np.abs(layers[-1].weights) % 256, weight_exp=7,
+                                 num_weight_bits=8, sign_mode=SignMode.EXCITATORY,
+                                 neurons=replace(layers[-1].neurons, du=0, dv=0, vth=(1 << 17) - 1),
+                                 recurrent_weights=None)
+        shape = (width,)
+    return Network(input_shape=tuple(input_shape), layers=tuple(layers), input_message_bits=input_message_bits)
+
+
+def _netx_bias(layer):
+    """The same layer with its bias re-expressed with netx's fixed exponent 6 (rounded to a multiple of 64)."""
+    from dataclasses import replace
+    mant = np.clip(layer.neurons.bias >> 6, -(1 << 15), (1 << 15) - 1)
+    return replace(layer, neurons=replace(layer.neurons, bias_mant=mant, bias_exp=np.full(mant.shape, 6)))
+
+
+def random_input(seed: int, network: Network, batch: int, steps: int, density: float = 0.3) -> np.ndarray:
+    """Random input spikes (batch, T, *input_shape): binary with ``density``, or graded payloads 0..199."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, steps, *network.input_shape)
+    spikes = rng.random(shape) < density
+    if network.input_message_bits:
+        return spikes * rng.integers(1, 200, size=shape)
+    return spikes.astype(np.uint8)

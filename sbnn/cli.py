@@ -1,0 +1,180 @@
+"""The ``sbnn`` command line (also ``python -m sbnn``).
+
+Exit codes: 0 ok, 1 verification failed, 2 bad input (a one-line message on stderr, never a traceback),
+3 Lava could not run (missing environment, worker crash or timeout).
+Every command that produces numbers takes ``--json`` and then prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_BAD_INPUT, EXIT_LAVA_FAILED = 0, 1, 2, 3
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for or gave us: reported in one line, exit code 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+def _network_file(export: Path) -> Path:
+    path = export / "loihi.h5" if export.is_dir() else export
+    if not path.exists():
+        raise UserError(f"{path}: no such file (expected an export folder holding loihi.h5, or the file itself)")
+    return path
+
+
+def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: int, density: float) -> tuple[np.ndarray, str]:
+    """Input spikes for simulate/verify: ``inputs.npy`` beside loihi.h5 when present, else seeded random spikes."""
+    from hw_sim.random_networks import random_input
+
+    folder = export if export.is_dir() else export.parent
+    stored = folder / "inputs.npy"
+    if stored.exists():
+        try:
+            x = np.load(stored, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise UserError(f"{stored}: cannot be read as a numpy array ({error})")
+        if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
+            raise UserError(f"{stored}: shape {x.shape} does not match (batch, T, {network.input_shape})")
+        return (x[:limit] if limit else x), str(stored)
+    x = random_input(seed, network, limit or 8, steps, density)
+    return x, f"random spikes (seed {seed}, density {density})"
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    import hw_sim
+
+    path = _network_file(Path(args.export))
+    network = hw_sim.load(path)
+    x, source = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+                             density=args.density)
+    report = hw_sim.verify(network, x, builder=args.builder, workers=args.workers, timeout=args.timeout)
+    if args.json:
+        print(json.dumps({**report.to_json(), "network": str(path), "input": source, "builder": args.builder}))
+    else:
+        print(f"{path}: {source}")
+        print(report.summary())
+        print(f"time: hw_sim {report.seconds['hw_sim']:.3f} s, lava {report.seconds['lava']:.2f} s")
+    return EXIT_OK if report.bit_exact else EXIT_DIFFERENT
+
+
+def command_simulate(args: argparse.Namespace) -> int:
+    import hw_sim
+
+    path = _network_file(Path(args.export))
+    network = hw_sim.load(path)
+    x, source = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+                             density=args.density)
+    start = time.perf_counter()
+    if args.backend == "hw_sim":
+        result = network.run(x)
+    elif args.backend == "lava":
+        result = hw_sim.lava.run(network, x, workers=args.workers, timeout=args.timeout)
+    else:
+        raise UserError("the torch backend needs an exported float model, which this export does not have yet")
+    seconds = time.perf_counter() - start
+    rates = [float(s.mean()) for s in result.spikes]
+    summary = {"backend": args.backend, "samples": int(x.shape[0]), "steps": int(x.shape[1]), "input": source,
+               "output_spikes": int(result.spikes[-1].sum()), "firing_rates": rates, "seconds": seconds,
+               "accuracy": None}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{path}: {x.shape[0]} samples x {x.shape[1]} steps on {args.backend} in {seconds:.3f} s")
+        for k, rate in enumerate(rates):
+            print(f"  layer {k}: firing rate {rate:.4f}")
+    return EXIT_OK
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    """Until the training pipeline lands: build, save, simulate and verify a small network end to end."""
+    import hw_sim
+    from hw_sim.random_networks import random_input, random_network
+
+    out = Path(args.out)
+    network = random_network(args.seed, input_shape=(2, 10, 10), conv_channels=(4,), hidden=(32,), outputs=10,
+                             netx_compatible=True, bias=False)
+    path = hw_sim.save(network, out / "export" / "loihi.h5")
+    x = random_input(args.seed, network, args.samples, args.steps, density=0.2)
+    np.save(out / "export" / "inputs.npy", x)
+    print(f"wrote {path} (conv 2x10x10 -> 4 channels -> dense 32 -> 10; netx-exact: {hw_sim.netx_exact(network)})")
+    result = network.run(x)
+    print("hw_sim firing rates per layer: " + ", ".join(f"{s.mean():.3f}" for s in result.spikes))
+    exit_code = EXIT_OK
+    for builder in ("description", "netx"):
+        report = hw_sim.verify(network, x, builder=builder)
+        print(f"Lava ({'processes built from the description' if builder == 'description' else 'Intel netx loading loihi.h5'}): "
+              f"{report.summary()}; hw_sim {report.seconds['hw_sim']:.3f} s vs lava {report.seconds['lava']:.2f} s")
+        exit_code = max(exit_code, EXIT_OK if report.bit_exact else EXIT_DIFFERENT)
+    print(f"verify it yourself: sbnn verify {out / 'export'}")
+    return exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sbnn", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_input_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("export", help="export folder (holding loihi.h5) or a loihi.h5 file")
+        command.add_argument("--limit", type=_positive_int, help="number of samples (default: all stored, or 8)")
+        command.add_argument("--steps", type=_positive_int, default=50, help="steps of random input (default 50)")
+        command.add_argument("--density", type=float, default=0.2, help="random input spike density")
+        command.add_argument("--seed", type=int, default=0, help="seed of the random input")
+        command.add_argument("--workers", type=_positive_int, default=1, help="parallel Lava processes")
+        command.add_argument("--timeout", type=float, default=600.0, help="seconds before Lava is stopped")
+        command.add_argument("--json", action="store_true", help="print one JSON object")
+
+    verify = commands.add_parser("verify", help="hw_sim vs Lava, spike for spike (and u, v)")
+    add_input_options(verify)
+    verify.add_argument("--builder", choices=("description", "netx"), default="description",
+                        help="build Lava processes from our description, or load loihi.h5 with Intel's netx")
+    verify.set_defaults(handler=command_verify)
+
+    simulate = commands.add_parser("simulate", help="run an export on one backend")
+    add_input_options(simulate)
+    simulate.add_argument("--backend", choices=("hw_sim", "lava", "torch"), default="hw_sim")
+    simulate.set_defaults(handler=command_simulate)
+
+    demo = commands.add_parser("demo", help="the built-in end-to-end demo")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--samples", type=_positive_int, default=4)
+    demo.add_argument("--steps", type=_positive_int, default=30)
+    demo.set_defaults(handler=command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hw_sim import LoihiFileError, NetworkError
+    from hw_sim.lava import LavaError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (UserError, LoihiFileError, NetworkError) as error:
+        print(f"sbnn {args.command}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except LavaError as error:
+        print(f"sbnn {args.command}: {error}", file=sys.stderr)
+        return EXIT_LAVA_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Datasets for SBNN training: benchmark files read from disk, built-in offline data, encoders.
+
+Nothing here downloads. Benchmarks (SHD, DVS Gesture, CIFAR-10) are read from the original files in a
+folder the user names; digits and Randman need no files; users can bring their own arrays as an `.npz`.
+
+Array conventions (all numpy):
+
+- Static features: ``x`` of shape ``(N, *feature_shape)``, float32 (digits ``(N, 64)`` in [0, 1],
+  CIFAR-10 ``(N, 3, 32, 32)`` in [0, 1]).
+- Spike trains: ``x`` of shape ``(N, T, *input_shape)``, time second. Binary spikes are uint8 0/1;
+  spike counts (``binary=False``) and analog ("direct") inputs are float32.
+- Labels: ``y`` of shape ``(N,)``, int64 class indices in ``[0, num_classes)``.
+
+Entry point: :func:`load_dataset`. Every problem with a file raises :class:`DataError`, whose one-line
+message names the file and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A dataset file is missing or malformed; the message names the file and the expected format."""
+
+    def __init__(self, message: str) -> None:
+        # Library errors quoted inside a message may span lines; keep the message to one line.
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+@dataclass
+class Dataset:
+    """A train/test split held in memory.
+
+    Attributes:
+        name: dataset name as given to :func:`load_dataset`.
+        x_train, x_test: inputs, ``(N, *input_shape)`` for static features or ``(N, steps, *input_shape)``
+            for spike trains (see the module docstring for dtypes).
+        y_train, y_test: int64 labels ``(N,)``.
+        num_classes: number of classes; labels lie in ``[0, num_classes)``.
+        input_shape: shape of one sample at one time step (features: one sample), e.g. ``(700,)`` for SHD,
+            ``(2, 128, 128)`` for DVS Gesture, ``(64,)`` for digits.
+        steps: number of time steps ``T`` for spike-train inputs; None for static features.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple[int, ...]
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if len(x) != len(y):
+                raise ValueError(f"{self.name}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
+            leading = 1 if self.steps is None else 2
+            if tuple(x.shape[leading:]) != tuple(self.input_shape):
+                raise ValueError(
+                    f"{self.name}: x_{split} has shape {x.shape}, inconsistent with input_shape "
+                    f"{self.input_shape} and steps {self.steps}"
+                )
+
+    @property
+    def is_spiking(self) -> bool:
+        """True when the inputs are time series ``(N, T, ...)`` rather than static features."""
+        return self.steps is not None
+
+
+# The submodules import DataError and Dataset from this package, so they must be defined first.
+from sbnn.data._validation import require_positive_int  # noqa: E402
+from sbnn.data.builtin import load_digits, make_randman  # noqa: E402
+from sbnn.data.cifar10 import load_cifar10  # noqa: E402
+from sbnn.data.dvs_gesture import (  # noqa: E402
+    load_dvs_gesture,
+    read_aedat_polarity_events,
+    read_gesture_labels,
+)
+from sbnn.data.encoders import (  # noqa: E402
+    ENCODINGS,
+    direct_encode,
+    encode,
+    latency_encode,
+    on_off_encode,
+    rate_encode,
+)
+from sbnn.data.npz import load_npz  # noqa: E402
+from sbnn.data.safe_pickle import restricted_pickle_load  # noqa: E402
+from sbnn.data.shd import load_shd  # noqa: E402
+
+DATASETS = ("digits", "randman", "shd", "dvs_gesture", "cifar10", "npz")
+DEFAULT_ENCODING_STEPS = 25
+
+# Options each loader accepts through load_dataset(**options), besides path/steps/encoding/seed.
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "digits": ("test_fraction",),
+    "randman": (
+        "num_classes",
+        "num_units",
+        "intrinsic_dim",
+        "samples_per_class",
+        "spikes_per_unit",
+        "alpha",
+        "test_fraction",
+    ),
+    "shd": ("max_time", "binary"),
+    "dvs_gesture": ("downsample", "duration_us", "binary"),
+    "cifar10": (),
+    "npz": ("num_classes",),
+}
+
+
+def load_dataset(
+    name: str,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    steps: int | None = None,
+    encoding: str | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> Dataset:
+    """Load a dataset by name.
+
+    Args:
+        name: one of ``digits``, ``randman``, ``shd``, ``dvs_gesture``, ``cifar10``, ``npz``.
+        path: folder with the original files (``shd``: ``shd_train.h5``/``shd_test.h5``;
+            ``dvs_gesture``: IBM's ``DvsGesture`` folder; ``cifar10``: the folder holding
+            ``cifar-10-batches-py`` or that folder itself) or the ``.npz`` file; None for built-in data.
+        steps: time steps T. Spiking datasets: number of time bins (defaults: randman 100, shd 100,
+            dvs_gesture 20). Feature datasets: length of the encoded spike train (default 25); only
+            valid together with ``encoding``.
+        encoding: for feature datasets (digits, cifar10, npz with 2-D x): None or ``"none"`` keeps the
+            features; ``rate``, ``on_off``, ``latency`` or ``direct`` turns them into ``(N, T, ...)``
+            inputs (see :mod:`sbnn.data.encoders`). Must be None for spiking datasets.
+        seed: seeds every random choice (digits split, Randman generation, rate encoders).
+        **options: loader-specific options: digits ``test_fraction``; randman ``num_classes``,
+            ``num_units``, ``intrinsic_dim``, ``samples_per_class``, ``spikes_per_unit``, ``alpha``,
+            ``test_fraction``; shd ``max_time`` (s), ``binary``; dvs_gesture ``downsample``,
+            ``duration_us``, ``binary``; npz ``num_classes``.
+
+    Returns:
+        The :class:`Dataset`.
+
+    Raises:
+        DataError: a file is missing or malformed.
+        ValueError: an unknown name, option or an invalid combination of arguments.
+    """
+    if name not in _OPTIONS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    if unknown:
+        allowed = ", ".join(_OPTIONS[name]) or "none"
+        raise ValueError(f"unknown option(s) for dataset {name!r}: {', '.join(unknown)} (allowed: {allowed})")
+    if encoding == "none":
+        encoding = None
+    if encoding is not None and encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; choose one of none, {', '.join(ENCODINGS)}")
+    if steps is not None:
+        require_positive_int("steps", steps)
+    needs_path = name in ("shd", "dvs_gesture", "cifar10", "npz")
+    if needs_path and path is None:
+        raise ValueError(f"dataset {name!r} needs path= (the folder or file holding its original files)")
+    if not needs_path and path is not None:
+        raise ValueError(f"dataset {name!r} is built in and takes no path (got {os.fspath(path)!r})")
+
+    if name == "randman":
+        _reject_encoding(name, encoding)
+        dataset = make_randman(steps=100 if steps is None else steps, seed=seed, **options)
+    elif name == "shd":
+        _reject_encoding(name, encoding)
+        dataset = load_shd(path, steps=100 if steps is None else steps, **options)  # type: ignore[arg-type]
+    elif name == "dvs_gesture":
+        _reject_encoding(name, encoding)
+        dataset = load_dvs_gesture(path, steps=20 if steps is None else steps, **options)  # type: ignore[arg-type]
+    else:
+        if name == "digits":
+            dataset = load_digits(seed=seed, **options)
+        elif name == "cifar10":
+            dataset = load_cifar10(path)  # type: ignore[arg-type]
+        else:
+            dataset = load_npz(path, **options)  # type: ignore[arg-type]
+        if dataset.is_spiking:
+            _reject_encoding(name, encoding)
+            if steps is not None and steps != dataset.steps:
+                raise ValueError(f"{name}: the file holds spike trains of {dataset.steps} steps, not {steps}")
+        elif encoding is not None:
+            dataset = encode_dataset(dataset, encoding, DEFAULT_ENCODING_STEPS if steps is None else steps, seed=seed)
+        elif steps is not None:
+            raise ValueError(f"{name}: steps={steps} needs an encoding ({', '.join(ENCODINGS)}) for static features")
+    return dataset
+
+
+def encode_dataset(dataset: Dataset, encoding: str, steps: int, *, seed: int = 0) -> Dataset:
+    """Turn a static-feature dataset into spike trains ``(N, steps, ...)`` with one of :data:`ENCODINGS`.
+
+    The train split is encoded first, then the test split, from one generator seeded with ``seed``.
+    """
+    if dataset.is_spiking:
+        raise ValueError(f"{dataset.name}: already spike trains; encoders apply to static features")
+    rng = np.random.default_rng(seed)
+    x_train = encode(dataset.x_train, encoding, steps, seed=rng)
+    x_test = encode(dataset.x_test, encoding, steps, seed=rng)
+    return Dataset(
+        name=dataset.name,
+        x_train=x_train,
+        y_train=dataset.y_train,
+        x_test=x_test,
+        y_test=dataset.y_test,
+        num_classes=dataset.num_classes,
+        input_shape=tuple(x_train.shape[2:]),
+        steps=steps,
+    )
+
+
+def _reject_encoding(name: str, encoding: str | None) -> None:
+    if encoding is not None:
+        raise ValueError(f"dataset {name!r} is already spike trains; encoding={encoding!r} applies only to features")
+
+
+__all__ = [
+    "DATASETS",
+    "ENCODINGS",
+    "DataError",
+    "Dataset",
+    "direct_encode",
+    "encode",
+    "encode_dataset",
+    "latency_encode",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_dvs_gesture",
+    "load_npz",
+    "load_shd",
+    "make_randman",
+    "on_off_encode",
+    "rate_encode",
+    "read_aedat_polarity_events",
+    "read_gesture_labels",
+    "restricted_pickle_load",
+]
