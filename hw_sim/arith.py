@@ -59,6 +59,9 @@ def prepare_dense_weights(weights: np.ndarray, sign_mode: SignMode, num_weight_b
 def shift_by_exponent(values: np.ndarray, exponent: int | np.ndarray) -> np.ndarray:
     """``values << exponent`` for exponent ≥ 0, else ``values >> -exponent`` (arithmetic, i.e. floor)."""
     values = np.asarray(values, dtype=np.int64)
+    if np.ndim(exponent) == 0:
+        exponent = int(exponent)
+        return values << exponent if exponent > 0 else values >> -exponent if exponent < 0 else values
     exponent = np.asarray(exponent, dtype=np.int64)
     return np.where(exponent >= 0, values << np.maximum(exponent, 0), values >> np.maximum(-exponent, 0))
 
@@ -82,8 +85,8 @@ def saturate_voltage(v: np.ndarray) -> np.ndarray:
 
 def wrap_signed(values: np.ndarray, bits: int = STATE_BITS) -> np.ndarray:
     """Modular wrap to signed ``bits`` (Lava Conv's ``signed_clamp``): range [-2^(bits-1), 2^(bits-1) - 1]."""
-    base = 1 << bits
-    return (np.asarray(values, dtype=np.int64) + base // 2) % base - base // 2
+    half = 1 << (bits - 1)
+    return ((np.asarray(values, dtype=np.int64) + half) & ((half << 1) - 1)) - half
 
 
 def effective_bias(bias_mant: np.ndarray, bias_exp: np.ndarray) -> np.ndarray:

@@ -45,12 +45,16 @@ def integer_matmul(inputs: np.ndarray, weights: np.ndarray, max_abs_input: int) 
     dtype = exact_matmul_dtype(weights, max_abs_input)
     if dtype is None:
         return inputs.astype(np.int64) @ weights.T.astype(np.int64)
+    # The float results are exact integers, so the casts below lose nothing.
     if max_abs_input <= 1 and inputs.size and np.count_nonzero(inputs) < SPARSE_DENSITY * inputs.size:
         from scipy import sparse
         product = sparse.csr_matrix(inputs.astype(dtype)) @ weights.T.astype(dtype)
-        return np.rint(np.asarray(product)).astype(np.int64)
+        return np.asarray(product).astype(np.int64)
     product = inputs.astype(dtype, copy=False) @ np.ascontiguousarray(weights.T, dtype=dtype)
-    return np.rint(product).astype(np.int64)
+    return product.astype(np.int64)
+
+
+INT32_LIMIT = 1 << 31
 
 
 def dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
@@ -59,7 +63,14 @@ def dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: i
     ``inputs``: (rows, in) integer spikes or payloads -> (rows, out) int64.
     """
     weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
-    return wrap_int32(shift_by_exponent(integer_matmul(inputs, weights, max_abs_input), layer.weight_exp))
+    sums = shift_by_exponent(integer_matmul(inputs, weights, max_abs_input), layer.weight_exp)
+    return wrap_int32(sums) if synaptic_bound(weights, max_abs_input, layer.weight_exp) >= INT32_LIMIT else sums
+
+
+def synaptic_bound(weights: np.ndarray, max_abs_input: int, weight_exp: int = 0) -> int:
+    """An upper bound of |shift(Σ W · s, weight_exp)| over all inputs with |s| ≤ max_abs_input."""
+    bound = int(np.abs(weights).reshape(weights.shape[0], -1).sum(axis=1).max(initial=0)) * int(max_abs_input)
+    return bound << weight_exp if weight_exp >= 0 else bound >> -weight_exp
 
 
 def conv_synaptic_input(layer: ConvLayer, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
@@ -85,10 +96,17 @@ def conv_synaptic_input(layer: ConvLayer, inputs: np.ndarray, max_abs_input: int
 
 
 def neuron_step(neurons: CubaNeurons, bias: np.ndarray, u: np.ndarray, v: np.ndarray,
-                a_in: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One Lava bit-accurate LIF step (LOIHI.md §1.2). Returns (u, v, spikes) with v already reset."""
-    decayed = wrap_int32(decay_toward_zero(u, DECAY_UNITY - (neurons.du + CURRENT_DECAY_OFFSET)))
-    u = wrap_current(wrap_int32(decayed + wrap_int32(a_in << STATE_SHIFT)))
+                a_in: np.ndarray, a_in_bound: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One Lava bit-accurate LIF step (LOIHI.md §1.2). Returns (u, v, spikes) with v already reset.
+
+    Lava forms ``decayed u + (a_in << 6)`` in int32; the wraps are skipped when ``a_in_bound`` (a bound
+    of |a_in|) shows they cannot happen.
+    """
+    decayed = decay_toward_zero(u, DECAY_UNITY - (neurons.du + CURRENT_DECAY_OFFSET))
+    if a_in_bound is not None and (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT:
+        u = wrap_current(decayed + (a_in << STATE_SHIFT))
+    else:
+        u = wrap_current(wrap_int32(wrap_int32(decayed) + wrap_int32(a_in << STATE_SHIFT)))
     v = saturate_voltage(decay_toward_zero(v, DECAY_UNITY - neurons.dv) + u + bias)
     spikes = v > (neurons.vth << STATE_SHIFT)
     v = np.where(spikes, 0, v)
@@ -109,6 +127,11 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     else:
         synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
+    if isinstance(layer, ConvLayer):
+        a_in_bound = min(synaptic_bound(layer.weights, max_abs_input), 1 << 23)
+    else:
+        a_in_bound = min(synaptic_bound(prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits),
+                                        max_abs_input, layer.weight_exp), INT32_LIMIT)
 
     neurons = layer.neurons
     bias = neurons.bias
@@ -117,6 +140,7 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
         recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
                                                   layer.effective_sign_mode(layer.recurrent_weights),
                                                   layer.num_weight_bits)
+        a_in_bound = 2 * INT32_LIMIT   # two int32 channels summed: always emulate the wraps
     u = np.zeros((batch, *layer.shape), dtype=np.int64)
     v = np.zeros_like(u)
     spikes = np.zeros((batch, steps, *layer.shape), dtype=np.uint8)
@@ -127,7 +151,7 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
         a_in = synaptic[:, t - 1] if t > 0 else zero_input
         if recurrent is not None:
             a_in = wrap_int32(a_in + recurrent)
-        u, v, fired = neuron_step(neurons, bias, u, v, a_in)
+        u, v, fired = neuron_step(neurons, bias, u, v, a_in, a_in_bound)
         spikes[:, t] = fired
         if record_states:
             us[:, t], vs[:, t] = u, v

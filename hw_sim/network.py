@@ -37,6 +37,7 @@ WEIGHT_BITS_RANGE = (1, 9)         # 9 (mixed sign only) keeps all bits; netx pi
 DENSE_WEIGHT_RANGE = (-(1 << 15), (1 << 15) - 1)   # clipped to 8 bits by Lava; kept sane here
 CONV_WEIGHT_RANGE = (-(1 << 15), (1 << 15) - 1)    # used as given by Lava's Conv
 READOUT_NEURON = dict(du=-1, dv=4096, vth=1 << 17)  # netx's dense layer without a neuron group
+NEVER_FIRES = 1 << 17           # v ≤ 2^23 - 1 < 2^17 << 6: a threshold no voltage can exceed
 
 
 class NetworkError(ValueError):
@@ -123,6 +124,7 @@ class CubaNeurons:
 
     @property
     def is_integrator(self) -> bool:
+        """netx's readout neuron exactly (the file needs no neuron group)."""
         return (self.du, self.dv, self.vth) == tuple(READOUT_NEURON.values())
 
     def __eq__(self, other: object) -> bool:
@@ -138,8 +140,9 @@ class DenseLayer:
     Lava clips them to 8 bits per ``sign_mode`` and truncates them to ``num_weight_bits``;
     the synaptic sum is shifted by ``weight_exp``. ``recurrent_weights`` (out, out), if given, is a second
     Dense from this layer's spikes back to its own neurons with the same exponent, bits and sign mode
-    (its sign mode inferred separately when INFERRED, as netx does). ``readout`` marks netx's
-    synapse-only output layer (written without a neuron group; its neurons must be the integrator).
+    (its sign mode inferred separately when INFERRED, as netx does). ``readout`` marks a non-spiking
+    output layer whose membrane v is the result: its threshold must be 2^17, which no v can exceed
+    (netx's own readout, a dense layer without a neuron group, is du = -1, dv = 4096, vth = 2^17).
     """
 
     weights: np.ndarray
@@ -174,8 +177,8 @@ class DenseLayer:
             object.__setattr__(self, "recurrent_weights", _frozen_array(recurrent))
             if self.num_weight_bits == 9 and self.effective_sign_mode(recurrent) != SignMode.MIXED:
                 raise NetworkError("num_weight_bits 9 is only valid for mixed-sign weights")
-        if self.readout and (not self.neurons.is_integrator or self.recurrent_weights is not None):
-            raise NetworkError(f"a readout layer needs integrator neurons {READOUT_NEURON} and no recurrence")
+        if self.readout and (self.neurons.vth != NEVER_FIRES or self.recurrent_weights is not None):
+            raise NetworkError(f"a readout layer needs vth = {NEVER_FIRES} (never fires) and no recurrence")
 
     def effective_sign_mode(self, weights: np.ndarray | None = None) -> SignMode:
         """The sign mode Lava uses for ``weights`` (default: the feed-forward weights)."""

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from .arith import SignMode, effective_bias, infer_sign_mode, netx_optimize_weight_bits, prepare_dense_weights, shift_by_exponent
-from .network import (READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
+from .network import (NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
 
 FORMAT = "sbnn-loihi/1"
 NETX_BIAS_EXP = 6
@@ -154,7 +154,7 @@ def _write_lava_group(group: h5py.Group, layer: Layer) -> None:
     lava = group.create_group("lava")
     lava.create_dataset("weight", data=layer.weights)
     if isinstance(layer, DenseLayer):
-        for name in ("weight_exp", "num_weight_bits", "sign_mode"):
+        for name in ("weight_exp", "num_weight_bits", "sign_mode", "readout"):
             lava.create_dataset(name, data=np.int64(getattr(layer, name)))
         if layer.recurrent_weights is not None:
             lava.create_dataset("weight_rec", data=layer.recurrent_weights)
@@ -195,7 +195,8 @@ def write_layers(handle: h5py.File, network: Network) -> None:
             group.create_dataset("weight", data=weight)
             if weight_rec is not None:
                 group.create_dataset("weight_rec", data=weight_rec)
-        _write_neurons(group, layer.neurons, layer.shape, isinstance(layer, DenseLayer) and layer.readout)
+        _write_neurons(group, layer.neurons, layer.shape,
+                       isinstance(layer, DenseLayer) and layer.readout and layer.neurons.is_integrator)
         _write_lava_group(group, layer)
 
 
@@ -315,14 +316,14 @@ def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[i
                          padding=tuple(reader.array(group, "padding").reshape(-1)),
                          dilation=tuple(reader.array(group, "dilation").reshape(-1)),
                          groups=reader.scalar(group, "groups"))
-    readout = not has_neuron
+    readout = not has_neuron or neurons.vth == NEVER_FIRES
     if lava is not None:
         return DenseLayer(weights=reader.array(lava, "weight"), neurons=neurons,
                           weight_exp=reader.scalar(lava, "weight_exp"),
                           num_weight_bits=reader.scalar(lava, "num_weight_bits"),
                           sign_mode=reader.scalar(lava, "sign_mode"),
                           recurrent_weights=reader.array(lava, "weight_rec", required=kind == "dense_rec"),
-                          readout=readout)
+                          readout=bool(reader.scalar(lava, "readout", default=int(readout))))
     weight = reader.array(group, "weight")
     if weight.ndim == 1:
         weight = weight.reshape(shape[0], -1)

@@ -117,7 +117,7 @@ def test_description_validation():
         DenseLayer(weights=np.full((3, 4), 0.5), neurons=neurons)
     with pytest.raises(NetworkError, match="num_weight_bits 9 is only valid for mixed-sign"):
         DenseLayer(weights=np.ones((3, 4)), neurons=neurons, num_weight_bits=9)
-    with pytest.raises(NetworkError, match="readout layer needs integrator neurons"):
+    with pytest.raises(NetworkError, match="readout layer needs vth = 131072"):
         DenseLayer(weights=np.ones((3, 4)), neurons=neurons, readout=True)
     with pytest.raises(NetworkError, match="layer 1: dense weights expect 4 inputs"):
         Network(input_shape=(4,), layers=(DenseLayer(weights=np.ones((3, 4)), neurons=neurons),
