@@ -1,0 +1,316 @@
+"""NIR ↔ :class:`~export.float_network.FloatNetwork` (NIR 1.0.8; LOIHI.md §3).
+
+NIR is continuous-time and carries no dt; we store ``dt`` (seconds) in the graph's and every node's
+metadata, and use the forward-Euler conventions snnTorch and norse agree on, with r = τ_mem/dt and
+w_in = τ_syn/dt, so that a CubaLIF node is exactly ``I' = αI + W·x``, ``V' = βV + I' + (1 − β)·v_leak``
+with α = 1 − dt/τ_syn and β = 1 − dt/τ_mem. Our per-step voltage bias b is written as
+``v_leak = b / (1 − β)``.
+
+Writing: dense → ``Linear``, conv → ``Conv2d`` (zero bias), a ``Flatten`` between conv and dense, neurons →
+``CubaLIF`` (readout: ``CubaLI``), recurrence → a ``Linear`` from the neuron node back to itself.
+
+Reading (ours and other tools' graphs): ``Affine``/``Linear``/``Conv2d`` synapses followed by ``CubaLIF``,
+``LIF``, ``IF``, ``Threshold``, ``CubaLI``, ``LI`` or ``I`` neurons, ``Flatten``, ``Input``/``Output``, and
+self-recurrent synapses. Every other node type is an error that names the node and its type — never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .float_network import FloatLayer, FloatNetwork
+
+SYNAPSES = ("Affine", "Linear", "Conv2d")
+NEURONS = ("CubaLIF", "LIF", "IF", "Threshold", "CubaLI", "LI", "I")
+READOUTS = ("CubaLI", "LI", "I")
+
+
+class NIRImportError(ValueError):
+    """A NIR graph we cannot map; the message names the file, the node and the problem."""
+
+
+# --------------------------------------------------------------------------------------------------
+# FloatNetwork -> NIR
+
+def _time_constant(decay: float, dt: float, what: str, layer: int) -> float:
+    if decay >= 1.0:
+        raise ValueError(f"layer {layer}: {what} decay factor 1 (no leak) has no finite NIR time constant")
+    return dt / (1.0 - decay)
+
+
+def to_nir(network: FloatNetwork):
+    """The network as a NIR graph, dt in the graph's and each node's metadata."""
+    import nir
+
+    dt = float(network.dt)
+    meta = {"dt": dt}
+    nodes = {"input": nir.Input(input_type={"input": np.array(network.input_shape)}, metadata=dict(meta))}
+    edges = []
+    previous, previous_shape = "input", tuple(network.input_shape)
+    for index, layer in enumerate(network.layers):
+        if layer.kind == "dense" and len(previous_shape) == 3:
+            name = f"flatten{index}"
+            nodes[name] = nir.Flatten(input_type={"input": np.array(previous_shape)}, start_dim=0, end_dim=-1,
+                                      metadata=dict(meta))
+            edges.append((previous, name))
+            previous = name
+        synapse = f"syn{index}"
+        weight = np.asarray(layer.weight, dtype=np.float64)
+        if layer.kind == "conv":
+            nodes[synapse] = nir.Conv2d(input_shape=tuple(layer.input_shape[1:]), weight=weight, stride=layer.stride,
+                                        padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
+                                        bias=np.zeros(weight.shape[0]), metadata=dict(meta))
+        else:
+            nodes[synapse] = nir.Linear(weight=weight, metadata=dict(meta))
+        edges.append((previous, synapse))
+        tau_syn = _time_constant(layer.alpha, dt, "current", index)
+        tau_mem = _time_constant(layer.beta, dt, "voltage", index)
+        shape = layer.shape
+        full = lambda value: np.full(shape, value, dtype=np.float64)  # noqa: E731 - per-neuron arrays
+        v_leak = np.asarray(layer.bias, dtype=np.float64) / (1.0 - layer.beta)
+        neuron = f"neuron{index}"
+        if layer.readout:
+            nodes[neuron] = nir.CubaLI(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt),
+                                       v_leak=v_leak, w_in=full(tau_syn / dt), metadata=dict(meta))
+        else:
+            nodes[neuron] = nir.CubaLIF(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt),
+                                        v_leak=v_leak, v_threshold=full(layer.threshold), v_reset=full(0.0),
+                                        w_in=full(tau_syn / dt), metadata=dict(meta))
+        edges.append((synapse, neuron))
+        if layer.recurrent_weight is not None:
+            recurrent = f"rec{index}"
+            nodes[recurrent] = nir.Linear(weight=np.asarray(layer.recurrent_weight, dtype=np.float64), metadata=dict(meta))
+            edges += [(neuron, recurrent), (recurrent, neuron)]
+        previous, previous_shape = neuron, shape
+    nodes["output"] = nir.Output(output_type={"output": np.array(previous_shape)}, metadata=dict(meta))
+    edges.append((previous, "output"))
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(meta))
+
+
+def write_nir(network: FloatNetwork, path: str | os.PathLike) -> Path:
+    """Write ``model.nir`` (atomically) and check that ``nir.read`` reads it back with type checking on."""
+    import nir
+
+    from .atomic import atomic_path
+
+    path = Path(path)
+    graph = to_nir(network)
+    with atomic_path(path) as temporary:
+        nir.write(temporary, graph)
+        nir.read(temporary)   # type-checked read-back before the file is published
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# NIR -> FloatNetwork
+
+def _array(node, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    value = np.asarray(getattr(node, name), dtype=np.float64)
+    try:
+        return np.broadcast_to(value.reshape(-1) if value.size == int(np.prod(shape)) and value.ndim != len(shape)
+                               else value, shape).astype(np.float64)
+    except ValueError:
+        raise ValueError(f"parameter '{name}' of shape {value.shape} does not fit {shape} neurons")
+
+
+def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tuple[dict, float, np.ndarray]:
+    """(layer fields, input gain folded into the weights, bias contributed per unit of synaptic bias)."""
+    def leak(tau):
+        tau = _array(node, tau, shape)
+        if np.any(tau <= 0) or np.any(~np.isfinite(tau)):
+            raise ValueError("time constants must be positive and finite")
+        if not np.allclose(tau, tau.reshape(-1)[0]):
+            raise ValueError("per-neuron time constants differ; Loihi has one decay per layer")
+        return float(tau.reshape(-1)[0])
+
+    if kind == "Threshold":
+        return dict(alpha=0.0, beta=0.0, threshold=_uniform_threshold(node, "threshold", shape),
+                    bias=np.zeros(shape)), 1.0, np.ones(shape)
+    v_leak = _array(node, "v_leak", shape) if hasattr(node, "v_leak") else np.zeros(shape)
+    r = _array(node, "r", shape)
+    if kind in ("CubaLIF", "CubaLI"):
+        tau_syn, tau_mem = leak("tau_syn"), leak("tau_mem")
+        alpha, beta = 1.0 - dt / tau_syn, 1.0 - dt / tau_mem
+        input_gain = _array(node, "w_in", shape) * dt / tau_syn * r * dt / tau_mem
+        bias_per_synaptic_bias = input_gain / (1.0 - alpha) if alpha < 1 else input_gain
+    elif kind in ("LIF", "LI"):
+        tau_mem = leak("tau")
+        alpha, beta = 0.0, 1.0 - dt / tau_mem
+        input_gain = r * dt / tau_mem
+        bias_per_synaptic_bias = input_gain
+    else:  # IF, I: v̇ = R·I
+        alpha, beta = 0.0, 1.0
+        input_gain = r * dt
+        bias_per_synaptic_bias = input_gain
+        v_leak = np.zeros(shape)
+    if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0):
+        raise ValueError(f"dt = {dt} s is larger than a time constant (decay factors α={alpha:.3g}, β={beta:.3g})")
+    if not np.allclose(input_gain, input_gain.reshape(-1)[0]):
+        raise ValueError("per-neuron input gains (r, w_in) differ; fold them into the weights first")
+    fields = dict(alpha=alpha, beta=beta, bias=(1.0 - beta) * v_leak, threshold=None)
+    if kind not in READOUTS:
+        if hasattr(node, "v_reset") and node.v_reset is not None and np.any(_array(node, "v_reset", shape) != 0):
+            raise ValueError("v_reset ≠ 0 cannot be mapped (Loihi resets v to 0)")
+        fields["threshold"] = _uniform_threshold(node, "v_threshold", shape)
+    return fields, float(input_gain.reshape(-1)[0]), bias_per_synaptic_bias
+
+
+def _uniform_threshold(node, name: str, shape: tuple[int, ...]) -> float:
+    threshold = _array(node, name, shape)
+    if not np.allclose(threshold, threshold.reshape(-1)[0]):
+        raise ValueError("per-neuron thresholds differ; Loihi has one threshold per layer")
+    return float(threshold.reshape(-1)[0])
+
+
+def graph_dt(graph, dt: float | None) -> float:
+    """dt from the graph's metadata, else from any node's metadata, else ``dt``; else an error."""
+    candidates = [graph.metadata.get("dt")] + [getattr(node, "metadata", {}).get("dt") for node in graph.nodes.values()]
+    for value in candidates:
+        if value is not None:
+            return float(np.asarray(value).reshape(-1)[0])
+    if dt is None:
+        raise ValueError("the graph carries no dt in its metadata; give it with --dt SECONDS")
+    return float(dt)
+
+
+def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]]:
+    """Map a NIR graph to a FloatNetwork. Returns the network and notes on approximations made.
+
+    The graph must be a chain Input → [Flatten] → synapse → neuron → … → Output, where a neuron may also
+    receive a synapse from its own output (recurrence). Errors name the node and its type.
+    """
+    dt = graph_dt(graph, dt)
+    notes: list[str] = []
+    nodes, edges = graph.nodes, list(graph.edges)
+    for name, node in nodes.items():
+        kind = type(node).__name__
+        if kind not in SYNAPSES + NEURONS + ("Input", "Output", "Flatten"):
+            raise ValueError(f"node '{name}' of type {kind} cannot be mapped to Loihi "
+                             f"(supported: {', '.join(SYNAPSES + NEURONS)}, Flatten, Input, Output)")
+    successors: dict[str, list[str]] = {name: [] for name in nodes}
+    predecessors: dict[str, list[str]] = {name: [] for name in nodes}
+    for source, target in edges:
+        if source not in nodes or target not in nodes:
+            raise ValueError(f"edge ({source}, {target}) names a node that does not exist")
+        successors[source].append(target)
+        predecessors[target].append(source)
+    inputs = [name for name, node in nodes.items() if type(node).__name__ == "Input"]
+    if len(inputs) != 1:
+        raise ValueError(f"the graph needs exactly one Input node, found {len(inputs)}")
+    input_node = nodes[inputs[0]]
+    input_shape = tuple(int(n) for n in np.asarray(input_node.input_type["input"]).reshape(-1))
+
+    layers: list[FloatLayer] = []
+    shape = input_shape
+    current = inputs[0]
+    visited = {current}
+    while True:
+        forward = [n for n in successors[current] if n not in visited]
+        if not forward:
+            raise ValueError(f"node '{current}' leads nowhere (no Output reached)")
+        if len(forward) > 1:
+            raise ValueError(f"node '{current}' branches to {forward}; only chains (plus self-recurrence) map to Loihi")
+        name = forward[0]
+        node = nodes[name]
+        kind = type(node).__name__
+        visited.add(name)
+        if kind == "Output":
+            break
+        if kind == "Flatten":
+            shape = (int(np.prod(shape)),)
+            current = name
+            continue
+        if kind not in SYNAPSES:
+            raise ValueError(f"node '{name}' of type {kind} follows '{current}', where a synapse "
+                             f"(Affine, Linear, Conv2d) is expected")
+        synapse, synapse_name = node, name
+        after = [n for n in successors[synapse_name] if n not in visited]
+        if len(after) != 1 or type(nodes[after[0]]).__name__ not in NEURONS:
+            raise ValueError(f"synapse '{synapse_name}' must feed exactly one neuron node, found {after}")
+        neuron_name = after[0]
+        neuron = nodes[neuron_name]
+        neuron_kind = type(neuron).__name__
+        visited.add(neuron_name)
+        weight = np.asarray(synapse.weight, dtype=np.float64)
+        synaptic_bias = np.asarray(getattr(synapse, "bias", 0.0), dtype=np.float64)
+        if type(synapse).__name__ == "Conv2d":
+            conv = _conv_geometry(synapse, synapse_name, shape)
+            out_shape = _conv_shape(weight, shape, conv)
+            layer_kind = "conv"
+        else:
+            if weight.ndim != 2 or weight.shape[1] != int(np.prod(shape)):
+                raise ValueError(f"node '{synapse_name}': weight {weight.shape} does not fit input shape {shape}")
+            conv, out_shape, layer_kind = {}, (weight.shape[0],), "dense"
+        try:
+            fields, gain, bias_gain = _neuron_to_float(neuron, neuron_kind, out_shape, dt)
+        except ValueError as error:
+            raise ValueError(f"node '{neuron_name}' ({neuron_kind}): {error}")
+        if np.any(synaptic_bias != 0):
+            per_neuron = np.broadcast_to(synaptic_bias.reshape(-1, *([1] * (len(out_shape) - 1))), out_shape)
+            fields["bias"] = fields["bias"] + per_neuron * bias_gain
+            if fields["alpha"] > 0:
+                notes.append(f"'{synapse_name}': a constant synaptic bias enters the current; mapped to the "
+                             f"voltage bias with the same steady state (exact after the current settles)")
+        recurrent = [p for p in predecessors[neuron_name] if p != synapse_name]
+        recurrent_weight = None
+        if recurrent:
+            loop = recurrent[0]
+            if len(recurrent) > 1 or type(nodes[loop]).__name__ not in ("Linear", "Affine") \
+                    or predecessors[loop] != [neuron_name]:
+                raise ValueError(f"node '{neuron_name}' has inputs {predecessors[neuron_name]}; only one "
+                                 f"feed-forward synapse and one self-recurrent Linear/Affine are supported")
+            if np.any(np.asarray(getattr(nodes[loop], "bias", 0.0)) != 0):
+                raise ValueError(f"recurrent node '{loop}' has a bias, which cannot be mapped")
+            recurrent_weight = np.asarray(nodes[loop].weight, dtype=np.float64) * gain
+            visited.add(loop)
+        layers.append(FloatLayer(kind=layer_kind, weight=weight * gain, recurrent_weight=recurrent_weight,
+                                 **conv, **fields))
+        shape = out_shape
+        current = neuron_name
+    if not layers:
+        raise ValueError("the graph has no synapse and neuron layers")
+    return FloatNetwork(input_shape=input_shape, layers=tuple(layers), dt=dt), notes
+
+
+def _conv_geometry(node, name: str, shape: tuple[int, ...]) -> dict:
+    if len(shape) != 3:
+        raise ValueError(f"node '{name}': Conv2d needs a (C, H, W) input, found {shape}")
+    kernel = np.asarray(node.weight).shape[2:]
+    pair = lambda value: tuple(int(v) for v in np.broadcast_to(np.asarray(value).reshape(-1), (2,)))  # noqa: E731
+    padding = node.padding
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same" and np.all(np.asarray(node.stride) == 1):
+            padding = tuple(int(d) * (k - 1) // 2 for k, d in zip(kernel, pair(node.dilation)))
+        else:
+            raise ValueError(f"node '{name}': padding '{padding}' with stride {node.stride} is not supported")
+    return dict(input_shape=tuple(shape), stride=pair(node.stride), padding=pair(padding),
+                dilation=pair(node.dilation), groups=int(node.groups))
+
+
+def _conv_shape(weight: np.ndarray, shape: tuple[int, ...], conv: dict) -> tuple[int, int, int]:
+    from hw_sim.network import conv_output_hw
+    h, w = conv_output_hw(shape[1:], weight.shape[2:], conv["stride"], conv["padding"], conv["dilation"])
+    return (weight.shape[0], h, w)
+
+
+def read_nir(path: str | os.PathLike, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]]:
+    """Read a ``.nir`` file (``nir.read`` with type checking) and map it; errors name the file."""
+    import nir
+
+    path = Path(path)
+    if not path.is_file():
+        raise NIRImportError(f"{path}: no such file")
+    try:
+        graph = nir.read(path)
+    except Exception as error:  # nir raises many kinds on malformed files
+        raise NIRImportError(f"{path}: not a readable NIR file ({type(error).__name__}: {str(error)[:200]})")
+    try:
+        return from_nir(graph, dt=dt)
+    except ValueError as error:
+        raise NIRImportError(f"{path}: {error}")

@@ -1,0 +1,232 @@
+"""ONNX export: one time step with explicit state inputs and outputs (LOIHI.md §6, pattern (a)).
+
+``model.onnx``  — the float network (:class:`~export.float_network.FloatNetwork`), float32:
+                  inputs ``x`` (batch, *input_shape) and per layer ``i{k}``, ``v{k}`` (and ``s{k}`` for a
+                  recurrent layer's previous spikes); outputs ``out`` (last layer's spikes, or its V for a
+                  readout) and the new states under the same names with ``_next``.
+``model_int.onnx`` — the integer Loihi step that reproduces hw_sim exactly: int64 states ``a{k}`` (the
+                  synapse's one-step buffer), ``u{k}``, ``v{k}`` (and ``r{k}``, the recurrent buffer);
+                  ``x`` is int64 spikes or payloads. Sums use float64 matrix products (exact below 2^53)
+                  and float32 convolutions (onnxruntime has no float64 Conv; checked exact below 2^24),
+                  decays use ``>>`` (never integer ``torch.div`` with a rounding mode, which the dynamo
+                  exporter lowers to inexact float32).
+
+Both are exported with the TorchScript exporter (``dynamo=False``): it is fast and exact for these
+integer forms; the dynamo exporter (which needs onnxscript) works too but takes seconds to minutes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hw_sim.arith import CURRENT_DECAY_OFFSET, DECAY_UNITY, STATE_SHIFT, prepare_dense_weights
+from hw_sim.loihi import exact_matmul_dtype
+from hw_sim.network import ConvLayer, Network
+
+from .atomic import atomic_path
+from .float_network import FloatNetwork
+
+OPSET = 18   # BitwiseAnd (the int32 and 24-bit wraps) needs opset 18
+
+
+class FloatStep(nn.Module):
+    """One step of a FloatNetwork in float32 torch: (x, *state) -> (out, *next_state)."""
+
+    def __init__(self, network: FloatNetwork) -> None:
+        super().__init__()
+        self.network = network
+        for k, layer in enumerate(network.layers):
+            self.register_buffer(f"w{k}", torch.tensor(layer.weight, dtype=torch.float32))
+            self.register_buffer(f"b{k}", torch.tensor(layer.bias, dtype=torch.float32))
+            if layer.recurrent_weight is not None:
+                self.register_buffer(f"wr{k}", torch.tensor(layer.recurrent_weight, dtype=torch.float32))
+
+    def state_names(self) -> list[str]:
+        names = []
+        for k, layer in enumerate(self.network.layers):
+            names += [f"i{k}", f"v{k}"] + ([f"s{k}"] if layer.recurrent_weight is not None else [])
+        return names
+
+    def initial_state(self, batch: int) -> list[torch.Tensor]:
+        state = []
+        for layer in self.network.layers:
+            count = 3 if layer.recurrent_weight is not None else 2
+            state += [torch.zeros(batch, *layer.shape) for _ in range(count)]
+        return state
+
+    def forward(self, x: torch.Tensor, *state: torch.Tensor):
+        state = list(state)
+        next_state = []
+        signal = x
+        position = 0
+        out = x
+        for k, layer in enumerate(self.network.layers):
+            current, voltage = state[position], state[position + 1]
+            position += 2
+            weight = getattr(self, f"w{k}")
+            if layer.kind == "conv":
+                drive = F.conv2d(signal, weight, stride=layer.stride, padding=layer.padding,
+                                 dilation=layer.dilation, groups=layer.groups)
+            else:
+                drive = signal.reshape(signal.shape[0], -1) @ weight.t()
+            if layer.recurrent_weight is not None:
+                previous_spikes = state[position]
+                position += 1
+                drive = drive + previous_spikes @ getattr(self, f"wr{k}").t()
+            current = layer.alpha * current + drive
+            voltage = layer.beta * voltage + current + getattr(self, f"b{k}")
+            if layer.threshold is None:
+                spikes = torch.zeros_like(voltage)
+                out = voltage
+            else:
+                spikes = (voltage > layer.threshold).to(voltage.dtype)
+                voltage = voltage * (1.0 - spikes)
+                out = spikes
+            next_state += [current, voltage] + ([spikes] if layer.recurrent_weight is not None else [])
+            signal = spikes
+        return (out, *next_state)
+
+
+def _wrap(values: torch.Tensor, bits: int) -> torch.Tensor:
+    half = 1 << (bits - 1)
+    return torch.bitwise_and(values + half, (half << 1) - 1) - half
+
+
+def _trunc_decay(values: torch.Tensor, factor: int) -> torch.Tensor:
+    product = values * factor
+    return torch.sign(product) * torch.bitwise_right_shift(torch.abs(product), 12)
+
+
+class IntegerStep(nn.Module):
+    """One Lava step of an integer hw_sim Network, exact: (x, *state) -> (out, *next_state)."""
+
+    def __init__(self, network: Network) -> None:
+        super().__init__()
+        self.network = network
+        for k, layer in enumerate(network.layers):
+            if isinstance(layer, ConvLayer):
+                # onnxruntime has no float64 Conv: float32 is exact while every sum stays below 2^24.
+                max_input = (1 << network.input_message_bits) - 1 if k == 0 and network.input_message_bits else 1
+                if exact_matmul_dtype(layer.weights.reshape(layer.weights.shape[0], -1), max_input) != np.float32:
+                    raise ValueError(f"layer {k}: conv sums can exceed 2^24, beyond what an ONNX float32 Conv computes exactly")
+                self.register_buffer(f"w{k}", torch.tensor(layer.weights, dtype=torch.float32))
+            else:
+                weights = prepare_dense_weights(layer.weights, layer.effective_sign_mode(), layer.num_weight_bits)
+                self.register_buffer(f"w{k}", torch.tensor(weights, dtype=torch.float64))
+                if layer.recurrent_weights is not None:
+                    recurrent = prepare_dense_weights(layer.recurrent_weights,
+                                                      layer.effective_sign_mode(layer.recurrent_weights),
+                                                      layer.num_weight_bits)
+                    self.register_buffer(f"wr{k}", torch.tensor(recurrent, dtype=torch.float64))
+            self.register_buffer(f"bias{k}", torch.tensor(layer.neurons.bias, dtype=torch.int64))
+
+    def state_names(self) -> list[str]:
+        names = []
+        for k, layer in enumerate(self.network.layers):
+            names += [f"a{k}", f"u{k}", f"v{k}"] + ([f"r{k}"] if getattr(layer, "recurrent_weights", None) is not None else [])
+        return names
+
+    def initial_state(self, batch: int) -> list[torch.Tensor]:
+        return [torch.zeros(batch, *self.network.layers[int(name[1:])].shape, dtype=torch.int64)
+                for name in self.state_names()]
+
+    def _synapse(self, k: int, layer, signal: torch.Tensor) -> torch.Tensor:
+        weight = getattr(self, f"w{k}")
+        if isinstance(layer, ConvLayer):
+            summed = F.conv2d(signal.to(torch.float32), weight, stride=layer.stride, padding=layer.padding,
+                              dilation=layer.dilation, groups=layer.groups).to(torch.int64)
+            return _wrap(summed, 24)
+        summed = (signal.reshape(signal.shape[0], -1).to(torch.float64) @ weight.t()).to(torch.int64)
+        exponent = layer.weight_exp
+        shifted = summed * (1 << exponent) if exponent >= 0 else torch.bitwise_right_shift(summed, -exponent)
+        return _wrap(shifted, 32)
+
+    def forward(self, x: torch.Tensor, *state: torch.Tensor):
+        state = list(state)
+        next_state = []
+        signal = x if self.network.input_message_bits else (x != 0).to(torch.int64)
+        position = 0
+        out = signal
+        for k, layer in enumerate(self.network.layers):
+            buffered, u, v = state[position], state[position + 1], state[position + 2]
+            position += 3
+            a_in = buffered
+            recurrent = getattr(layer, "recurrent_weights", None) is not None
+            if recurrent:
+                a_in = _wrap(a_in + state[position], 32)
+                position += 1
+            neurons = layer.neurons
+            decayed = _wrap(_trunc_decay(u, DECAY_UNITY - neurons.du - CURRENT_DECAY_OFFSET), 32)
+            u = _wrap(decayed + _wrap(a_in * (1 << STATE_SHIFT), 32), 32)
+            half, full = 1 << 23, 1 << 24
+            u = torch.where(u > half, u - full, torch.where(u <= -half, u + full, u))
+            v = _trunc_decay(v, DECAY_UNITY - neurons.dv) + u + getattr(self, f"bias{k}")
+            v = torch.clamp(v, -(half - 1), half - 1)
+            fired = v > (neurons.vth << STATE_SHIFT)
+            v = torch.where(fired, torch.zeros_like(v), v)
+            spikes = fired.to(torch.int64)
+            next_buffer = self._synapse(k, layer, signal)
+            next_state += [next_buffer, u, v]
+            if recurrent:
+                summed = (spikes.to(torch.float64) @ getattr(self, f"wr{k}").t()).to(torch.int64)
+                exponent = layer.weight_exp
+                shifted = summed * (1 << exponent) if exponent >= 0 else torch.bitwise_right_shift(summed, -exponent)
+                next_state.append(_wrap(shifted, 32))
+            out = v if getattr(layer, "readout", False) else spikes
+            signal = spikes
+        return (out, *next_state)
+
+
+def _export(module: nn.Module, example: tuple[torch.Tensor, ...], state_names: list[str], path: Path) -> Path:
+    input_names = ["x"] + state_names
+    output_names = ["out"] + [f"{name}_next" for name in state_names]
+    dynamic = {name: {0: "batch"} for name in input_names + output_names}
+    with atomic_path(path) as temporary, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, str(temporary), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+        import onnx
+        onnx.checker.check_model(str(temporary))
+    return path
+
+
+def export_float_onnx(network: FloatNetwork, path: str | os.PathLike) -> Path:
+    module = FloatStep(network).eval()
+    example = (torch.zeros(1, *network.input_shape), *module.initial_state(1))
+    return _export(module, example, module.state_names(), Path(path))
+
+
+def export_integer_onnx(network: Network, path: str | os.PathLike) -> Path:
+    module = IntegerStep(network).eval()
+    example = (torch.zeros(1, *network.input_shape, dtype=torch.int64), *module.initial_state(1))
+    return _export(module, example, module.state_names(), Path(path))
+
+
+def run_onnx(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
+    """Step an exported model over ``x`` (batch, T, *input_shape) in onnxruntime; returns ``out`` (batch, T, ...)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    batch = x.shape[0]
+    state = {}
+    for item in inputs[1:]:
+        dtype = np.int64 if "int64" in item.type else np.float32
+        state[item.name] = np.zeros((batch, *item.shape[1:]), dtype=dtype)
+    x_dtype = np.int64 if "int64" in inputs[0].type else np.float32
+    outputs = []
+    names = [o.name for o in session.get_outputs()]
+    for t in range(x.shape[1]):
+        result = session.run(names, {"x": x[:, t].astype(x_dtype), **state})
+        outputs.append(result[0])
+        state = {name[:-len("_next")]: value for name, value in zip(names[1:], result[1:])}
+    return np.stack(outputs, axis=1)
