@@ -126,6 +126,39 @@ def command_demo(args: argparse.Namespace) -> int:
     return exit_code
 
 
+def command_import(args: argparse.Namespace) -> int:
+    """A NIR graph from another tool -> the same quantiser -> the same export folder."""
+    from export.folder import write_export
+    from export.nir_io import read_nir
+
+    model = Path(args.model)
+    network, notes = read_nir(model, dt=args.dt)
+    if args.calibration:
+        try:
+            calibration = np.load(args.calibration, allow_pickle=False)
+        except (ValueError, OSError) as error:
+            raise UserError(f"{args.calibration}: cannot be read as a numpy array ({error})")
+        source = f"{args.calibration}"
+    else:
+        rng = np.random.default_rng(args.seed)
+        calibration = (rng.random((args.samples, args.steps, *network.input_shape)) < args.density).astype(np.uint8)
+        source = f"random spikes (seed {args.seed}, density {args.density}, {args.samples}x{args.steps})"
+    out = Path(args.out) if args.out else Path("runs") / model.stem / "export"
+    try:
+        folder, quantised, report = write_export(network, calibration, out, test_inputs=calibration[:8],
+                                                 source={"nir": str(model), "calibration": source})
+    except ValueError as error:
+        raise UserError(f"{model}: {error}")
+    if args.json:
+        print(json.dumps({"export": str(folder), "netx_exact": report["netx_exact"], "layers": len(report["layers"]),
+                          "warnings": report["warnings"], "notes": notes}))
+    else:
+        print(f"{model} -> {folder} ({len(report['layers'])} layers, netx-exact: {report['netx_exact']}, dt {report['dt']:g} s)")
+        for line in notes + report["warnings"]:
+            print(f"  note: {line}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbnn", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--backend", choices=("hw_sim", "lava", "torch"), default="hw_sim")
     simulate.set_defaults(handler=command_simulate)
 
+    importer = commands.add_parser("import", help="NIR graph from another tool -> the same export folder")
+    importer.add_argument("model", help="a .nir file")
+    importer.add_argument("--dt", type=float, help="time step in seconds, when the graph's metadata has none")
+    importer.add_argument("--out", help="export folder (default runs/<model name>/export)")
+    importer.add_argument("--calibration", help=".npy of inputs (batch, T, *input_shape) to scale the integers on")
+    importer.add_argument("--samples", type=_positive_int, default=32, help="random calibration samples")
+    importer.add_argument("--steps", type=_positive_int, default=100, help="random calibration steps")
+    importer.add_argument("--density", type=float, default=0.1, help="random calibration spike density")
+    importer.add_argument("--seed", type=int, default=0)
+    importer.add_argument("--json", action="store_true", help="print one JSON object")
+    importer.set_defaults(handler=command_import)
+
     demo = commands.add_parser("demo", help="the built-in end-to-end demo")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--seed", type=int, default=0)
@@ -161,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from export.nir_io import NIRImportError
     from hw_sim import LoihiFileError, NetworkError
     from hw_sim.lava import LavaError
 
@@ -168,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (UserError, LoihiFileError, NetworkError) as error:
+    except (UserError, LoihiFileError, NetworkError, NIRImportError) as error:
         print(f"sbnn {args.command}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except LavaError as error:
