@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arith import (CURRENT_DECAY_OFFSET, DECAY_UNITY, STATE_SHIFT, decay_toward_zero, prepare_dense_weights, saturate_voltage, shift_by_exponent,
+from .arith import (CURRENT_DECAY_OFFSET, DECAY_UNITY, STATE_MAX, STATE_SHIFT, decay_toward_zero, prepare_dense_weights, saturate_voltage, shift_by_exponent,
                     wrap_current, wrap_signed)
 from .network import ConvLayer, CubaNeurons, DenseLayer, Network, NetworkError, RunResult
 
@@ -96,17 +96,11 @@ def conv_synaptic_input(layer: ConvLayer, inputs: np.ndarray, max_abs_input: int
 
 
 def neuron_step(neurons: CubaNeurons, bias: np.ndarray, u: np.ndarray, v: np.ndarray,
-                a_in: np.ndarray, a_in_bound: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One Lava bit-accurate LIF step (LOIHI.md §1.2). Returns (u, v, spikes) with v already reset.
-
-    Lava forms ``decayed u + (a_in << 6)`` in int32; the wraps are skipped when ``a_in_bound`` (a bound
-    of |a_in|) shows they cannot happen.
-    """
+                a_in: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One Lava bit-accurate LIF step (LOIHI.md §1.2) in int64, with Lava's int32 arithmetic for
+    ``decayed u + (a_in << 6)``. Returns (u, v, spikes) with v already reset."""
     decayed = decay_toward_zero(u, DECAY_UNITY - (neurons.du + CURRENT_DECAY_OFFSET))
-    if a_in_bound is not None and (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT:
-        u = wrap_current(decayed + (a_in << STATE_SHIFT))
-    else:
-        u = wrap_current(wrap_int32(wrap_int32(decayed) + wrap_int32(a_in << STATE_SHIFT)))
+    u = wrap_current(wrap_int32(wrap_int32(decayed) + wrap_int32(a_in << STATE_SHIFT)))
     v = saturate_voltage(decay_toward_zero(v, DECAY_UNITY - neurons.dv) + u + bias)
     spikes = v > (neurons.vth << STATE_SHIFT)
     v = np.where(spikes, 0, v)
@@ -134,29 +128,91 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
                                         max_abs_input, layer.weight_exp), INT32_LIMIT)
 
     neurons = layer.neurons
-    bias = neurons.bias
-    recurrent = None
+    recurrent_weights = None
     if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
         recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
                                                   layer.effective_sign_mode(layer.recurrent_weights),
                                                   layer.num_weight_bits)
-        a_in_bound = 2 * INT32_LIMIT   # two int32 channels summed: always emulate the wraps
+        a_in_bound += synaptic_bound(recurrent_weights, 1, layer.weight_exp)
+    if (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT:
+        return _run_neurons_float(layer, synaptic, recurrent_weights, record_states)
+    return _run_neurons_int(layer, synaptic, recurrent_weights, record_states)
+
+
+def _run_neurons_int(layer, synaptic: np.ndarray, recurrent_weights: np.ndarray | None,
+                     record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The neuron recursion in int64 with Lava's int32 wraps (for sums that can leave int32)."""
+    batch, steps = synaptic.shape[:2]
+    neurons = layer.neurons
+    bias = neurons.bias
     u = np.zeros((batch, *layer.shape), dtype=np.int64)
     v = np.zeros_like(u)
     spikes = np.zeros((batch, steps, *layer.shape), dtype=np.uint8)
     us = np.zeros((batch, steps, *layer.shape), dtype=np.int64) if record_states else None
     vs = np.zeros_like(us) if record_states else None
-    zero_input = np.zeros((batch, *layer.shape), dtype=np.int64)
+    recurrent = np.zeros_like(u)
     for t in range(steps):
-        a_in = synaptic[:, t - 1] if t > 0 else zero_input
-        if recurrent is not None:
+        a_in = synaptic[:, t - 1] if t > 0 else np.zeros_like(u)
+        if recurrent_weights is not None:
             a_in = wrap_int32(a_in + recurrent)
-        u, v, fired = neuron_step(neurons, bias, u, v, a_in, a_in_bound)
+        u, v, fired = neuron_step(neurons, bias, u, v, a_in)
         spikes[:, t] = fired
         if record_states:
             us[:, t], vs[:, t] = u, v
-        if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
+        if recurrent_weights is not None:
             recurrent = wrap_int32(shift_by_exponent(integer_matmul(fired, recurrent_weights, 1), layer.weight_exp))
+    return spikes, us, vs
+
+
+def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_weights: np.ndarray | None,
+                       record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The same recursion in float64, exact because every value is an integer below 2^53.
+
+    Valid when no int32 wrap can occur (checked by the caller). ``trunc(u · f)`` with f = factor/4096 is
+    exactly Lava's ``sign(p)·(|p| >> 12)``: u·factor < 2^36 and the division by 4096 are exact in float64.
+    Arrays are time-major so each step touches contiguous memory.
+    """
+    batch, steps = synaptic.shape[:2]
+    neurons = layer.neurons
+    shape = (batch, *layer.shape)
+    drive = np.moveaxis(synaptic, 1, 0).astype(np.float64) * (1 << STATE_SHIFT)   # (T, B, ...): a_in << 6
+    current_factor = (DECAY_UNITY - neurons.du - CURRENT_DECAY_OFFSET) / DECAY_UNITY
+    voltage_factor = (DECAY_UNITY - neurons.dv) / DECAY_UNITY
+    bias = np.broadcast_to(neurons.bias.astype(np.float64), shape)
+    threshold = float(neurons.vth << STATE_SHIFT)
+    half, full, limit = float(1 << 23), float(1 << 24), float(STATE_MAX)
+    if recurrent_weights is not None:
+        recurrent_matrix = np.ascontiguousarray(recurrent_weights.T, dtype=np.float64) * (2.0 ** layer.weight_exp)
+    u, v = np.zeros(shape), np.zeros(shape)
+    spikes = np.zeros((steps, *shape), dtype=np.uint8)
+    us = np.zeros((steps, *shape)) if record_states else None
+    vs = np.zeros((steps, *shape)) if record_states else None
+    fired = np.zeros(shape, dtype=bool)
+    for t in range(steps):
+        np.multiply(u, current_factor, out=u)
+        np.trunc(u, out=u)
+        if t > 0:
+            u += drive[t - 1]
+        if recurrent_weights is not None and t > 0:
+            recurrent = fired.reshape(batch, -1).astype(np.float64) @ recurrent_matrix
+            u += np.floor(recurrent).reshape(shape) * (1 << STATE_SHIFT)
+        if u.max(initial=0.0) > half:
+            u[u > half] -= full
+        if u.min(initial=0.0) <= -half:
+            u[u <= -half] += full
+        np.multiply(v, voltage_factor, out=v)
+        np.trunc(v, out=v)
+        v += u
+        v += bias
+        np.clip(v, -limit, limit, out=v)
+        np.greater(v, threshold, out=fired)
+        v[fired] = 0.0
+        spikes[t] = fired
+        if record_states:
+            us[t], vs[t] = u, v
+    spikes = np.moveaxis(spikes, 0, 1)
+    if record_states:
+        us, vs = np.moveaxis(us, 0, 1).astype(np.int64), np.moveaxis(vs, 0, 1).astype(np.int64)
     return spikes, us, vs
 
 

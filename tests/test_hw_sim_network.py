@@ -183,3 +183,22 @@ def test_bad_input_shape_and_values():
         network.run(np.zeros((1, 5, 31)))
     with pytest.raises(NetworkError, match="integer-valued"):
         network.run(np.full((1, 5, 32), 0.5))
+
+
+def test_float64_and_int64_neuron_paths_agree():
+    """The float64 recursion (used when no int32 wrap can happen) equals the int64 one, states included."""
+    from hw_sim.loihi import _run_neurons_float, _run_neurons_int, dense_synaptic_input
+    for seed, options in ((5, dict()), (6, dict(recurrent=True)), (7, dict(bias=True, hidden=(30,)))):
+        network = random_network(seed, **options)
+        layer = network.layers[0]
+        x = random_input(seed, network, 4, 25)
+        synaptic = dense_synaptic_input(layer, x.reshape(100, -1), 1).reshape(4, 25, -1)
+        recurrent = None
+        if layer.recurrent_weights is not None:
+            from hw_sim.arith import prepare_dense_weights
+            recurrent = prepare_dense_weights(layer.recurrent_weights, layer.effective_sign_mode(layer.recurrent_weights),
+                                              layer.num_weight_bits)
+        a = _run_neurons_int(layer, synaptic, recurrent, True)
+        b = _run_neurons_float(layer, synaptic, recurrent, True)
+        assert a[0].sum() > 0
+        assert all(np.array_equal(p, q) for p, q in zip(a, b))

@@ -1,0 +1,215 @@
+"""``report.html``: one self-contained page (images embedded as PNG data URIs) from a pipeline result.
+
+The page shows, in order: the summary (verification verdict, accuracy on the float model and on the
+hardware model), the accuracy table, the energy table with per-layer bars, accuracy against energy per
+exported network, training curves, a spike raster of one test sample per layer, firing rates per layer,
+the reliability diagram of the ensemble, and the predictive entropy of the hardware ensemble on correct
+and wrong test samples.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.6em 0; } td, th { border: 1px solid #ccc; padding: 0.3em 0.7em; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.ok { color: #176b2c; font-weight: bold; } .bad { color: #a11; font-weight: bold; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; } img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _figure_to_data_uri(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(uri: str, alt: str) -> str:
+    return f'<img src="{uri}" alt="{html.escape(alt)}">'
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="num">{_fmt(c)}</td>' if isinstance(c, (int, float)) or c is None
+                                    else f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _plots(result: dict) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    history = result.get("training", {}).get("history", [])
+    if history:
+        fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2))
+        epochs = [h["epoch"] for h in history]
+        for key in ("nll", "kl", "aux"):
+            values = [h.get("loss", {}).get(key) for h in history]
+            if any(v is not None for v in values):
+                ax_loss.plot(epochs, values, marker="o", label=key)
+        ax_loss.set_xlabel("epoch"); ax_loss.set_title("training losses"); ax_loss.legend()
+        for key in ("test_accuracy_mean", "test_accuracy_noisy", "test_accuracy_ensemble", "train_accuracy_mean"):
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax_acc.plot(epochs, values, marker="o", label=key.replace("_accuracy", ""))
+        ax_acc.set_xlabel("epoch"); ax_acc.set_title("accuracy"); ax_acc.legend(fontsize=8)
+        figures["training"] = _figure_to_data_uri(fig)
+
+    energy = result.get("energy", {}).get("mean")
+    if energy:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        layers = energy["layers"]
+        names = [f"L{l['layer']} {l['kind']}" for l in layers]
+        ax.bar(np.arange(len(layers)) - 0.2, [l["energy_uj"]["loihi"] for l in layers], 0.4, label="Loihi (SNN)")
+        ax.bar(np.arange(len(layers)) + 0.2, [l["energy_uj"]["ann_mac_45nm"] for l in layers], 0.4,
+               label="equivalent ANN (45 nm fp32)")
+        ax.set_xticks(range(len(layers)), names); ax.set_ylabel("µJ per inference"); ax.set_yscale("log")
+        ax.set_title("energy per layer"); ax.legend(fontsize=8)
+        figures["energy"] = _figure_to_data_uri(fig)
+
+    exports = result.get("exports", [])
+    if exports:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for entry in exports:
+            if entry.get("accuracy_hw") is not None and entry.get("energy_uj"):
+                ax.scatter(entry["energy_uj"]["loihi"], entry["accuracy_hw"], s=40)
+                ax.annotate(entry["name"], (entry["energy_uj"]["loihi"], entry["accuracy_hw"]), fontsize=8,
+                            xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel("Loihi energy proxy (µJ per inference)"); ax.set_ylabel("hw_sim test accuracy")
+        ax.set_title("accuracy against energy")
+        figures["accuracy_energy"] = _figure_to_data_uri(fig)
+
+    raster = result.get("raster")
+    if raster:
+        layers = raster["layers"]
+        fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
+        for ax, spikes, k in zip(axes[0], layers, range(len(layers))):
+            spikes = np.asarray(spikes)
+            t, n = np.nonzero(spikes)
+            ax.scatter(t, n, s=2, marker="|", color="k")
+            ax.set_xlim(0, spikes.shape[0]); ax.set_ylim(-0.5, spikes.shape[1] - 0.5)
+            ax.set_title(f"layer {k}"); ax.set_xlabel("step")
+        axes[0][0].set_ylabel("neuron")
+        fig.suptitle(f"spike raster, test sample {raster.get('sample', 0)} (hw_sim)")
+        figures["raster"] = _figure_to_data_uri(fig)
+
+    rates = result.get("firing_rates")
+    if rates:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.bar(range(len(rates)), rates)
+        ax.set_xticks(range(len(rates)), [f"L{k}" for k in range(len(rates))])
+        ax.set_ylabel("spikes / neuron / step"); ax.set_title("firing rate per layer (hw_sim, test set)")
+        figures["rates"] = _figure_to_data_uri(fig)
+
+    calibration = result.get("calibration")
+    if calibration:
+        fig, ax = plt.subplots(figsize=(4, 4))
+        centers = np.asarray(calibration["bin_centers"]); accuracy = np.asarray(calibration["bin_accuracy"], dtype=float)
+        counts = np.asarray(calibration["bin_counts"])
+        ax.bar(centers[counts > 0], accuracy[counts > 0], width=1.0 / len(centers), edgecolor="k", alpha=0.7)
+        ax.plot([0, 1], [0, 1], "--", color="gray")
+        ax.set_xlabel("confidence"); ax.set_ylabel("accuracy")
+        ax.set_title(f"reliability, {calibration.get('name', 'ensemble')} (ECE {calibration.get('ece', 0):.3f})")
+        figures["reliability"] = _figure_to_data_uri(fig)
+
+    entropy = result.get("entropy")
+    if entropy and (entropy.get("correct") or entropy.get("wrong")):
+        fig, ax = plt.subplots(figsize=(5, 3))
+        bins = np.linspace(0, max([1e-6] + list(entropy.get("correct", [])) + list(entropy.get("wrong", []))), 20)
+        ax.hist(entropy.get("correct", []), bins=bins, alpha=0.6, label="correct", density=True)
+        ax.hist(entropy.get("wrong", []), bins=bins, alpha=0.6, label="wrong", density=True)
+        ax.set_xlabel("predictive entropy (nats)"); ax.set_title("hardware ensemble uncertainty"); ax.legend()
+        figures["entropy"] = _figure_to_data_uri(fig)
+    return figures
+
+
+def render(result: dict) -> str:
+    """The HTML page for a pipeline result dict (see :mod:`sbnn.pipeline`)."""
+    figures = _plots(result)
+    accuracy = result.get("accuracy", {})
+    verify = result.get("verify") or {}
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sbnn report — {html.escape(result.get('name', ''))}</title>",
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>sbnn report: {html.escape(result.get('name', ''))}</h1>",
+             f"<p class='note'>run folder {html.escape(str(result.get('run_dir', '')))}</p>"]
+    if verify:
+        verdict = ("<span class='ok'>bit-exact</span>" if verify.get("bit_exact") else "<span class='bad'>DIFFERENT</span>")
+        detail = (f"{verify.get('spikes_compared')} spikes and {verify.get('states_compared')} u/v values compared on "
+                  f"{verify.get('samples')} test samples")
+        if not verify.get("bit_exact") and verify.get("first_difference"):
+            detail += f"; first difference: {html.escape(json.dumps(verify['first_difference']))}"
+        parts.append(f"<p>hw_sim vs Lava: {verdict} — {detail}.</p>")
+    parts.append("<h2>Accuracy</h2>")
+    rows = [[label, accuracy.get(key)] for key, label in (
+        ("float_mean", "float model, posterior mean (deterministic)"),
+        ("float_noisy", "float model, posterior mean with noisy units (MC average)"),
+        ("float_ensemble", "float model, K posterior samples (ensemble)"),
+        ("quantised_float", "quantised network, float arithmetic, no delay"),
+        ("hw_mean", "quantised posterior mean on hw_sim (Loihi arithmetic)"),
+        ("hw_ensemble", "K quantised posterior samples on hw_sim (ensemble)"),
+        ("lava_subset", f"Lava, posterior mean, {accuracy.get('lava_subset_size', 0)} test samples"),
+        ("hw_subset", "hw_sim on the same Lava subset"))]
+    parts.append(_table(["model", "test accuracy"], rows))
+    exports = result.get("exports", [])
+    if exports:
+        parts.append("<h2>Exported networks</h2>")
+        parts.append(_table(["export", "hw_sim accuracy", "Loihi µJ / inference", "synops / inference", "netx-exact"],
+                            [[e["name"], e.get("accuracy_hw"), (e.get("energy_uj") or {}).get("loihi"),
+                              e.get("synops"), str(e.get("netx_exact"))] for e in exports]))
+    energy = result.get("energy", {}).get("mean")
+    if energy:
+        parts.append("<h2>Energy (posterior mean export, per inference)</h2>")
+        parts.append(_table(["proxy", "µJ", "definition"],
+                            [[name, value, energy["proxies"][name]] for name, value in energy["energy_uj"].items()]))
+        parts.append(_table(["layer", "kind", "input spikes", "synops", "neuron updates", "output spikes",
+                             "firing rate", "ANN MACs / step"],
+                            [[l["layer"], l["kind"], l["input_spikes"], l["synops"], l["neuron_updates"],
+                              l["output_spikes"], l["firing_rate"], l["ann_macs_per_step"]] for l in energy["layers"]]))
+        parts.append("<p class='note'>Constants: " + "; ".join(
+            f"{html.escape(k)} {v['joules'] * 1e12:g} pJ ({html.escape(v['source'])})" for k, v in energy["constants"].items())
+            + "</p>")
+    titles = {"energy": "Energy per layer", "accuracy_energy": "Accuracy against energy", "training": "Training",
+              "raster": "Spike raster", "rates": "Firing rates", "reliability": "Calibration",
+              "entropy": "Uncertainty of the hardware ensemble"}
+    for key, title in titles.items():
+        if key in figures:
+            parts.append(f"<h2>{title}</h2><div class='figs'>{_img(figures[key], title)}</div>")
+    timings = result.get("timings")
+    if timings:
+        parts.append("<h2>Stage times</h2>" + _table(["stage", "seconds"], [[k, v] for k, v in timings.items()]))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(result: dict, path: str | os.PathLike) -> Path:
+    """Render and write ``report.html`` atomically."""
+    from export.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(render(result), encoding="utf-8")
+    return path
