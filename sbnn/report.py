@@ -201,6 +201,10 @@ def render(result: dict) -> str:
     timings = result.get("timings")
     if timings:
         parts.append("<h2>Stage times</h2>" + _table(["stage", "seconds"], [[k, v] for k, v in timings.items()]))
+    # Lets a headless browser (the report test) read back how many images decoded.
+    parts.append("<script>window.addEventListener('load', () => { const images = [...document.images]; "
+                 "document.body.dataset.imagesTotal = images.length; document.body.dataset.imagesLoaded = "
+                 "images.filter(i => i.complete && i.naturalWidth > 0).length; });</script>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -6,8 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-# pip prints one harmless warning per package for absent local indexes on these machines; keep output readable.
-quiet_pip() { "$@" 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }; return "${PIPESTATUS[0]}"; }
+# pip's output goes to a log that is shown only when a step fails.
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+quiet_pip() {
+  if ! "$@" >"$LOG" 2>&1; then
+    grep -v "^WARNING: Location 'file://" "$LOG" >&2
+    echo "setup: failed: $*" >&2
+    return 1
+  fi
+}
 
 stamp_of() { cat "$@" pyproject.toml tools/setup.sh | sha256sum | cut -d' ' -f1; echo "$($PYTHON --version 2>&1)"; }
 
@@ -20,6 +28,17 @@ ensure_env() {  # name, then requirement files
   quiet_pip "$env/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   return 1
 }
+
+# Headless Chromium (Debian's package) renders report.html in the report test.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium for the report test (one-off)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium is missing and cannot be installed without root; the report test will be skipped" >&2
+  fi
+fi
 
 if ! ensure_env .venv requirements/main.txt requirements/main-nodeps.txt; then
   quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements/main.txt
