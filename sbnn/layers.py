@@ -438,6 +438,50 @@ def freeze_posterior_sample(module: nn.Module, seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Surrogate gradient of the hard threshold (the deterministic baseline)
+# ----------------------------------------------------------------------------------------------------
+
+
+class _FastSigmoidSpike(torch.autograd.Function):
+    """Forward ``1[margin > 0]``; backward ``grad / (1 + slope |margin|)^2`` (SuperSpike's fast sigmoid)."""
+
+    @staticmethod
+    def forward(ctx, margin, slope):  # noqa: D102
+        ctx.save_for_backward(margin)
+        ctx.slope = slope
+        return (margin > 0).to(margin.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes):  # noqa: D102
+        (margin,) = ctx.saved_tensors
+        return grad_spikes / (1.0 + ctx.slope * margin.abs()) ** 2, None
+
+
+def _check_surrogate_slope(surrogate_slope: float | None) -> float | None:
+    if surrogate_slope is None:
+        return None
+    if isinstance(surrogate_slope, bool) or not float(surrogate_slope) > 0:
+        raise ValueError(f"surrogate_slope must be > 0 or None, got {surrogate_slope!r}")
+    return float(surrogate_slope)
+
+
+def fast_sigmoid_spike(margin: Tensor, slope: float) -> Tensor:
+    """Hard threshold ``1[margin > 0]`` with the fast-sigmoid surrogate gradient.
+
+    The backward pass replaces the Dirac delta by ``1 / (1 + slope |margin|)^2`` (Zenke & Ganguli 2018):
+    the deterministic surrogate-gradient baseline the SBNN is compared with.
+
+    Args:
+        margin: ``V - theta`` (or ``M - theta``), any shape, floating point.
+        slope: steepness ``> 0``, in 1/(units of ``margin``).
+
+    Returns:
+        Spikes in {0., 1.}, ``margin``'s shape.
+    """
+    return _FastSigmoidSpike.apply(margin, _check_surrogate_slope(slope))
+
+
+# ----------------------------------------------------------------------------------------------------
 # Noisy binary units (BNN)
 # ----------------------------------------------------------------------------------------------------
 
@@ -462,12 +506,14 @@ class NoisyBinaryUnits(ModeAware):
     """Binary (0/1) units driven by a Bayesian layer's pre-activation.
 
     Mode ``"noisy"``: ``b = sample((M - theta) / sqrt(V + s0^2))`` with the configured estimator.
-    Modes ``"mean"`` and ``"sample"``: ``b = 1[M > theta]`` (no gradient).
+    Modes ``"mean"`` and ``"sample"``: ``b = 1[M > theta]`` (no gradient, unless ``surrogate_slope``).
 
     Args:
         threshold: ``theta``, in the units of ``M``.
         base_noise_std: ``s0 > 0``, same units.
         estimator: the gradient estimator (:class:`sbnn.estimators.EstimatorConfig`).
+        surrogate_slope: if set, the deterministic modes backpropagate through the threshold with
+            :func:`fast_sigmoid_spike` of this slope (the surrogate-gradient baseline).
 
     Forward: a :class:`Preactivation` (or a tensor of means) of any shape -> ``b``, same shape.
     """
@@ -478,15 +524,19 @@ class NoisyBinaryUnits(ModeAware):
         base_noise_std: float = 0.1,
         estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
         mode: Mode | str = Mode.NOISY,
+        surrogate_slope: float | None = None,
     ) -> None:
         super().__init__(mode)
         self.threshold = float(threshold)
         self.base_noise_std = _check_base_noise(base_noise_std)
         self.estimator = estimator
+        self.surrogate_slope = _check_surrogate_slope(surrogate_slope)
 
     def forward(self, pre: Preactivation | Tensor, generator: torch.Generator | None = None) -> Tensor:
         pre = _as_preactivation(pre)
         if self.mode is not Mode.NOISY:
+            if self.surrogate_slope is not None:
+                return fast_sigmoid_spike(pre.mean - self.threshold, self.surrogate_slope)
             return (pre.mean > self.threshold).to(pre.mean.dtype)
         z = standardised_margin(pre, self.threshold, self.base_noise_std)
         return self.estimator.sample(z, generator=generator)
@@ -558,6 +608,8 @@ def cuba_lif_step(
     state: CubaState,
     params: CubaParameters,
     bias: Tensor | float = 0.0,
+    *,
+    surrogate_slope: float | None = None,
 ) -> tuple[Tensor, CubaState]:
     """One deterministic step of Loihi's CUBA-LIF in float arithmetic.
 
@@ -568,12 +620,18 @@ def cuba_lif_step(
         state: previous :class:`CubaState`.
         params: decays and threshold (``base_noise_std`` is unused).
         bias: added to the voltage every step, broadcastable to ``(batch, *shape)``.
+        surrogate_slope: if set, the spikes backpropagate through :func:`fast_sigmoid_spike` of
+            ``V - theta`` (same forward); the reset passes no gradient through the spikes.
 
     Returns:
         ``(spikes, new_state)``: spikes in {0., 1.} and the state after the reset.
     """
     current = params.current_decay * state.current + input_current
     voltage = params.voltage_decay * state.voltage + current + bias
+    if surrogate_slope is not None:
+        spikes = fast_sigmoid_spike(voltage - params.threshold, surrogate_slope)
+        voltage = torch.where(spikes > 0.5, torch.zeros_like(voltage), voltage)
+        return spikes, CubaState(current, voltage)
     spiked = voltage > params.threshold
     voltage = torch.where(spiked, torch.zeros_like(voltage), voltage)
     return spiked.to(voltage.dtype), CubaState(current, voltage)
@@ -689,6 +747,8 @@ class CubaLif(ModeAware):
         recurrent: add dense Bayesian recurrent weights (``shape`` must be 1-D) fed with the previous
             step's spikes; ``recurrent_kwargs`` go to its :class:`BayesLinear` (which has no bias).
         estimator: Gaussian-noise estimator of the spikes.
+        surrogate_slope: if set, the deterministic modes backpropagate through the threshold with
+            :func:`fast_sigmoid_spike` of this slope (the surrogate-gradient baseline).
 
     Forward: a :class:`Preactivation` (or tensor of means) ``(batch, T, *shape)`` -> spikes, same shape.
     Mode ``"noisy"`` runs :func:`cuba_lif_step_noisy`; modes ``"mean"``/``"sample"`` run
@@ -710,12 +770,14 @@ class CubaLif(ModeAware):
         mode: Mode | str = Mode.NOISY,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        surrogate_slope: float | None = None,
     ) -> None:
         super().__init__(mode)
         self.neuron_shape = _neuron_shape(shape)
         self.params = CubaParameters(
             current_decay, voltage_decay, threshold, _check_base_noise(base_noise_std)
         )
+        self.surrogate_slope = _check_surrogate_slope(surrogate_slope)
         if estimator.noise != "gauss":
             raise ValueError(_GAUSSIAN_ONLY)
         self.estimator = estimator
@@ -765,7 +827,9 @@ class CubaLif(ModeAware):
                     estimator=self.estimator, generator=generator,
                 )
             else:
-                spikes, state = cuba_lif_step(step_mean, state, self.params, self.bias)
+                spikes, state = cuba_lif_step(
+                    step_mean, state, self.params, self.bias, surrogate_slope=self.surrogate_slope
+                )
             previous_spikes = spikes
             spikes_trace.append(spikes)
             voltage_trace.append(state.voltage)
@@ -875,6 +939,7 @@ __all__ = [
     "cuba_integrator_step",
     "cuba_lif_step",
     "cuba_lif_step_noisy",
+    "fast_sigmoid_spike",
     "freeze_posterior_sample",
     "gaussian_kl",
     "kl_divergence",
