@@ -8,7 +8,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m sbnn demo
+	$(PY) -m sbnn pipeline examples/quickstart.toml
 
 bench: setup
 	$(PY) benchmarks/hw_sim_vs_lava.py

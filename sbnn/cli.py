@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,30 +103,6 @@ def command_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def command_demo(args: argparse.Namespace) -> int:
-    """Until the training pipeline lands: build, save, simulate and verify a small network end to end."""
-    import hw_sim
-    from hw_sim.random_networks import random_input, random_network
-
-    out = Path(args.out)
-    network = random_network(args.seed, input_shape=(2, 10, 10), conv_channels=(4,), hidden=(32,), outputs=10,
-                             netx_compatible=True, bias=False)
-    path = hw_sim.save(network, out / "export" / "loihi.h5")
-    x = random_input(args.seed, network, args.samples, args.steps, density=0.2)
-    np.save(out / "export" / "inputs.npy", x)
-    print(f"wrote {path} (conv 2x10x10 -> 4 channels -> dense 32 -> 10; netx-exact: {hw_sim.netx_exact(network)})")
-    result = network.run(x)
-    print("hw_sim firing rates per layer: " + ", ".join(f"{s.mean():.3f}" for s in result.spikes))
-    exit_code = EXIT_OK
-    for builder in ("description", "netx"):
-        report = hw_sim.verify(network, x, builder=builder)
-        print(f"Lava ({'processes built from the description' if builder == 'description' else 'Intel netx loading loihi.h5'}): "
-              f"{report.summary()}; hw_sim {report.seconds['hw_sim']:.3f} s vs lava {report.seconds['lava']:.2f} s")
-        exit_code = max(exit_code, EXIT_OK if report.bit_exact else EXIT_DIFFERENT)
-    print(f"verify it yourself: sbnn verify {out / 'export'}")
-    return exit_code
-
-
 def command_energy(args: argparse.Namespace) -> int:
     import hw_sim
     from hw_sim.energy import PROXIES, energy_report
@@ -185,6 +162,47 @@ def command_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from .pipeline import export_run
+
+    run = Path(args.run)
+    try:
+        folder, report = export_run(run, weights=args.weights, seed=args.seed, out=args.out)
+    except FileNotFoundError as error:
+        raise UserError(str(error))
+    summary = {"export": str(folder), "weights": args.weights, "seed": args.seed if args.weights == "sample" else None,
+               "netx_exact": report["netx_exact"], "warnings": report["warnings"],
+               "layers": [{k: layer[k] for k in ("scale", "clipped_fraction", "relative_weight_error",
+                                                  "headroom_u", "headroom_v")} for layer in report["layers"]]}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{run} ({args.weights}) -> {folder}: model.nir, loihi.h5 (netx-exact: {report['netx_exact']}), "
+              f"model.onnx, model_int.onnx, export.json")
+        for k, layer in enumerate(summary["layers"]):
+            print(f"  layer {k}: scale {layer['scale']:.4g}, clipped {layer['clipped_fraction']:.2%}, "
+                  f"weight error {layer['relative_weight_error']:.2%}")
+        for warning in report["warnings"]:
+            print(f"  warning: {warning}")
+    return EXIT_OK
+
+
+def command_pipeline(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pipeline import format_summary, run_pipeline
+
+    config = load_config(args.config, args.set)
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    summary = run_pipeline(config, run_dir, force=args.force, quiet=args.json,
+                           progress=(lambda message: None) if args.json else print)
+    if args.json:
+        print(json.dumps(summary, default=float))
+    else:
+        print(format_summary(summary))
+    verify = summary.get("verify")
+    return EXIT_DIFFERENT if verify is not None and not verify["bit_exact"] else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sbnn", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--workers", type=_positive_int, default=1, help="parallel Lava processes")
         command.add_argument("--timeout", type=float, default=600.0, help="seconds before Lava is stopped")
         command.add_argument("--json", action="store_true", help="print one JSON object")
+
+    from .diagnostics import add_bias_command
+    from .train import add_train_command
+
+    add_train_command(commands)
+
+    exporter = commands.add_parser("export", help="a trained run -> model.nir, loihi.h5, ONNX, export.json")
+    exporter.add_argument("run", help="run folder (config.toml, checkpoint.pt)")
+    exporter.add_argument("--weights", choices=("mean", "sample"), default="mean",
+                          help="posterior mean, or one posterior sample drawn from --seed")
+    exporter.add_argument("--seed", type=int, default=0, help="seed of the posterior sample")
+    exporter.add_argument("--out", help="export folder (default RUN/export, or RUN/export_sample<seed>)")
+    exporter.add_argument("--json", action="store_true", help="print one JSON object")
+    exporter.set_defaults(handler=command_export)
+
+    pipeline = commands.add_parser("pipeline", help="train, export, simulate, verify, energy and report")
+    pipeline.add_argument("config", help="run configuration (TOML), e.g. examples/quickstart.toml")
+    pipeline.add_argument("--out", help="run folder (default runs/<config name>)")
+    pipeline.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                          help="override a config value (parsed as TOML); repeatable")
+    pipeline.add_argument("--force", action="store_true", help="redo every stage")
+    pipeline.add_argument("--json", action="store_true", help="print one JSON object")
+    pipeline.set_defaults(handler=command_pipeline)
+
+    add_bias_command(commands)
 
     verify = commands.add_parser("verify", help="hw_sim vs Lava, spike for spike (and u, v)")
     add_input_options(verify)
@@ -226,27 +269,30 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--json", action="store_true", help="print one JSON object")
     importer.set_defaults(handler=command_import)
 
-    demo = commands.add_parser("demo", help="the built-in end-to-end demo")
-    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--samples", type=_positive_int, default=4)
-    demo.add_argument("--steps", type=_positive_int, default=30)
-    demo.set_defaults(handler=command_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from export.nir_io import NIRImportError
-    from hw_sim import LoihiFileError, NetworkError
     from hw_sim.lava import LavaError
+
+    from .train import TrainingError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (UserError, LoihiFileError, NetworkError, NIRImportError) as error:
-        print(f"sbnn {args.command}: {error}", file=sys.stderr)
+    except (UserError, ValueError, OSError) as error:
+        # Bad input of every kind (config, data, loihi.h5, NIR, .npy: all ValueError subclasses; missing
+        # files) is one line and exit code 2. SBNN_DEBUG=1 shows the traceback instead.
+        if os.environ.get("SBNN_DEBUG"):
+            raise
+        message = " ".join(str(error).split("\n")).strip()
+        prefix = "" if message.startswith(f"sbnn {args.command}") else f"sbnn {args.command}: "
+        print(f"{prefix}{message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingError as error:
+        print(f"sbnn {args.command}: {' '.join(str(error).splitlines())}", file=sys.stderr)
+        return EXIT_DIFFERENT
     except LavaError as error:
         print(f"sbnn {args.command}: {error}", file=sys.stderr)
         return EXIT_LAVA_FAILED

@@ -67,15 +67,15 @@ def _plots(result: dict) -> dict[str, str]:
     if history:
         fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2))
         epochs = [h["epoch"] for h in history]
-        for key in ("nll", "kl", "aux"):
+        for key, label in (("nll", "NLL"), ("kl_term", "β·KL/N"), ("aux", "aux")):
             values = [h.get("loss", {}).get(key) for h in history]
             if any(v is not None for v in values):
-                ax_loss.plot(epochs, values, marker="o", label=key)
-        ax_loss.set_xlabel("epoch"); ax_loss.set_title("training losses"); ax_loss.legend()
-        for key in ("test_accuracy_mean", "test_accuracy_noisy", "test_accuracy_ensemble", "train_accuracy_mean"):
-            values = [h.get(key) for h in history]
+                ax_loss.plot(epochs, values, marker="o", label=label)
+        ax_loss.set_xlabel("epoch"); ax_loss.set_title("training losses (per example)"); ax_loss.legend()
+        for split, kind in (("test", "mean"), ("test", "noisy"), ("test", "ensemble"), ("train", "mean")):
+            values = [h.get(split, {}).get(kind, {}).get("accuracy") for h in history]
             if any(v is not None for v in values):
-                ax_acc.plot(epochs, values, marker="o", label=key.replace("_accuracy", ""))
+                ax_acc.plot(epochs, values, marker="o", label=f"{split} {kind}")
         ax_acc.set_xlabel("epoch"); ax_acc.set_title("accuracy"); ax_acc.legend(fontsize=8)
         figures["training"] = _figure_to_data_uri(fig)
 

@@ -21,9 +21,9 @@ def example_result() -> dict:
     energy = energy_report(network, x)
     spikes = network.run(x).spikes
     rng = np.random.default_rng(0)
-    history = [{"epoch": e, "loss": {"nll": 2.0 / e, "kl": 0.5 / e, "aux": 0.01}, "test_accuracy_mean": 0.5 + 0.1 * e,
-                "test_accuracy_noisy": 0.48 + 0.1 * e, "test_accuracy_ensemble": 0.5 + 0.1 * e,
-                "train_accuracy_mean": 0.55 + 0.1 * e} for e in (1, 2, 3)]
+    history = [{"epoch": e, "loss": {"nll": 2.0 / e, "kl_term": 0.5 / e, "aux": 0.01},
+                "test": {kind: {"accuracy": 0.5 + 0.1 * e} for kind in ("mean", "noisy", "ensemble")},
+                "train": {"mean": {"accuracy": 0.55 + 0.1 * e}}} for e in (1, 2, 3)]
     return {"name": "example", "run_dir": "runs/example",
             "training": {"history": history},
             "accuracy": {"float_mean": 0.8, "float_noisy": 0.79, "float_ensemble": 0.81, "quantised_float": 0.8,

@@ -1,0 +1,670 @@
+"""Run configuration: a TOML file validated on load, overridable from the command line.
+
+A run is described by five sections (only ``[data] name`` is required; every other key has a default)::
+
+    [data]      which data set and how to present it          -> DataConfig
+    [model]     architecture and neurons (sbnn.models)         -> ModelConfig
+    [train]     method, optimiser, loss, evaluation, hardware  -> TrainConfig
+    [export]    posterior -> Loihi integers (a later stage)    -> ExportConfig
+    [pipeline]  simulation and verification (a later stage)    -> PipelineConfig
+
+:func:`load_config` reads the file, applies ``--set section.key=value`` overrides (values parsed as TOML
+values, so ``--set model.hidden=[64,32]``; a value that is not valid TOML is taken as a string, so
+``--set train.method=surrogate`` needs no quotes) and validates everything.  Every problem is a
+:class:`ConfigError` whose one-line message starts with the file path and names the key.
+:meth:`RunConfig.to_toml` writes the fully resolved configuration, which loads again to the same
+:class:`RunConfig` (a run folder keeps it as ``config.toml``).
+
+Two places for the estimator.  The stable name is ``[train] estimator`` (DESIGN.md); ``[model]
+estimator`` (the :class:`~sbnn.models.ModelConfig` field) is accepted too, but not both.  Either way
+it is a method name (``"agr"``, ``"iwst"``, ...; the method's default settings, see
+:data:`ESTIMATOR_DEFAULTS`) or a table of :class:`~sbnn.estimators.EstimatorConfig` fields.  The
+resolved file keeps it under ``[train]``.  ``ModelConfig.surrogate`` is not a ``[model]`` key: it
+follows ``[train] method``.
+
+Keys whose default is "unset" (TOML has no null), such as ``model.prior_std`` or ``train.grad_clip``,
+are omitted to keep them unset; the resolved file lists them as comments.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from sbnn.aux_loss import DEFAULT_PENALTY, DEFAULT_PENALTY_WEIGHT, PENALTIES
+from sbnn.data import DATASETS, ENCODINGS
+# Dataset options each loader accepts as extra [data] keys (load_dataset(**options)): the loader's own
+# table, so there is no second copy to drift.  The loader validates their values when the data loads.
+from sbnn.data import _OPTIONS as DATA_OPTIONS
+from sbnn.estimators import METHODS, EstimatorConfig
+from sbnn.layers import DEFAULT_ESTIMATOR
+from sbnn.models import ModelConfig
+
+SECTIONS: tuple[str, ...] = ("data", "model", "train", "export", "pipeline")
+TRAIN_METHODS: tuple[str, ...] = ("sbnn", "surrogate")
+OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
+SCHEDULES: tuple[str, ...] = ("cosine", "step", "none")
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+EXPORT_WEIGHTS: tuple[str, ...] = ("mean", "sample")
+BUILT_IN_DATASETS: tuple[str, ...] = ("digits", "randman")
+
+# What a bare method name means for the estimator (the settings a method cannot do without).
+ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    "st": {},
+    "iwst": {"p": 0.5},
+    "agr": {"tau": 1.0},
+    "relaxed": {"tau": 1.0},
+    "gr_mc": {"tau": 1.0, "k": 8},
+}
+
+# ModelConfig fields that are not [model] keys (see the module docstring).
+_MODEL_FIELDS_NOT_KEYS = ("surrogate", "estimator")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the one-line message starts with the config file's path."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).splitlines()))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: the data set (see :func:`sbnn.data.load_dataset`).
+
+    Attributes:
+        name: one of ``digits``, ``randman``, ``shd``, ``dvs_gesture``, ``cifar10``, ``npz``.
+        path: folder of the original files or the ``.npz`` file (relative paths are taken from the
+            current directory); unset for built-in data.  ``root`` is accepted as another name for it.
+        steps: time steps ``T``; unset: the loader's default.
+        encoding: ``none``, ``rate``, ``on_off``, ``latency`` or ``direct`` for static features.
+        seed: seeds the data (digits split, Randman generation, rate encoders).
+        options: loader-specific options (e.g. randman ``num_units``), given as further ``[data]`` keys.
+    """
+
+    name: str
+    path: str | None = None
+    steps: int | None = None
+    encoding: str = "none"
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load_arguments(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`sbnn.data.load_dataset` (besides the name)."""
+        return {
+            "path": self.path,
+            "steps": self.steps,
+            "encoding": None if self.encoding == "none" else self.encoding,
+            "seed": self.seed,
+            **self.options,
+        }
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``[train]``: method, optimisation, loss terms, evaluation and hardware.
+
+    Attributes:
+        method: ``sbnn`` (noisy neurons, ELBO) or ``surrogate`` (the same architecture with
+            deterministic neurons and a fast-sigmoid surrogate gradient, no KL).
+        estimator: gradient estimator of the noisy neurons (method ``sbnn``).
+        epochs, batch_size, lr, seed: the usual; ``batch_size`` is the global batch (split over processes).
+        optimizer: ``adam``, ``adamw`` or ``sgd``; weight_decay, momentum (sgd) go with it.
+        schedule: ``cosine`` (per step, to ``lr * lr_min_ratio``), ``step`` (``lr *= step_gamma`` every
+            ``step_epochs`` epochs) or ``none``.
+        kl_weight: ``beta`` of the loss ``NLL + beta * KL / N_train + aux``.
+        kl_warmup_epochs: ``beta`` ramps linearly from 0 over this many epochs (per step); 0: no warm-up.
+        aux_penalty, aux_weight: the bias-minimising auxiliary penalty (:mod:`sbnn.aux_loss`).
+        grad_clip: maximum global gradient norm; unset: no clipping.
+        threads: torch threads per process.
+        device: ``cpu`` or ``cuda``.
+        eval_samples: ``K``, the noisy passes averaged and the posterior samples in the ensemble.
+        eval_seed: seeds evaluation: the noisy passes, and the ensemble's sample ``k`` is
+            ``freeze_sample(eval_seed + k)``.
+        eval_batch_size: batch size of the evaluation passes.
+        train_eval_subset: training examples (a fixed seeded subset) on which train accuracy is
+            evaluated each epoch; unset: all.
+        train_subset, test_subset: use only this many examples (a fixed seeded subset); unset: all.
+    """
+
+    method: str = "sbnn"
+    estimator: EstimatorConfig = DEFAULT_ESTIMATOR
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    lr_min_ratio: float = 0.0
+    step_epochs: int = 30
+    step_gamma: float = 0.1
+    kl_weight: float = 1.0
+    kl_warmup_epochs: int = 0
+    aux_penalty: str = DEFAULT_PENALTY
+    aux_weight: float = DEFAULT_PENALTY_WEIGHT
+    grad_clip: float | None = None
+    threads: int = 1
+    device: str = "cpu"
+    eval_samples: int = 8
+    eval_seed: int = 0
+    eval_batch_size: int = 256
+    train_eval_subset: int | None = 1000
+    train_subset: int | None = None
+    test_subset: int | None = None
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``[export]`` (used by the export stage).
+
+    Attributes:
+        weights: ``mean`` (the posterior mean) or ``sample`` (posterior samples).
+        posterior_samples: how many posterior samples to export with ``weights = "sample"``.
+        calibration_samples: inputs used to choose the integer scales.
+        headroom: factor on the calibrated range (>= 1 leaves room above what calibration saw).
+        dt: seconds per time step, written to the NIR metadata.
+        seed: seeds the posterior samples and the calibration subset.
+    """
+
+    weights: str = "mean"
+    posterior_samples: int = 2
+    calibration_samples: int = 64
+    headroom: float = 1.0
+    dt: float = 0.001
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``[pipeline]`` (used by ``sbnn pipeline``).
+
+    Attributes:
+        lava_samples: test samples run through Lava for verification.
+        lava_workers: parallel Lava processes.
+        hw_batch: batch size of the bit-exact simulator.
+    """
+
+    lava_samples: int = 8
+    lava_workers: int = 1
+    hw_batch: int = 256
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run configuration (build one with :func:`load_config`).
+
+    Attributes:
+        data, model, train, export, pipeline: the sections.  ``model.surrogate`` follows
+            ``train.method`` and ``model.estimator`` is ``train.estimator``.
+        source: the file it was loaded from (used in error messages).
+    """
+
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    export: ExportConfig = ExportConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    source: str = "<config>"
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested values of every key (unset keys as ``None``), sections in :data:`SECTIONS` order."""
+        data = {f.name: getattr(self.data, f.name) for f in fields(DataConfig) if f.name != "options"}
+        data.update(self.data.options)
+        model = {k: v for k, v in self.model.to_dict().items() if k not in _MODEL_FIELDS_NOT_KEYS}
+        train = {f.name: getattr(self.train, f.name) for f in fields(TrainConfig)}
+        train["estimator"] = _estimator_dict(self.train.estimator)
+        return {
+            "data": data,
+            "model": model,
+            "train": train,
+            "export": {f.name: getattr(self.export, f.name) for f in fields(ExportConfig)},
+            "pipeline": {f.name: getattr(self.pipeline, f.name) for f in fields(PipelineConfig)},
+        }
+
+    def to_toml(self) -> str:
+        """The fully resolved configuration as TOML; :func:`load_config` reads it back to an equal config."""
+        lines = [f"# Resolved configuration (loaded from {self.source})."]
+        for section, values in self.to_dict().items():
+            lines.append("")
+            lines.append(f"[{section}]")
+            for key, value in values.items():
+                if value is None:
+                    lines.append(f"# {key} = (unset)")
+                else:
+                    lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _estimator_dict(estimator: EstimatorConfig) -> dict[str, Any]:
+    return {f.name: getattr(estimator, f.name) for f in fields(estimator) if getattr(estimator, f.name) is not None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing TOML values
+# ----------------------------------------------------------------------------------------------------
+
+
+def _toml_string(text: str) -> str:
+    escaped = []
+    for character in text:
+        code = ord(character)
+        if character == '"':
+            escaped.append('\\"')
+        elif character == "\\":
+            escaped.append("\\\\")
+        elif code < 0x20 or code == 0x7F:
+            escaped.append(f"\\u{code:04x}")
+        else:
+            escaped.append(character)
+    return '"' + "".join(escaped) + '"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cannot write the non-finite number {value!r} to TOML")
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{key} = {_toml_value(item)}" for key, item in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Value checks (each returns the normalised value or raises _KeyError with the reason)
+# ----------------------------------------------------------------------------------------------------
+
+
+class _KeyError(Exception):
+    """A bad value; the caller adds the file and key."""
+
+
+Check = Callable[[Any], Any]
+
+
+def _integer(minimum: int | None = None) -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _KeyError(f"must be an integer, got {_show(value)}")
+        if minimum is not None and value < minimum:
+            raise _KeyError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _number(minimum: float | None = None, *, open_minimum: bool = False, maximum: float | None = None) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _KeyError(f"must be a number, got {_show(value)}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise _KeyError(f"must be finite, got {value}")
+        if minimum is not None and (number < minimum or (open_minimum and number == minimum)):
+            raise _KeyError(f"must be {'>' if open_minimum else '>='} {minimum:g}, got {value}")
+        if maximum is not None and number > maximum:
+            raise _KeyError(f"must be <= {maximum:g}, got {value}")
+        return number
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _KeyError(f"must be one of {', '.join(options)} (a string), got {_show(value)}")
+        if value not in options:
+            raise _KeyError(f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    return check
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _KeyError(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _show(value: Any) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+
+
+def _parse_estimator(value: Any) -> EstimatorConfig:
+    """A method name or a table of :class:`EstimatorConfig` fields -> the validated config."""
+    if isinstance(value, EstimatorConfig):
+        return value
+    if isinstance(value, str):
+        if value not in METHODS:
+            raise _KeyError(f"must be one of {', '.join(METHODS)} or a table of estimator settings, got {value!r}")
+        settings: dict[str, Any] = {"method": value, **ESTIMATOR_DEFAULTS[value]}
+    elif isinstance(value, dict):
+        known = {f.name for f in fields(EstimatorConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise _KeyError(f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        method = value.get("method", DEFAULT_ESTIMATOR.method)
+        if not isinstance(method, str) or method not in METHODS:
+            raise _KeyError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        # A table names what it changes; the method's own defaults fill what it needs and leaves out
+        # (IW-ST's p and lam are alternatives: p = 1/2 only when neither is given).
+        defaults = dict(ESTIMATOR_DEFAULTS[method])
+        if method == "iwst" and "lam" in value:
+            defaults.pop("p")
+        settings = {**defaults, **value, "method": method}
+    else:
+        raise _KeyError(f"must be a method name or a table of estimator settings, got {_show(value)}")
+    try:
+        return EstimatorConfig(**settings)
+    except (TypeError, ValueError) as error:
+        raise _KeyError(str(error)) from None
+
+
+_DATA_CHECKS: dict[str, Check] = {
+    "name": _choice(DATASETS),
+    "path": _string,
+    "steps": _integer(1),
+    "encoding": _choice(("none",) + tuple(ENCODINGS)),
+    "seed": _integer(0),
+}
+
+_TRAIN_CHECKS: dict[str, Check] = {
+    "method": _choice(TRAIN_METHODS),
+    "estimator": _parse_estimator,
+    "epochs": _integer(1),
+    "batch_size": _integer(1),
+    "lr": _number(0.0, open_minimum=True),
+    "seed": _integer(0),
+    "optimizer": _choice(OPTIMIZERS),
+    "weight_decay": _number(0.0),
+    "momentum": _number(0.0, maximum=1.0),
+    "schedule": _choice(SCHEDULES),
+    "lr_min_ratio": _number(0.0, maximum=1.0),
+    "step_epochs": _integer(1),
+    "step_gamma": _number(0.0, open_minimum=True, maximum=1.0),
+    "kl_weight": _number(0.0),
+    "kl_warmup_epochs": _integer(0),
+    "aux_penalty": _choice(PENALTIES),
+    "aux_weight": _number(0.0),
+    "grad_clip": _number(0.0, open_minimum=True),
+    "threads": _integer(1),
+    "device": _choice(DEVICES),
+    "eval_samples": _integer(1),
+    "eval_seed": _integer(0),
+    "eval_batch_size": _integer(1),
+    "train_eval_subset": _integer(1),
+    "train_subset": _integer(1),
+    "test_subset": _integer(1),
+}
+
+_EXPORT_CHECKS: dict[str, Check] = {
+    "weights": _choice(EXPORT_WEIGHTS),
+    "posterior_samples": _integer(1),
+    "calibration_samples": _integer(1),
+    "headroom": _number(0.0, open_minimum=True),
+    "dt": _number(0.0, open_minimum=True),
+    "seed": _integer(0),
+}
+
+_PIPELINE_CHECKS: dict[str, Check] = {
+    "lava_samples": _integer(1),
+    "lava_workers": _integer(1),
+    "hw_batch": _integer(1),
+}
+
+_MODEL_KEYS: tuple[str, ...] = tuple(
+    f.name for f in fields(ModelConfig) if f.name not in _MODEL_FIELDS_NOT_KEYS
+) + ("estimator",)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------
+
+
+def _error(source: str, key: str, reason: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {reason}")
+
+
+def _unknown_key(source: str, section: str, key: str, known: tuple[str, ...] | list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    hint = f" (did you mean {section}.{close[0]}?)" if close else ""
+    return _error(source, f"{section}.{key}", f"unknown key{hint}")
+
+
+def _check_section(source: str, section: str, raw: dict[str, Any], checks: Mapping[str, Check]) -> dict[str, Any]:
+    values = {}
+    for key, value in raw.items():
+        if key not in checks:
+            raise _unknown_key(source, section, key, tuple(checks))
+        try:
+            values[key] = checks[key](value)
+        except _KeyError as reason:
+            raise _error(source, f"{section}.{key}", str(reason)) from None
+    return values
+
+
+def _build_data(source: str, raw: dict[str, Any]) -> DataConfig:
+    raw = dict(raw)
+    if "root" in raw:
+        if "path" in raw:
+            raise _error(source, "data.root", "give either data.path or data.root (the same setting), not both")
+        raw["path"] = raw.pop("root")
+    if "name" not in raw:
+        raise _error(source, "data.name", f"missing (one of {', '.join(DATASETS)})")
+    name = _check_section(source, "data", {"name": raw["name"]}, _DATA_CHECKS)["name"]
+    option_names = DATA_OPTIONS.get(name, ())
+    options = {}
+    for key in [k for k in raw if k not in _DATA_CHECKS]:
+        value = raw.pop(key)
+        if key not in option_names:
+            allowed = ", ".join(option_names) or "none"
+            close = difflib.get_close_matches(key, list(_DATA_CHECKS) + list(option_names), n=1)
+            hint = f"did you mean data.{close[0]}? " if close else ""
+            raise _error(source, f"data.{key}", f"unknown key ({hint}options of dataset {name!r}: {allowed})")
+        if isinstance(value, (dict, list)):
+            raise _error(source, f"data.{key}", f"must be a number, string or boolean, got {_show(value)}")
+        options[key] = value
+    values = _check_section(source, "data", raw, _DATA_CHECKS)
+    if name in BUILT_IN_DATASETS and "path" in values:
+        raise _error(source, "data.path", f"dataset {name!r} is built in and takes no path")
+    if name not in BUILT_IN_DATASETS and "path" not in values:
+        what = "the .npz file" if name == "npz" else "the folder holding its original files"
+        raise _error(source, "data.path", f"missing: dataset {name!r} needs path = {what}")
+    return DataConfig(**values, options=options)
+
+
+def _build_model_and_train(source: str, model_raw: dict[str, Any], train_raw: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    model_raw = dict(model_raw)
+    train_raw = dict(train_raw)
+    if "surrogate" in model_raw:
+        raise _error(source, "model.surrogate", 'not a [model] key: set train.method = "surrogate" for the baseline')
+    if "estimator" in model_raw:
+        if "estimator" in train_raw:
+            raise _error(source, "model.estimator",
+                         "given twice: keep train.estimator (the same setting) and remove model.estimator")
+        train_raw["estimator"] = model_raw.pop("estimator")
+    train_values = _check_section(source, "train", train_raw, _TRAIN_CHECKS)
+    train = TrainConfig(**train_values)
+
+    for key in model_raw:
+        if key not in _MODEL_KEYS:
+            raise _unknown_key(source, "model", key, _MODEL_KEYS)
+    model_values = dict(model_raw)
+    model_values["surrogate"] = train.method == "surrogate"
+    model_values["estimator"] = train.estimator
+    try:
+        model = ModelConfig(**model_values)
+    except ValueError as error:
+        raise _model_error(source, error) from None
+    if train.aux_penalty == "margin_saturation" and train.aux_weight > 0 and (model.spiking or model.surrogate):
+        raise _error(source, "train.aux_penalty", "margin_saturation needs the margins of noisy binary units; "
+                     "spiking neurons and the surrogate baseline record none (use weight_noise_ratio)")
+    return model, train
+
+
+def _model_error(source: str, error: ValueError) -> ConfigError:
+    """ModelConfig's messages start with the field name; turn that into ``model.<field>``."""
+    message = str(error)
+    for key in sorted(_MODEL_KEYS, key=len, reverse=True):
+        if message.startswith(key):
+            if key == "estimator":
+                return _error(source, "train.estimator", message[len(key):].lstrip(" :"))
+            return _error(source, f"model.{key}", message[len(key):].lstrip(" :"))
+    return _error(source, "model", message)
+
+
+def config_from_dict(raw: Mapping[str, Any], *, source: str = "<config>") -> RunConfig:
+    """Validate a parsed TOML document (nested dicts) into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: naming the first bad section or key.
+    """
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f" (did you mean [{close[0]}]?)" if close else ""
+            raise _error(source, f"[{section}]", f"unknown section{hint}; sections: {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise _error(source, section, f"must be a table ([{section}]), got {_show(values)}")
+    if "data" not in raw:
+        raise _error(source, "[data]", "missing section (it needs at least name = ...)")
+    data = _build_data(source, raw["data"])
+    model, train = _build_model_and_train(source, raw.get("model", {}), raw.get("train", {}))
+    export = ExportConfig(**_check_section(source, "export", raw.get("export", {}), _EXPORT_CHECKS))
+    pipeline = PipelineConfig(**_check_section(source, "pipeline", raw.get("pipeline", {}), _PIPELINE_CHECKS))
+    return RunConfig(data=data, model=model, train=train, export=export, pipeline=pipeline, source=source)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"section.key=value"`` -> (``["section", "key"]``, value parsed as a TOML value).
+
+    A value that is not valid TOML is taken as a plain string (so ``train.method=surrogate`` works).
+    Deeper keys address tables, e.g. ``train.estimator.tau=0.5``.
+
+    Raises:
+        ValueError: no ``=`` or no ``section.key`` before it.
+    """
+    key, separator, value_text = text.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not separator or len(parts) < 2 or not all(part.strip() for part in parts):
+        raise ValueError(f"--set {text!r}: expected section.key=value (e.g. train.epochs=2)")
+    value_text = value_text.strip()
+    try:
+        value = tomllib.loads(f"value = {value_text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    return [part.strip() for part in parts], value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], *, source: str) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a parsed document (a new dict is returned; ``raw`` is unchanged)."""
+    result = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for text in overrides:
+        try:
+            parts, value = parse_override(text)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
+        section = parts[0]
+        if section not in SECTIONS:
+            close = difflib.get_close_matches(section, SECTIONS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{source}: --set {text!r}: unknown section {section!r}{hint}; "
+                              f"sections: {', '.join(SECTIONS)}")
+        table = result.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: --set {text!r}: {section} is not a table")
+        for depth, part in enumerate(parts[1:-1], start=1):
+            inner = table.get(part)
+            if isinstance(inner, str) and ".".join(parts[:depth + 1]) in ("train.estimator", "model.estimator"):
+                inner = {"method": inner}  # an estimator given by name becomes a table to change a setting
+            elif inner is None:
+                inner = {}
+            elif not isinstance(inner, dict):
+                raise ConfigError(f"{source}: --set {text!r}: {'.'.join(parts[:depth + 1])} is not a table")
+            else:
+                inner = dict(inner)
+            table[part] = inner
+            table = inner
+        table[parts[-1]] = value
+    return result
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run configuration.
+
+    Args:
+        path: the TOML file.
+        overrides: ``"section.key=value"`` strings (``--set``), applied in order after the file.
+
+    Returns:
+        The validated :class:`RunConfig` (``source`` is ``path``).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or a section, key or value is invalid; the
+            one-line message starts with ``path`` and names the key.
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file (expected a TOML run configuration)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source}: cannot be read ({error})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML ({error})") from None
+    return config_from_dict(apply_overrides(raw, list(overrides or []), source=source), source=source)
+
+
+def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
+    """``config`` with ``--set``-style overrides applied and validated again."""
+    raw = apply_overrides(_without_unset(config.to_dict()), overrides, source=config.source)
+    return config_from_dict(raw, source=config.source)
+
+
+def _without_unset(document: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {section: {k: v for k, v in values.items() if v is not None} for section, values in document.items()}
+
+
+__all__ = [
+    "DEVICES",
+    "ESTIMATOR_DEFAULTS",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "SECTIONS",
+    "TRAIN_METHODS",
+    "ConfigError",
+    "DataConfig",
+    "ExportConfig",
+    "PipelineConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config",
+    "parse_override",
+    "with_overrides",
+]

@@ -1,0 +1,353 @@
+"""``sbnn export`` and ``sbnn pipeline``: from a trained run to verified deployments and a report.
+
+Stages of ``sbnn pipeline CONFIG.toml`` (each skips when its outputs exist and are newer than its inputs;
+``--force`` redoes all):
+
+1. **train** — :func:`sbnn.train.train` into the run folder.
+2. **export** — the posterior mean to ``export/`` and K posterior samples to ``export_sample{k}/``
+   (sample k is the posterior sample drawn from seed ``export.seed + k``), each via model.nir →
+   quantiser → loihi.h5 / ONNX (:func:`export.folder.write_export`).
+3. **evaluate** — every export on the whole test set in hw_sim; the posterior mean in Lava on
+   ``pipeline.lava_samples`` test samples, verified against hw_sim spike for spike (u and v included);
+   energy proxies of every export; float-model accuracies for comparison. Written to ``results.json``.
+4. **report** — ``report.html``.
+
+Timing: Loihi adds one step of delay per layer, so a deployed network runs T + L steps (L zero steps
+appended to each input) and its readout is averaged over steps L … T + L − 1, which see exactly the
+input steps the float model sees. Static inputs (features) are repeated for ``model.static_steps`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+LOGIT_BATCH = 256
+
+
+# --------------------------------------------------------------------------------------------------
+# Exporting a run
+
+def _load_run(run_dir: Path):
+    from .config import load_config
+    from .train import load_trained_model, load_training_data
+
+    config_path = run_dir / "config.toml"
+    if not (run_dir / "checkpoint.pt").is_file() or not config_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: not a finished run folder (needs config.toml and checkpoint.pt)")
+    config = load_config(config_path)
+    model = load_trained_model(run_dir)
+    data = load_training_data(config)
+    return config, model, data
+
+
+def _sequences(x, model) -> np.ndarray:
+    from export.from_model import as_sequence
+
+    array = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+    return as_sequence(array, model.input_shape, model.config.static_steps).astype(np.float64)
+
+
+def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int = 0, out: str | os.PathLike | None = None,
+               loaded=None) -> tuple[Path, dict]:
+    """Export a trained run's posterior mean or the posterior sample of ``seed``; returns (folder, report)."""
+    from export.folder import write_export
+    from export.from_model import float_network_from_model
+
+    run_dir = Path(run_dir)
+    config, model, data = loaded or _load_run(run_dir)
+    out = Path(out) if out else run_dir / ("export" if weights == "mean" else f"export_sample{seed}")
+    network = float_network_from_model(model, dt=config.export.dt, weights=weights, seed=seed)
+    calibration_count = min(config.export.calibration_samples, len(data.x_train))
+    calibration = _sequences(data.x_train[:calibration_count], model)
+    preview = min(config.pipeline.lava_samples, len(data.x_test))
+    delay = len(network.layers)
+    test_inputs = _pad_steps(_sequences(data.x_test[:preview], model), delay)
+    folder, _, report = write_export(network, calibration, out, test_inputs=test_inputs,
+                                     test_labels=data.y_test[:preview].numpy(), headroom=config.export.headroom,
+                                     source={"run": str(run_dir), "weights": weights,
+                                             "seed": seed if weights == "sample" else None,
+                                             "calibration_samples": calibration_count,
+                                             "inputs": f"first {preview} test samples, {delay} zero steps appended"})
+    return folder, report
+
+
+def _pad_steps(x: np.ndarray, steps: int) -> np.ndarray:
+    """Append ``steps`` zero steps: Loihi's output lags the input by one step per layer."""
+    return np.concatenate([x, np.zeros((x.shape[0], steps, *x.shape[2:]), dtype=x.dtype)], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluating exports
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def hardware_logits(folder: Path, x: np.ndarray, *, batch: int = LOGIT_BATCH, backend: str = "hw_sim",
+                    keep: dict | None = None) -> np.ndarray:
+    """Logits of an exported network on float inputs ``x`` (N, T, ...) in hw_sim (or Lava): the readout's
+    v, averaged over the T steps after the L-step delay, in the float model's units (v / 64 / scale)."""
+    import hw_sim
+    from export.quantise import QuantisedNetwork
+
+    network = hw_sim.load(folder / "loihi.h5")
+    report = json.loads((folder / "export.json").read_text())
+    quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
+    delay = len(network.layers)
+    scale = report["layers"][-1]["scale"] * 64.0
+    logits = []
+    for start in range(0, len(x), batch):
+        encoded = quantised.encode_input(_pad_steps(x[start:start + batch], delay))
+        if backend == "lava":
+            result = hw_sim.lava.run(network, encoded, record_states=True)
+        else:
+            result = network.run(encoded, record_states=True)
+        logits.append(result.v[-1][:, delay:].mean(axis=1) / scale)
+        if keep is not None and start == 0:
+            keep["result"], keep["encoded"] = result, encoded
+    return np.concatenate(logits)
+
+
+def _rates_and_raster(folder: Path, x: np.ndarray, limit: int = 256) -> tuple[list[float], list]:
+    import hw_sim
+    from export.quantise import QuantisedNetwork
+
+    network = hw_sim.load(folder / "loihi.h5")
+    report = json.loads((folder / "export.json").read_text())
+    quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
+    encoded = quantised.encode_input(_pad_steps(x[:limit], len(network.layers)))
+    result = network.run(encoded)
+    rates = [float(s[:, :, ...].mean()) for s in result.spikes]
+    raster = [s[0].reshape(s.shape[1], -1).astype(np.uint8).tolist() for s in result.spikes]
+    return rates, raster
+
+
+def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str, Path]]) -> dict:
+    """Accuracy, verification, energy and the report's series for the exported networks."""
+    import hw_sim
+    from hw_sim.energy import energy_report
+    from export.quantise import QuantisedNetwork
+
+    from .evaluate import (accuracy, expected_calibration_error, predict_ensemble, predict_mean, predict_noisy,
+                           predictive_entropy, reliability_bins)
+
+    timings = {}
+    start = time.perf_counter()
+    labels = data.y_test.numpy()
+    x_test = _sequences(data.x_test, model)
+    samples, seed = config.train.eval_samples, config.train.eval_seed
+    float_mean = predict_mean(model, data.x_test).numpy()
+    float_noisy = predict_noisy(model, data.x_test, samples=samples, seed=seed).numpy()
+    float_ensemble = predict_ensemble(model, data.x_test, samples=max(1, config.export.posterior_samples),
+                                      seed=config.export.seed).numpy()
+    timings["float_models"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    exports, hw_probabilities = [], []
+    for name, folder in folders:
+        logits = hardware_logits(folder, x_test, batch=config.pipeline.hw_batch)
+        probabilities = _softmax(logits)
+        report = json.loads((folder / "export.json").read_text())
+        network = hw_sim.load(folder / "loihi.h5")
+        quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
+        energy_inputs = quantised.encode_input(_pad_steps(x_test[:min(len(x_test), 128)], len(network.layers)))
+        energy = energy_report(network, energy_inputs)
+        exports.append({"name": name, "dir": str(folder), "accuracy_hw": accuracy(probabilities, labels),
+                        "energy_uj": energy["energy_uj"], "synops": energy["synops_per_inference"],
+                        "netx_exact": report["netx_exact"], "warnings": report["warnings"], "_energy": energy})
+        if name != "mean":
+            hw_probabilities.append(probabilities)
+    timings["hw_sim"] = time.perf_counter() - start
+
+    mean_folder = dict(folders)["mean"]
+    start = time.perf_counter()
+    from export.float_network import from_loihi
+    network = hw_sim.load(mean_folder / "loihi.h5")
+    report = json.loads((mean_folder / "export.json").read_text())
+    quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
+    _, voltages = from_loihi(network).run(quantised.encode_input(x_test))
+    quantised_float_accuracy = accuracy(voltages[-1].mean(axis=1), labels)
+    timings["quantised_float"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    lava_count = min(config.pipeline.lava_samples, len(x_test))
+    verify, lava_accuracy, hw_subset_accuracy, lava_error = None, None, None, None
+    if lava_count:
+        encoded = quantised.encode_input(_pad_steps(x_test[:lava_count], len(network.layers)))
+        try:
+            ours = network.run(encoded, record_states=True)
+            theirs = hw_sim.lava.run(network, encoded, record_states=True, workers=config.pipeline.lava_workers)
+            verify = hw_sim.compare(ours, theirs).to_json()
+            delay = len(network.layers)
+            lava_accuracy = accuracy(theirs.v[-1][:, delay:].mean(axis=1), labels[:lava_count])
+            hw_subset_accuracy = accuracy(ours.v[-1][:, delay:].mean(axis=1), labels[:lava_count])
+        except hw_sim.lava.LavaError as error:
+            lava_error = str(error)
+    timings["lava"] = time.perf_counter() - start
+
+    ensemble = np.mean(hw_probabilities, axis=0) if hw_probabilities else _softmax(
+        hardware_logits(mean_folder, x_test, batch=config.pipeline.hw_batch))
+    entropy = predictive_entropy(ensemble).numpy()
+    correct = ensemble.argmax(axis=1) == labels
+    diagram = reliability_bins(ensemble, labels)
+    edges = np.asarray(diagram["edges"])
+    rates, raster = _rates_and_raster(mean_folder, x_test)
+    mean_energy = next(e["_energy"] for e in exports if e["name"] == "mean")
+    for entry in exports:
+        entry.pop("_energy")
+    return {
+        "accuracy": {"float_mean": accuracy(float_mean, labels), "float_noisy": accuracy(float_noisy, labels),
+                     "float_ensemble": accuracy(float_ensemble, labels),
+                     "quantised_float": quantised_float_accuracy,
+                     "hw_mean": next(e["accuracy_hw"] for e in exports if e["name"] == "mean"),
+                     "hw_ensemble": accuracy(ensemble, labels) if hw_probabilities else None,
+                     "lava_subset": lava_accuracy, "hw_subset": hw_subset_accuracy, "lava_subset_size": lava_count,
+                     "test_samples": int(len(labels))},
+        "calibration": {"name": "hardware ensemble" if hw_probabilities else "hardware posterior mean",
+                        "bin_centers": ((edges[:-1] + edges[1:]) / 2).tolist(), "bin_accuracy": diagram["accuracy"],
+                        "bin_counts": diagram["count"], "ece": expected_calibration_error(ensemble, labels),
+                        "float_ensemble_ece": expected_calibration_error(float_ensemble, labels)},
+        "entropy": {"correct": entropy[correct].tolist(), "wrong": entropy[~correct].tolist()},
+        "verify": verify, "lava_error": lava_error, "exports": exports, "energy": {"mean": mean_energy},
+        "firing_rates": rates, "raster": {"sample": 0, "layers": raster}, "evaluation_timings": timings,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The pipeline
+
+def _newer(outputs: list[Path], inputs: list[Path]) -> bool:
+    """All outputs exist and each is newer than every existing input."""
+    if not all(path.exists() for path in outputs):
+        return False
+    newest_input = max((path.stat().st_mtime for path in inputs if path.exists()), default=0.0)
+    return all(path.stat().st_mtime >= newest_input for path in outputs)
+
+
+def _write_json(path: Path, document: dict) -> None:
+    from export.atomic import atomic_path
+
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=1, default=float))
+
+
+def _training_finished(run_dir: Path, config) -> bool:
+    metrics = run_dir / "metrics.json"
+    if not (run_dir / "checkpoint.pt").exists() or not metrics.exists():
+        return False
+    try:
+        history = json.loads(metrics.read_text()).get("history", [])
+    except (json.JSONDecodeError, OSError):
+        return False
+    saved = run_dir / "config.toml"
+    return len(history) >= config.train.epochs and saved.exists() and saved.read_text() == config.to_toml()
+
+
+def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, progress=print,
+                 quiet: bool = False) -> dict:
+    """Train, export, evaluate (hw_sim, Lava, energy) and report. Returns the summary dict.
+
+    ``quiet`` keeps stdout free for ``--json`` (training prints nothing either)."""
+    from .report import write_report
+    from .train import train
+
+    run_dir = Path(run_dir)
+    timings: dict[str, float] = {}
+    skipped: list[str] = []
+
+    start = time.perf_counter()
+    if force or not _training_finished(run_dir, config):
+        progress(f"[1/4] training {config.source} -> {run_dir}")
+        resume = not force and (run_dir / "checkpoint.pt").exists()
+        train(config, run_dir, resume=resume, overwrite=force, json_mode=quiet)
+    else:
+        skipped.append("train")
+    timings["train"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    checkpoint = run_dir / "checkpoint.pt"
+    samples = config.export.posterior_samples if config.train.method == "sbnn" else 0
+    folders = [("mean", run_dir / "export")] + [(f"sample{k}", run_dir / f"export_sample{config.export.seed + k}")
+                                                 for k in range(samples)]
+    loaded = None
+    for name, folder in folders:
+        if force or not _newer([folder / "export.json", folder / "loihi.h5"], [checkpoint]):
+            if loaded is None:
+                loaded = _load_run(run_dir)
+            progress(f"[2/4] exporting {name} -> {folder}")
+            weights = "mean" if name == "mean" else "sample"
+            seed = config.export.seed + int(name[len("sample"):]) if weights == "sample" else 0
+            export_run(run_dir, weights=weights, seed=seed, out=folder, loaded=loaded)
+        else:
+            skipped.append(f"export {name}")
+    timings["export"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    results_path = run_dir / "results.json"
+    exported = [folder / "loihi.h5" for _, folder in folders]
+    if force or not _newer([results_path], exported + [checkpoint]):
+        if loaded is None:
+            loaded = _load_run(run_dir)
+        progress(f"[3/4] evaluating {len(folders)} exports in hw_sim, the posterior mean in Lava, energy")
+        results = evaluate_exports(run_dir, *loaded, folders)
+        _write_json(results_path, results)
+    else:
+        skipped.append("evaluate")
+        results = json.loads(results_path.read_text())
+    timings["evaluate"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    report_path = run_dir / "report.html"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    document = {**results, "name": Path(config.source).stem, "run_dir": str(run_dir),
+                "training": {"history": metrics.get("history", []), "summary": metrics.get("summary", {})}}
+    if force or not _newer([report_path], [results_path, checkpoint]):   # metrics.json changes with every run
+        progress("[4/4] writing the report")
+        document["timings"] = {**timings, **{f"evaluate: {k}": v for k, v in results.get("evaluation_timings", {}).items()}}
+        write_report(document, report_path)
+    else:
+        skipped.append("report")
+    timings["report"] = time.perf_counter() - start
+
+    metrics["pipeline"] = {"timings": timings, "skipped": skipped}
+    _write_json(run_dir / "metrics.json", metrics)
+    energy = results["energy"]["mean"]
+    return {"run_dir": str(run_dir), "report": str(report_path), "skipped": skipped, "timings": timings,
+            "train": metrics.get("summary", {}), "accuracy": results["accuracy"], "verify": results["verify"],
+            "lava_error": results.get("lava_error"),
+            "energy": {"synops_per_inference": energy["synops_per_inference"],
+                       "neuron_updates_per_inference": energy["neuron_updates_per_inference"],
+                       "energy_uj": energy["energy_uj"]},
+            "exports": results["exports"]}
+
+
+def format_summary(summary: dict) -> str:
+    accuracy = summary["accuracy"]
+    lines = ["", f"{'model':<46} {'test accuracy':>13}"]
+    for key, label in (("float_mean", "float, posterior mean"), ("float_noisy", "float, noisy units (MC)"),
+                       ("float_ensemble", "float, K-sample ensemble"), ("quantised_float", "quantised, float arithmetic"),
+                       ("hw_mean", "hw_sim, quantised posterior mean"), ("hw_ensemble", "hw_sim, K-sample ensemble"),
+                       ("lava_subset", f"Lava, {accuracy.get('lava_subset_size')} samples"),
+                       ("hw_subset", "hw_sim, the same samples")):
+        value = accuracy.get(key)
+        lines.append(f"{label:<46} {('%.4f' % value) if value is not None else '—':>13}")
+    verify = summary.get("verify")
+    if verify:
+        lines.append(f"hw_sim vs Lava: {'bit-exact' if verify['bit_exact'] else 'DIFFERENT'} "
+                     f"({verify['spikes_compared']} spikes, {verify['states_compared']} u/v values)")
+    elif summary.get("lava_error"):
+        lines.append(f"Lava: {summary['lava_error']}")
+    energy = summary["energy"]["energy_uj"]
+    lines.append(f"energy per inference: Loihi {energy['loihi']:.4g} µJ, equivalent ANN (45 nm fp32) "
+                 f"{energy['ann_mac_45nm']:.4g} µJ")
+    lines.append("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings"].items())
+                 + (f" (skipped: {', '.join(summary['skipped'])})" if summary["skipped"] else ""))
+    lines.append(f"report: {summary['report']}")
+    return "\n".join(lines)

@@ -1,0 +1,782 @@
+"""Training from a run configuration: ``sbnn train CONFIG.toml [--out RUN] [--set key=value ...] [--resume]``.
+
+The loss of method ``sbnn`` is the negative ELBO of METHOD.md §4 plus the auxiliary penalty::
+
+    loss = NLL(batch) + beta_t * KL(q || p) / N_train + aux
+
+with ``beta_t`` ramping linearly from 0 to ``train.kl_weight`` over ``train.kl_warmup_epochs`` (per step).
+The network runs in mode ``"noisy"`` (fresh neuron and local-reparameterisation noise per example and step).
+Method ``surrogate`` trains the same architecture with deterministic neurons and the fast-sigmoid
+surrogate gradient; its KL is 0.
+
+A run folder holds ``config.toml`` (the resolved config), ``checkpoint.pt`` and ``metrics.json``, all
+written atomically (temporary file, then ``os.replace``) after every epoch, by rank 0 only.
+``checkpoint.pt`` holds only tensors, dicts, lists, numbers and strings, so it loads with
+``torch.load(path, weights_only=True)``: the model, optimiser and scheduler states, the RNG states (torch,
+CUDA, numpy, python, the data-order generator), the epoch, the global step, the metrics history and the
+config.  ``--resume`` continues from it and reaches exactly the weights of an uninterrupted run:
+
+* the data order comes from one generator whose state is checkpointed;
+* the neuron noise of epoch ``e`` on rank ``r`` comes from a generator seeded with ``(seed, e, r)``, so
+  no process's noise state has to be gathered to resume at an epoch boundary;
+* evaluation draws from its own generators seeded with ``train.eval_seed`` and works on a copy of the
+  model, so it never touches the training state.
+
+Bit-exact equality needs the same config (``train.epochs``, ``device``, ``threads`` and
+``eval_batch_size`` may change on resume; a longer run follows the schedule of its new length), the
+same number of processes and the same hardware and thread count.
+
+Multi-process data parallelism: started by ``torchrun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` in the
+environment) the processes join a ``torch.distributed`` group (gloo on CPU, NCCL on CUDA), wrap the model
+in ``DistributedDataParallel`` and each take a deterministic shard of every epoch's permutation
+(``DistributedSampler``'s layout: padded to a multiple of the world size, rank ``r`` takes every
+``world``-th example from ``r``); ``train.batch_size`` is the global batch.  Rank 0 evaluates and writes
+files while the others wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import time
+import tomllib
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sbnn.aux_loss import make_penalty, record_activity
+from sbnn.config import ConfigError, RunConfig, TrainConfig, config_from_dict, load_config
+from sbnn.data import DataError, Dataset, load_dataset
+from sbnn.evaluate import evaluate_split
+from sbnn.models import SbnnModel, build_model
+
+CONFIG_FILE = "config.toml"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FORMAT = 1
+JSON_KEYS: tuple[str, ...] = (
+    "test_accuracy_mean", "test_accuracy_noisy", "test_accuracy_ensemble", "epochs", "seconds", "run_dir",
+)
+EXIT_OK, EXIT_TRAINING_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+# Keys that may differ between a checkpoint's config and the config of the run that resumes it.
+_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("train", "threads"), ("train", "eval_batch_size")}
+_RESUMABLE_SECTIONS = {"export", "pipeline"}
+_DISTRIBUTED_TIMEOUT = datetime.timedelta(hours=2)  # rank 0 evaluates while the others wait
+
+
+class TrainingError(RuntimeError):
+    """Training could not go on (e.g. a NaN or infinite loss); the last good checkpoint is kept."""
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used as asked (a finished or different run in it, unreadable checkpoint)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Processes and devices
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """Where this process stands in a (possibly single-process) data-parallel run."""
+
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> "ProcessGroup":
+        """Read ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (set by ``torchrun``); defaults: one process."""
+        try:
+            world_size = int(os.environ.get("WORLD_SIZE", "1"))
+            rank = int(os.environ.get("RANK", "0"))
+            local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+        except ValueError as error:
+            raise RunFolderError(f"bad torchrun environment (WORLD_SIZE/RANK/LOCAL_RANK): {error}") from None
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise RunFolderError(f"bad torchrun environment: RANK={rank}, WORLD_SIZE={world_size}")
+        return cls(world_size, rank, local_rank)
+
+
+def _select_device(config: RunConfig, group: ProcessGroup) -> torch.device:
+    if config.train.device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{config.source}: train.device: cuda was asked for but torch sees no CUDA device "
+                              f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use cpu")
+        if group.local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"{config.source}: train.device: LOCAL_RANK {group.local_rank} but only "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(group.local_rank)
+        return torch.device("cuda", group.local_rank)
+    return torch.device("cpu")
+
+
+def _join_process_group(group: ProcessGroup, device: torch.device) -> None:
+    import torch.distributed as dist
+
+    if group.distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=_DISTRIBUTED_TIMEOUT)
+
+
+def _leave_process_group(group: ProcessGroup) -> None:
+    import torch.distributed as dist
+
+    if group.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _all_reduce(values: Tensor, group: ProcessGroup, op: str = "sum") -> Tensor:
+    """Reduce ``values`` over the processes in place (NCCL needs them on the GPU: keep them there)."""
+    if not group.distributed:
+        return values
+    import torch.distributed as dist
+
+    dist.all_reduce(values, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MIN)
+    return values
+
+
+def _barrier(group: ProcessGroup) -> None:
+    if group.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast_from_main(value: Any, group: ProcessGroup) -> Any:
+    if not group.distributed:
+        return value
+    import torch.distributed as dist
+
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingData:
+    """The splits as CPU tensors (inputs keep the loader's dtype; the model casts them)."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    train_eval_indices: Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def _subset(size: int, limit: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of ``limit`` out of ``size`` (None: keep everything)."""
+    if limit is None or limit >= size:
+        return None
+    return np.sort(np.random.default_rng(seed).permutation(size)[:limit])
+
+
+def load_training_data(config: RunConfig) -> TrainingData:
+    """Load the configured data set and apply ``train_subset``/``test_subset``/``train_eval_subset``.
+
+    Raises:
+        DataError: files missing or malformed.
+        ConfigError: the loader rejects the ``[data]`` settings.
+    """
+    try:
+        dataset: Dataset = load_dataset(config.data.name, **config.data.load_arguments())
+    except DataError:
+        raise
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: data: {error}") from None
+    x_train, y_train, x_test, y_test = dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test
+    # Distinct seeds per subset, derived from the data seed, so each choice is fixed by the config.
+    train_keep = _subset(len(x_train), config.train.train_subset, config.data.seed * 3 + 1)
+    if train_keep is not None:
+        x_train, y_train = x_train[train_keep], y_train[train_keep]
+    test_keep = _subset(len(x_test), config.train.test_subset, config.data.seed * 3 + 2)
+    if test_keep is not None:
+        x_test, y_test = x_test[test_keep], y_test[test_keep]
+    eval_keep = _subset(len(x_train), config.train.train_eval_subset, config.data.seed * 3 + 3)
+    eval_indices = np.arange(len(x_train)) if eval_keep is None else eval_keep
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise ConfigError(f"{config.source}: data: an empty split ({len(x_train)} train, {len(x_test)} test examples)")
+    return TrainingData(
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train=torch.from_numpy(np.ascontiguousarray(y_train)).long(),
+        x_test=torch.from_numpy(np.ascontiguousarray(x_test)),
+        y_test=torch.from_numpy(np.ascontiguousarray(y_test)).long(),
+        train_eval_indices=torch.from_numpy(eval_indices).long(),
+        num_classes=int(dataset.num_classes),
+        input_shape=tuple(int(s) for s in dataset.input_shape),
+    )
+
+
+def epoch_shard(order: Tensor, group: ProcessGroup) -> Tensor:
+    """This rank's share of an epoch's permutation (``DistributedSampler``'s layout: pad, then stride)."""
+    if not group.distributed:
+        return order
+    padded_length = math.ceil(len(order) / group.world_size) * group.world_size
+    padding = padded_length - len(order)
+    if padding:
+        order = torch.cat([order, order[:padding]])
+    return order[group.rank::group.world_size]
+
+
+def _noise_seed(seed: int, epoch: int, rank: int) -> int:
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1  # a non-negative 62-bit seed
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model, optimiser, schedule, loss
+# ----------------------------------------------------------------------------------------------------
+
+
+def build_run_model(config: RunConfig, data: TrainingData) -> SbnnModel:
+    """The configured model for the data's input shape and classes, initialised from ``train.seed``."""
+    try:
+        return build_model(config.model, data.input_shape, data.num_classes, seed=config.train.seed)
+    except ValueError as error:
+        raise ConfigError(f"{config.source}: model: {error} (input shape {data.input_shape})") from None
+
+
+def _make_optimizer(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+    if train.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+
+
+def learning_rate_factor(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The schedule's multiplier of ``train.lr`` at optimiser step ``step`` (0-based)."""
+    if train.schedule == "cosine":
+        total = max(1, train.epochs * steps_per_epoch)
+        progress = min(step, total) / total
+        return train.lr_min_ratio + (1.0 - train.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if train.schedule == "step":
+        return train.step_gamma ** ((step // steps_per_epoch) // train.step_epochs)
+    return 1.0
+
+
+def kl_weight_at(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """``beta_t``: ``train.kl_weight`` after a linear warm-up over ``kl_warmup_epochs`` (per step)."""
+    if train.kl_warmup_epochs == 0:
+        return train.kl_weight
+    return train.kl_weight * min(1.0, (step + 1) / (train.kl_warmup_epochs * steps_per_epoch))
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    # A closure (not a callable object) keeps the schedule out of the scheduler's state_dict: the
+    # schedule always follows the current config, the state is only the step count.
+    def factor(step: int) -> float:
+        return learning_rate_factor(train, step, steps_per_epoch)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Random number generator states (as tensors, lists and numbers, for weights_only loading)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _capture_rng(data_generator: torch.Generator, device: torch.device) -> dict[str, Any]:
+    numpy_name, numpy_keys, numpy_position, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    python_version, python_state, python_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": numpy_name, "keys": torch.from_numpy(numpy_keys.astype(np.int64)),
+                  "position": int(numpy_position), "has_gauss": int(numpy_has_gauss),
+                  "cached_gaussian": float(numpy_gauss)},
+        "python": [python_version, list(python_state), python_gauss],
+        "data": data_generator.get_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _restore_rng(state: dict[str, Any], data_generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    data_generator.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(temporary, mode) as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (e.g. metrics of a diverged model) as null, so the file stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _write_json(path: Path, document: Any) -> None:
+    text = json.dumps(_json_safe(document), indent=1, allow_nan=False)
+    _atomic_write(path, lambda file: file.write(text + "\n"), mode="w")
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a ``checkpoint.pt`` safely (``weights_only=True``) and check its format.
+
+    Raises:
+        RunFolderError: the file cannot be read or is not a checkpoint of this format.
+    """
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for damaged or foreign files
+        raise RunFolderError(f"{path}: cannot be loaded as a checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise RunFolderError(f"{path}: not an sbnn checkpoint of format {CHECKPOINT_FORMAT}")
+    return checkpoint
+
+
+def _config_differences(saved: RunConfig, current: RunConfig) -> list[str]:
+    saved_values, current_values = saved.to_dict(), current.to_dict()
+    differences = []
+    for section in current_values:
+        if section in _RESUMABLE_SECTIONS:
+            continue
+        keys = set(saved_values.get(section, {})) | set(current_values[section])
+        for key in sorted(keys):
+            if (section, key) in _RESUMABLE_CHANGES:
+                continue
+            if saved_values.get(section, {}).get(key) != current_values[section].get(key):
+                differences.append(f"{section}.{key}")
+    return differences
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------
+
+
+def _cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in module.state_dict().items()}
+
+
+def _batches(indices: Tensor, batch_size: int) -> list[Tensor]:
+    return [indices[start:start + batch_size] for start in range(0, len(indices), batch_size)]
+
+
+def _progress(total: int, description: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, disable=not enabled, leave=False, file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _evaluate(model: SbnnModel, data: TrainingData, train: TrainConfig) -> dict[str, Any]:
+    common = dict(samples=train.eval_samples, seed=train.eval_seed, batch_size=train.eval_batch_size)
+    eval_x = data.x_train[data.train_eval_indices]
+    eval_y = data.y_train[data.train_eval_indices]
+    return {
+        "train": evaluate_split(model, eval_x, eval_y, **common),
+        "test": evaluate_split(model, data.x_test, data.y_test, **common),
+    }
+
+
+def _summary(history: list[dict[str, Any]], run_dir: Path, method: str) -> dict[str, Any]:
+    last = history[-1] if history else None
+    return {
+        "test_accuracy_mean": last["test"]["mean"]["accuracy"] if last else None,
+        "test_accuracy_noisy": last["test"]["noisy"]["accuracy"] if last else None,
+        "test_accuracy_ensemble": last["test"]["ensemble"]["accuracy"] if last else None,
+        "epochs": len(history),
+        "seconds": float(sum(record["seconds"] for record in history)),
+        "run_dir": str(run_dir),
+        "method": method,
+    }
+
+
+def _format_epoch(record: dict[str, Any], epochs: int) -> str:
+    test = record["test"]
+    return (
+        f"epoch {record['epoch']}/{epochs}: loss {record['loss']['total']:.4f} (nll {record['loss']['nll']:.4f}, "
+        f"kl {record['loss']['kl_term']:.4f}, aux {record['loss']['aux']:.4f}), train batches "
+        f"{100 * record['train']['batch_accuracy']:.1f}% | test mean {100 * test['mean']['accuracy']:.1f}% "
+        f"noisy {100 * test['noisy']['accuracy']:.1f}% ensemble {100 * test['ensemble']['accuracy']:.1f}% "
+        f"(ECE mean {test['mean']['ece']:.3f}) | {record['seconds']:.1f} s"
+    )
+
+
+def train(config: RunConfig, run_dir: str | os.PathLike[str], *, resume: bool = False,
+          json_mode: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train the configured model and write the run folder (see the module docstring).
+
+    Args:
+        config: the validated run configuration.
+        run_dir: the run folder (created if needed).
+        resume: continue from ``run_dir/checkpoint.pt`` if it exists (else start afresh).
+        json_mode: print nothing (the caller prints one JSON object); no progress bar.
+        overwrite: without ``resume``, delete an existing run's checkpoint and metrics and start afresh
+            (otherwise an existing checkpoint is an error).
+
+    Returns:
+        The summary: ``test_accuracy_mean``, ``test_accuracy_noisy``, ``test_accuracy_ensemble`` (of
+        the last epoch), ``epochs`` (completed), ``seconds`` (training and evaluation, all epochs),
+        ``run_dir`` and ``method``.  Every process of a multi-process run returns rank 0's summary.
+
+    Raises:
+        ConfigError: a setting the data or model rejects, or an unavailable device.
+        DataError: data files missing or malformed.
+        RunFolderError: ``run_dir`` holds a checkpoint and neither ``resume`` nor ``overwrite``, or a checkpoint of a
+            different config, or an unreadable one.
+        TrainingError: the loss (or gradient norm) became NaN or infinite; the last checkpoint is kept.
+    """
+    run_dir = Path(run_dir)
+    group = ProcessGroup.from_environment()
+    device = _select_device(config, group)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.train.threads)
+    # Denormal floats (e.g. exp of a very negative margin) make CPU maths up to 20x slower; they carry
+    # nothing a network needs, so they are flushed to zero while training (torch's default, off, after).
+    torch.set_flush_denormal(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    try:
+        _join_process_group(group, device)
+        return _train(config, run_dir, group, device, resume=resume, overwrite=overwrite,
+                      verbose=not json_mode and group.is_main,
+                      show_progress=not json_mode and group.is_main and sys.stdout.isatty())
+    finally:
+        _leave_process_group(group)
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(previous_threads)
+
+
+def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.device, *, resume: bool,
+           overwrite: bool, verbose: bool, show_progress: bool) -> dict[str, Any]:
+    train_config = config.train
+    log: Callable[[str], None] = (lambda text: print(text, flush=True)) if verbose else (lambda text: None)
+    checkpoint_path = run_dir / CHECKPOINT_FILE
+
+    checkpoint = None
+    if checkpoint_path.exists() and overwrite and not resume:
+        _barrier(group)  # every process has seen the old checkpoint before rank 0 removes it
+        if group.is_main:
+            for name in (CHECKPOINT_FILE, METRICS_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+        log(f"{run_dir}: overwriting the previous run")
+    elif checkpoint_path.exists():
+        if not resume:
+            raise RunFolderError(f"{run_dir}: already holds {CHECKPOINT_FILE}; pass --resume to continue that run, "
+                                 f"--overwrite to start it again, or choose another --out")
+        checkpoint = load_checkpoint(checkpoint_path)
+        saved = config_from_dict(tomllib.loads(checkpoint["config"]), source=str(checkpoint_path))
+        differences = _config_differences(saved, config)
+        if differences:
+            raise RunFolderError(f"{checkpoint_path}: cannot resume with a different config "
+                                 f"({', '.join(differences)} changed); resume with {run_dir / CONFIG_FILE} or start a "
+                                 f"new run folder")
+    elif resume:
+        log(f"{run_dir}: no checkpoint yet, starting from epoch 1")
+
+    if train_config.batch_size % group.world_size:
+        raise ConfigError(f"{config.source}: train.batch_size: {train_config.batch_size} is not divisible by the "
+                          f"{group.world_size} processes")
+    local_batch = train_config.batch_size // group.world_size
+
+    _seed_everything(train_config.seed)
+    data = load_training_data(config)
+    model = build_run_model(config, data).to(device)
+    model.set_mode("mean" if model.is_surrogate else "noisy")
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = _make_optimizer(parameters, train_config)
+    data_generator = torch.Generator().manual_seed(train_config.seed)
+    shard_length = len(epoch_shard(torch.arange(len(data.x_train)), group))
+    steps_per_epoch = math.ceil(shard_length / local_batch)
+    scheduler = _make_scheduler(optimizer, train_config, steps_per_epoch)
+    penalty = make_penalty(train_config.aux_penalty, train_config.aux_weight)
+    records_activity = penalty.name != "none" and penalty.weight > 0
+
+    start_epoch, global_step, history = 0, 0, []
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _restore_rng(checkpoint["rng"], data_generator, device)
+        start_epoch, global_step = int(checkpoint["epoch"]), int(checkpoint["global_step"])
+        history = list(checkpoint["history"])
+        log(f"{run_dir}: resuming after epoch {start_epoch}")
+
+    if group.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(config.to_toml()), mode="w")
+    network: nn.Module = model
+    if group.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    n_train = len(data.x_train)
+    for epoch in range(start_epoch, train_config.epochs):
+        epoch_start = time.perf_counter()
+        order = torch.randperm(n_train, generator=data_generator)
+        batches = _batches(epoch_shard(order, group), local_batch)
+        noise = torch.Generator(device=device).manual_seed(_noise_seed(train_config.seed, epoch, group.rank))
+        # Sums over this process's examples (nll, correct, count) and steps (kl, kl_term, aux, total),
+        # kept on the device so that logging adds no host synchronisation.
+        totals = torch.zeros(7, dtype=torch.float64, device=device)
+        beta = kl_weight_at(train_config, global_step, steps_per_epoch)
+        bar = _progress(len(batches), f"epoch {epoch + 1}/{train_config.epochs}", show_progress)
+        for batch_index, indices in enumerate(batches):
+            x = data.x_train[indices].to(device, non_blocking=True)
+            y = data.y_train[indices].to(device, non_blocking=True)
+            beta = kl_weight_at(train_config, global_step, steps_per_epoch)
+            with record_activity(model) if records_activity else nullcontext() as record:
+                logits = network(x, generator=noise)
+            nll = F.cross_entropy(logits, y)
+            kl = model.kl()
+            kl_term = beta * kl / n_train
+            aux = penalty(model, record)
+            loss = nll + kl_term + aux
+            finite = torch.isfinite(loss.detach()).to(torch.float64).reshape(1)
+            if not bool(_all_reduce(finite, group, op="min").item()):
+                raise TrainingError(_nonfinite_message(
+                    "loss", float(loss.detach()), epoch, batch_index, checkpoint_path, history,
+                    f"nll {float(nll.detach()):.4g}, kl {float(kl.detach()):.4g}, aux {float(aux.detach()):.4g}"))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if train_config.grad_clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(parameters, train_config.grad_clip)
+                if not bool(torch.isfinite(norm)):
+                    raise TrainingError(_nonfinite_message(
+                        "gradient norm", float(norm), epoch, batch_index, checkpoint_path, history, ""))
+            optimizer.step()
+            scheduler.step()
+            global_step += 1
+
+            count = len(indices)
+            correct = (logits.detach().argmax(1) == y).sum()
+            totals += torch.stack([nll.detach() * count, correct, torch.tensor(count, device=device), kl.detach(),
+                                   torch.as_tensor(kl_term, device=device).detach(), aux.detach(),
+                                   loss.detach()]).to(torch.float64)
+            bar.update(1)
+            if show_progress:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{float(totals[1] / totals[2]):.3f}")
+        bar.close()
+        totals = _all_reduce(totals, group).cpu()
+        train_seconds = time.perf_counter() - epoch_start
+
+        record = None
+        if group.is_main:
+            eval_start = time.perf_counter()
+            evaluation = _evaluate(model, data, train_config)
+            eval_seconds = time.perf_counter() - eval_start
+            step_count = len(batches) * group.world_size
+            record = {
+                "epoch": epoch + 1,
+                "lr": float(optimizer.param_groups[0]["lr"]),
+                "kl_weight": float(beta),
+                "loss": {
+                    "nll": float(totals[0] / totals[2]),
+                    "kl": float(totals[3] / step_count),
+                    "kl_term": float(totals[4] / step_count),
+                    "aux": float(totals[5] / step_count),
+                    "total": float(totals[6] / step_count),
+                },
+                "train": {"batch_accuracy": float(totals[1] / totals[2]), **evaluation["train"]},
+                "test": evaluation["test"],
+                "train_seconds": train_seconds,
+                "eval_seconds": eval_seconds,
+                "seconds": train_seconds + eval_seconds,
+            }
+            history.append(record)
+            _save_epoch(run_dir, config, model, optimizer, scheduler, data_generator, device, epoch + 1,
+                        global_step, history, group)
+            log(_format_epoch(record, train_config.epochs))
+        else:
+            history.append({"epoch": epoch + 1})
+        _barrier(group)
+
+    summary = _summary(history, run_dir, train_config.method) if group.is_main else None
+    return _broadcast_from_main(summary, group)
+
+
+def _nonfinite_message(what: str, value: float, epoch: int, batch_index: int, checkpoint_path: Path,
+                       history: list[dict[str, Any]], detail: str) -> str:
+    completed = len(history)
+    kept = (f"the last good checkpoint {checkpoint_path} (after epoch {completed}) is kept" if completed
+            else "no checkpoint had been written yet")
+    detail = f" ({detail})" if detail else ""
+    return (f"the {what} became {value} at epoch {epoch + 1}, batch {batch_index + 1}{detail}; training stopped, "
+            f"{kept}. Try a lower train.lr, train.grad_clip, or check the data for NaN/Inf")
+
+
+def _save_epoch(run_dir: Path, config: RunConfig, model: SbnnModel, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, data_generator: torch.Generator,
+                device: torch.device, epoch: int, global_step: int, history: list[dict[str, Any]],
+                group: ProcessGroup) -> None:
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": epoch,
+        "global_step": global_step,
+        "world_size": group.world_size,
+        "model": _cpu_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _capture_rng(data_generator, device),
+        "history": history,
+        "config": config.to_toml(),
+        "model_config": config.model.to_dict(),
+        "input_shape": list(model.input_shape),
+        "num_classes": model.num_classes,
+        "torch_version": str(torch.__version__),  # TorchVersion is not weights_only-safe
+    }
+    # The checkpoint first: metrics.json never describes an epoch that the checkpoint lacks.
+    _atomic_write(run_dir / CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
+    _write_json(run_dir / METRICS_FILE, {"history": history, "summary": _summary(history, run_dir, config.train.method)})
+
+
+def load_trained_model(run_dir: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> SbnnModel:
+    """Rebuild a run's model from its ``checkpoint.pt``: the architecture from the stored config and the
+    data shape stored beside it (no data is loaded), then the trained weights.  Mode: as built
+    (``"noisy"``; the surrogate baseline ``"mean"``)."""
+    run_dir = Path(run_dir)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location)
+    config = config_from_dict(tomllib.loads(checkpoint["config"]), source=str(run_dir / CHECKPOINT_FILE))
+    model = build_model(config.model, tuple(checkpoint["input_shape"]), int(checkpoint["num_classes"]),
+                        seed=config.train.seed)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(map_location)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run configuration (TOML), e.g. examples/quickstart.toml")
+    parser.add_argument("--out", help="run folder (default runs/<config name>)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, parsed as TOML (e.g. --set train.epochs=2); repeatable")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a run folder that holds a previous run (deletes its checkpoint)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="override train.device")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
+
+
+def run_train_command(args: argparse.Namespace) -> int:
+    """Handler of ``sbnn train``: returns the exit code (0 ok, 1 training failed, 2 bad input)."""
+    overrides = list(args.set)
+    if args.device:
+        overrides.append(f"train.device={json.dumps(args.device)}")
+    try:
+        config = load_config(args.config, overrides)
+        run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        summary = train(config, run_dir, resume=args.resume, json_mode=args.json, overwrite=args.overwrite)
+    except (ConfigError, DataError, RunFolderError) as error:
+        print(f"sbnn train: {' '.join(str(error).splitlines())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingError as error:
+        print(f"sbnn train: {' '.join(str(error).splitlines())}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
+    if args.json and ProcessGroup.from_environment().is_main:
+        print(json.dumps(_json_safe(summary), allow_nan=False), flush=True)
+    return EXIT_OK
+
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train`` on a subparsers object; its ``handler(args)`` returns the exit code."""
+    parser = subparsers.add_parser(
+        "train", help="train an SBNN (or the surrogate baseline) from a TOML config",
+        description="Train from a TOML run configuration; writes config.toml, checkpoint.pt and metrics.json.",
+    )
+    _add_arguments(parser)
+    parser.set_defaults(handler=run_train_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sbnn.train CONFIG.toml [...]``: the same as ``sbnn train``."""
+    parser = argparse.ArgumentParser(prog="sbnn train", description="Train from a TOML run configuration.")
+    _add_arguments(parser)
+    return run_train_command(parser.parse_args(argv))
+
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CONFIG_FILE",
+    "JSON_KEYS",
+    "METRICS_FILE",
+    "ProcessGroup",
+    "RunFolderError",
+    "TrainingData",
+    "TrainingError",
+    "add_train_command",
+    "epoch_shard",
+    "kl_weight_at",
+    "learning_rate_factor",
+    "load_checkpoint",
+    "load_trained_model",
+    "load_training_data",
+    "main",
+    "run_train_command",
+    "train",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The main job end to end on a tiny config: train, export (mean + samples), hw_sim, Lava, energy, report."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hw_sim
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY = """
+[data]
+name = "randman"
+num_classes = 3
+num_units = 20
+steps = 16
+samples_per_class = 100
+seed = 1
+
+[model]
+kind = "snn"
+hidden = [24]
+init_gain = 3.0
+
+[train]
+epochs = 4
+batch_size = 32
+lr = 0.02
+kl_weight = 0.01
+eval_samples = 2
+seed = 0
+
+[export]
+posterior_samples = 2
+calibration_samples = 16
+
+[pipeline]
+lava_samples = 2
+"""
+
+
+def run_sbnn(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sbnn", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipeline")
+    config = folder / "tiny.toml"
+    config.write_text(TINY)
+    done = run_sbnn("pipeline", config, "--out", folder / "run", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder, config, json.loads(done.stdout)
+
+
+def test_pipeline_produces_every_stage(finished_run):
+    folder, _, summary = finished_run
+    run = folder / "run"
+    for name in ("config.toml", "checkpoint.pt", "metrics.json", "results.json", "report.html"):
+        assert (run / name).is_file(), name
+    for export in ("export", "export_sample0", "export_sample1"):
+        for name in ("model.nir", "loihi.h5", "model.onnx", "model_int.onnx", "export.json"):
+            assert (run / export / name).is_file(), f"{export}/{name}"
+    assert summary["verify"]["bit_exact"] is True and summary["verify"]["samples"] == 2
+    accuracy = summary["accuracy"]
+    assert accuracy["hw_mean"] > 1 / 3 and accuracy["float_mean"] > 1 / 3
+    assert abs(accuracy["hw_mean"] - accuracy["float_mean"]) < 0.2
+    assert {"synops_per_inference", "neuron_updates_per_inference", "energy_uj"} <= set(summary["energy"])
+    assert summary["report"].endswith("report.html") and not summary["skipped"]
+    timings = json.loads((run / "metrics.json").read_text())["pipeline"]["timings"]
+    assert set(timings) == {"train", "export", "evaluate", "report"}
+
+
+def test_second_run_skips_every_stage_and_force_redoes_them(finished_run):
+    folder, config, _ = finished_run
+    report = folder / "run" / "report.html"
+    before = report.stat().st_mtime
+    done = run_sbnn("pipeline", config, "--out", folder / "run", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    skipped = json.loads(done.stdout)["skipped"]
+    assert skipped == ["train", "export mean", "export sample0", "export sample1", "evaluate", "report"]
+    assert report.stat().st_mtime == before
+    # a newer checkpoint makes the exports (and everything after them) stale, but not the training
+    checkpoint = folder / "run" / "checkpoint.pt"
+    os.utime(checkpoint, (time.time() + 5, time.time() + 5))
+    done = run_sbnn("pipeline", config, "--out", folder / "run", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["skipped"] == ["train"]
+
+
+def test_export_command_and_the_exported_network(finished_run):
+    folder, _, _ = finished_run
+    run = folder / "run"
+    done = run_sbnn("export", run, "--weights", "sample", "--seed", "7", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["export"] == str(run / "export_sample7") and result["netx_exact"] is True
+    network = hw_sim.load(run / "export_sample7" / "loihi.h5")
+    inputs = np.load(run / "export_sample7" / "inputs.npy")
+    assert inputs.shape[1:] == (16 + len(network.layers), 20)
+    done = run_sbnn("verify", run / "export_sample7", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["bit_exact"] is True
+    done = run_sbnn("export", folder / "nowhere")
+    assert done.returncode == 2 and "not a finished run folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_config_is_one_line_exit_2(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(TINY.replace("epochs = 4", "epochs = -1"))
+    done = run_sbnn("pipeline", config, "--out", tmp_path / "run")
+    assert done.returncode == 2 and "epochs" in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
