@@ -47,7 +47,8 @@ def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | 
             np.save(staging / "inputs.npy", quantised.encode_input(test_inputs))
         if test_labels is not None:
             np.save(staging / "labels.npy", np.asarray(test_labels, dtype=np.int64))
-        report = {"source": source or {}, "dt": from_file.dt, "notes": notes, **quantised.report(),
+        report = {"source": source or {}, "dt": from_file.dt, "notes": notes,
+                  "logit_scale": float(network.metadata.get("logit_scale", 1.0)), **quantised.report(),
                   "files": list(FILES) + (["inputs.npy"] if test_inputs is not None else [])
                   + (["labels.npy"] if test_labels is not None else [])}
         (staging / "export.json").write_text(json.dumps(report, indent=2, default=_json_default))

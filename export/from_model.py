@@ -3,7 +3,8 @@
 The model's :meth:`describe` lists its deployable layers with the weights of its current mode (the
 posterior mean, or one frozen posterior sample); this module only changes representation. The float
 network computes what the model computes in its deterministic mode: the readout's membrane at every
-step (logits are its average over time), without Loihi's one step of delay per layer.
+step (logits are its average over time times the model's learned ``logit_scale``, kept in the
+metadata), without Loihi's one step of delay per layer.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def float_network_from_model(model, *, dt: float = 1e-3, weights: str = "mean", 
         else:
             layers.append(FloatLayer(kind="dense", **common))
     return FloatNetwork(input_shape=tuple(model.input_shape), layers=tuple(layers), dt=float(dt),
-                        metadata={"weights": weights, "seed": seed if weights == "sample" else None})
+                        metadata={"weights": weights, "seed": seed if weights == "sample" else None,
+                                  "logit_scale": float(model.logit_scale.detach())})
 
 
 def as_sequence(x: np.ndarray, input_shape: tuple[int, ...], steps: int) -> np.ndarray:

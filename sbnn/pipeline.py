@@ -93,7 +93,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def hardware_logits(folder: Path, x: np.ndarray, *, batch: int = LOGIT_BATCH, backend: str = "hw_sim",
                     keep: dict | None = None) -> np.ndarray:
     """Logits of an exported network on float inputs ``x`` (N, T, ...) in hw_sim (or Lava): the readout's
-    v, averaged over the T steps after the L-step delay, in the float model's units (v / 64 / scale)."""
+    v, averaged over the T steps after the L-step delay, in the float model's units (v / 64 / scale),
+    times the model's logit scale."""
     import hw_sim
     from export.quantise import QuantisedNetwork
 
@@ -101,7 +102,7 @@ def hardware_logits(folder: Path, x: np.ndarray, *, batch: int = LOGIT_BATCH, ba
     report = json.loads((folder / "export.json").read_text())
     quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
     delay = len(network.layers)
-    scale = report["layers"][-1]["scale"] * 64.0
+    scale = report["layers"][-1]["scale"] * 64.0 / report.get("logit_scale", 1.0)
     logits = []
     for start in range(0, len(x), batch):
         encoded = quantised.encode_input(_pad_steps(x[start:start + batch], delay))

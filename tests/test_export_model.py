@@ -18,6 +18,8 @@ from sbnn.models import ModelConfig, build_model
 def test_float_network_reproduces_model_logits(config, input_shape, steps, weights):
     torch.manual_seed(0)
     model = build_model(config, input_shape, 4, seed=1)
+    with torch.no_grad():
+        model.log_logit_scale.fill_(0.7)   # a trained, non-trivial temperature
     rng = np.random.default_rng(0)
     shape = (6, steps, *input_shape) if steps else (6, *input_shape)
     x = (rng.random(shape) < 0.3).astype(np.float32) if steps else rng.random(shape).astype(np.float32)
@@ -29,4 +31,5 @@ def test_float_network_reproduces_model_logits(config, input_shape, steps, weigh
         expected = model(torch.from_numpy(x)).double().numpy()
     spikes, voltages = network.run(as_sequence(x, input_shape, config.static_steps))
     assert any(s.sum() > 0 for s in spikes[:-1]), "silent hidden layers would prove nothing"
-    np.testing.assert_allclose(voltages[-1].mean(axis=1), expected, rtol=1e-4, atol=1e-5)
+    logit_scale = network.metadata["logit_scale"]
+    np.testing.assert_allclose(voltages[-1].mean(axis=1) * logit_scale, expected, rtol=1e-4, atol=1e-5)
