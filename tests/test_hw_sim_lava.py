@@ -100,12 +100,15 @@ def test_netx_builder_refuses_networks_netx_cannot_express():
         hw_sim.lava.run(network, random_input(1, network, 1, 4), builder="netx")
 
 
-def _workers_alive() -> list[str]:
-    out = subprocess.run(["pgrep", "-f", "hw_sim.lava_worker"], capture_output=True, text=True).stdout
+def _workers_alive(marker: str) -> list[str]:
+    """PIDs of Lava workers (and their forked children) whose job folder lies under ``marker``."""
+    out = subprocess.run(["pgrep", "-f", f"hw_sim.lava_worker {marker}"], capture_output=True, text=True).stdout
     return out.split()
 
 
-def test_hanging_worker_is_stopped_with_its_children():
+def test_hanging_worker_is_stopped_with_its_children(monkeypatch, tmp_path):
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # job folders, and so worker command lines, under tmp_path
     network = random_network(12, hidden=(40, 24), bias=False)
     x = random_input(0, network, 50, 100)
     start = time.monotonic()
@@ -113,7 +116,7 @@ def test_hanging_worker_is_stopped_with_its_children():
         hw_sim.lava.run(network, x, timeout=1)
     assert time.monotonic() - start < 30
     time.sleep(0.5)
-    assert _workers_alive() == []
+    assert _workers_alive(str(tmp_path)) == []
 
 
 def test_crashing_worker_gives_a_clear_error(monkeypatch, tmp_path):
