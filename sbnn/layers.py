@@ -813,9 +813,13 @@ class CubaLif(ModeAware):
         noisy = self.mode is Mode.NOISY
         previous_spikes = torch.zeros_like(mean[:, 0])
         spikes_trace, voltage_trace = [], []
+        # unbind once: indexing [:, step] in the loop makes each step's backward fill a full (B, T, ...)
+        # zero tensor, which made training quadratic in T.
+        step_means = mean.unbind(1)
+        step_variances = variance.unbind(1) if (variance is not None and noisy) else None
         for step in range(mean.shape[1]):
-            step_mean = mean[:, step]
-            step_variance = None if (variance is None or not noisy) else variance[:, step]
+            step_mean = step_means[step]
+            step_variance = None if step_variances is None else step_variances[step]
             if self.recurrent is not None:
                 feedback = self.recurrent(previous_spikes)
                 step_mean = step_mean + feedback.mean
@@ -894,10 +898,12 @@ class CubaIntegrator(ModeAware):
         state = initial_state if initial_state is not None else _zero_state(mean)
         noisy = self.mode is Mode.NOISY
         voltage_trace = []
+        step_means = mean.unbind(1)   # see CubaLif.run: avoids a quadratic backward
+        step_variances = variance.unbind(1) if variance is not None else None
         for step in range(mean.shape[1]):
-            step_input = mean[:, step]
-            if noisy and variance is not None:
-                step_input = step_input + _safe_sqrt(variance[:, step]) * draw_noise(
+            step_input = step_means[step]
+            if noisy and step_variances is not None:
+                step_input = step_input + _safe_sqrt(step_variances[step]) * draw_noise(
                     step_input.shape, "gauss", dtype=step_input.dtype, device=step_input.device,
                     generator=generator,
                 )
