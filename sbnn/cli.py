@@ -76,30 +76,50 @@ def command_verify(args: argparse.Namespace) -> int:
 
 
 def command_simulate(args: argparse.Namespace) -> int:
+    """Run an export on one backend: hw_sim, Lava, or the float model from model.nir ("torch" in DESIGN.md:
+    float arithmetic, no per-layer delay). With labels.npy beside the inputs, prints the accuracy too."""
     import hw_sim
 
     path = _network_file(Path(args.export))
+    folder = path.parent
     network = hw_sim.load(path)
     x, source = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
                              density=args.density)
+    delay = len(network.layers)
     start = time.perf_counter()
-    if args.backend == "hw_sim":
-        result = network.run(x)
-    elif args.backend == "lava":
-        result = hw_sim.lava.run(network, x, workers=args.workers, timeout=args.timeout)
+    if args.backend == "torch":
+        from export.nir_io import read_nir
+        if not (folder / "model.nir").exists() or not (folder / "export.json").exists():
+            raise UserError(f"{folder}: the float backend needs model.nir and export.json (an sbnn export folder)")
+        float_network, _ = read_nir(folder / "model.nir")
+        input_scale = json.loads((folder / "export.json").read_text()).get("input_scale", 1.0)
+        spikes, voltages = float_network.run(x / input_scale if network.input_message_bits else x)
+        readout = voltages[-1][:, :x.shape[1] - delay] if float_network.layers[-1].readout else None
     else:
-        raise UserError("the torch backend needs an exported float model, which this export does not have yet")
+        if args.backend == "hw_sim":
+            result = network.run(x, record_states=True)
+        else:
+            result = hw_sim.lava.run(network, x, record_states=True, workers=args.workers, timeout=args.timeout)
+        spikes = result.spikes
+        readout = result.v[-1][:, delay:] if getattr(network.layers[-1], "readout", False) else None
     seconds = time.perf_counter() - start
-    rates = [float(s.mean()) for s in result.spikes]
+    labels_path = folder / "labels.npy"
+    accuracy = None
+    if readout is not None and labels_path.exists() and source == str(folder / "inputs.npy"):
+        labels = np.load(labels_path, allow_pickle=False)[:len(x)]
+        accuracy = float((readout.mean(axis=1).argmax(axis=1) == labels).mean())
+    rates = [float(s.mean()) for s in spikes]
     summary = {"backend": args.backend, "samples": int(x.shape[0]), "steps": int(x.shape[1]), "input": source,
-               "output_spikes": int(result.spikes[-1].sum()), "firing_rates": rates, "seconds": seconds,
-               "accuracy": None}
+               "output_spikes": int(np.asarray(spikes[-1]).sum()), "firing_rates": rates, "seconds": seconds,
+               "accuracy": accuracy}
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"{path}: {x.shape[0]} samples x {x.shape[1]} steps on {args.backend} in {seconds:.3f} s")
         for k, rate in enumerate(rates):
             print(f"  layer {k}: firing rate {rate:.4f}")
+        if accuracy is not None:
+            print(f"  accuracy {accuracy:.4f} on {x.shape[0]} labelled samples")
     return EXIT_OK
 
 

@@ -32,7 +32,7 @@ LOGIT_BATCH = 256
 # --------------------------------------------------------------------------------------------------
 # Exporting a run
 
-def _load_run(run_dir: Path):
+def load_run(run_dir: Path):
     from .config import load_config
     from .train import load_trained_model, load_training_data
 
@@ -45,7 +45,7 @@ def _load_run(run_dir: Path):
     return config, model, data
 
 
-def _sequences(x, model) -> np.ndarray:
+def model_sequences(x, model) -> np.ndarray:
     from export.from_model import as_sequence
 
     array = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
@@ -59,14 +59,14 @@ def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int =
     from export.from_model import float_network_from_model
 
     run_dir = Path(run_dir)
-    config, model, data = loaded or _load_run(run_dir)
+    config, model, data = loaded or load_run(run_dir)
     out = Path(out) if out else run_dir / ("export" if weights == "mean" else f"export_sample{seed}")
     network = float_network_from_model(model, dt=config.export.dt, weights=weights, seed=seed)
     calibration_count = min(config.export.calibration_samples, len(data.x_train))
-    calibration = _sequences(data.x_train[:calibration_count], model)
+    calibration = model_sequences(data.x_train[:calibration_count], model)
     preview = min(config.pipeline.lava_samples, len(data.x_test))
     delay = len(network.layers)
-    test_inputs = _pad_steps(_sequences(data.x_test[:preview], model), delay)
+    test_inputs = _pad_steps(model_sequences(data.x_test[:preview], model), delay)
     folder, _, report = write_export(network, calibration, out, test_inputs=test_inputs,
                                      test_labels=data.y_test[:preview].numpy(), headroom=config.export.headroom,
                                      source={"run": str(run_dir), "weights": weights,
@@ -142,7 +142,7 @@ def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str
     timings = {}
     start = time.perf_counter()
     labels = data.y_test.numpy()
-    x_test = _sequences(data.x_test, model)
+    x_test = model_sequences(data.x_test, model)
     samples, seed = config.train.eval_samples, config.train.eval_seed
     float_mean = predict_mean(model, data.x_test).numpy()
     float_noisy = predict_noisy(model, data.x_test, samples=samples, seed=seed).numpy()
@@ -281,7 +281,7 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
     for name, folder in folders:
         if force or not _newer([folder / "export.json", folder / "loihi.h5"], [checkpoint]):
             if loaded is None:
-                loaded = _load_run(run_dir)
+                loaded = load_run(run_dir)
             progress(f"[2/4] exporting {name} -> {folder}")
             weights = "mean" if name == "mean" else "sample"
             seed = config.export.seed + int(name[len("sample"):]) if weights == "sample" else 0
@@ -295,7 +295,7 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
     exported = [folder / "loihi.h5" for _, folder in folders]
     if force or not _newer([results_path], exported + [checkpoint]):
         if loaded is None:
-            loaded = _load_run(run_dir)
+            loaded = load_run(run_dir)
         progress(f"[3/4] evaluating {len(folders)} exports in hw_sim, the posterior mean in Lava, energy")
         results = evaluate_exports(run_dir, *loaded, folders)
         _write_json(results_path, results)

@@ -178,13 +178,13 @@ def test_onnx_integer_step_is_bit_exact_and_float_step_matches(tmp_path):
                           (15, dict(recurrent=True, readout=True)), (18, dict(input_message_bits=8)),
                           (19, dict(stress=True))):
         network = random_network(seed, **options)
-        x = random_input(seed, network, 3, 12)
+        x = random_input(seed, network, 2, 100)   # ≥ 100 steps (issue 5)
         path = export_integer_onnx(network, tmp_path / f"int{seed}.onnx")
         result = network.run(x, record_states=True)
         expected = result.v[-1] if getattr(network.layers[-1], "readout", False) else result.spikes[-1]
         assert np.array_equal(run_onnx(path, x), expected)
     network = float_network(conv=True, recurrent=False)
-    x = spikes(network, batch=3, steps=20)
+    x = spikes(network, batch=3, steps=100)
     path = export_float_onnx(network, tmp_path / "float.onnx")
     np.testing.assert_allclose(run_onnx(path, x), network.run(x)[1][-1], atol=1e-3)
 

@@ -107,6 +107,12 @@ def test_export_command_and_the_exported_network(finished_run):
     assert inputs.shape[1:] == (16 + len(network.layers), 20)
     done = run_sbnn("verify", run / "export_sample7", "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["bit_exact"] is True
+    for backend in ("torch", "hw_sim"):
+        done = run_sbnn("simulate", run / "export_sample7", "--backend", backend, "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        result = json.loads(done.stdout)
+        assert result["backend"] == backend and result["samples"] == 2 and 0.0 <= result["accuracy"] <= 1.0
+        assert len(result["firing_rates"]) == len(network.layers) and result["firing_rates"][0] > 0
     done = run_sbnn("export", folder / "nowhere")
     assert done.returncode == 2 and "not a finished run folder" in done.stderr and "Traceback" not in done.stderr
 
