@@ -7,7 +7,8 @@ Per layer one common scale s maps weights, current and voltage to integers (LOIH
     bias  = round(b·s) with exponent 6   (64 bias units are one unit of a_in; netx's fixed exponent)
     du    = round(4096·(1 − α)) − 1,  dv = round(4096·(1 − β))
 
-s is the largest scale that keeps the weights in 8 bits, the threshold in 17 bits and — on calibration
+s is the largest scale that keeps the weights (all but the largest 0.01 %, which clip) in 8 bits, the
+threshold in 17 bits and — on calibration
 data, run through the float model — the current and voltage inside the 24-bit range. The resulting
 network is netx-exact by construction. :func:`quantise` also measures, with hw_sim on the calibration data,
 the largest |u| and |v| per layer against the 24-bit limit, and warns where the headroom is under 2×.
@@ -35,6 +36,7 @@ BIAS_EXP = 6
 BIAS_MANT_MAX = (1 << 15) - 1
 INPUT_MESSAGE_BITS = 8
 HEADROOM_WARNING = 2.0
+WEIGHT_PERCENTILE = 99.99   # the |weight| percentile mapped to ±127: rare outliers clip instead of costing resolution
 
 
 @dataclass
@@ -96,7 +98,8 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
     for index, layer in enumerate(network.layers):
         input_factor = input_scale if index == 0 else 1.0
         weights = [layer.weight] + ([layer.recurrent_weight] if layer.recurrent_weight is not None else [])
-        largest_weight = max(float(np.abs(w).max(initial=0.0)) for w in weights) * input_factor
+        largest_weight = max(float(np.percentile(np.abs(w), WEIGHT_PERCENTILE)) if w.size else 0.0
+                             for w in weights) * input_factor
         limits = {"weights": WEIGHT_MAX / largest_weight if largest_weight > 0 else np.inf}
         if layer.threshold is not None and layer.threshold > 0:
             limits["threshold"] = VTH_MAX / layer.threshold

@@ -136,7 +136,7 @@ def test_quantised_network_tracks_the_float_model(options):
     quantised = quantise(network, x)
     assert hw_sim.netx_exact(quantised.network)
     report = quantised.report()
-    assert all(entry["relative_weight_error"] < 0.02 and entry["clipped_fraction"] == 0 for entry in report["layers"])
+    assert all(entry["relative_weight_error"] < 0.02 and entry["clipped_fraction"] < 1e-3 for entry in report["layers"])
     assert all(entry["max_abs_u"] < entry["state_limit"] for entry in report["layers"])
     # float model of the quantised network (same integers, float arithmetic, no delay) vs the float model
     float_spikes = network.run(x)[0]
