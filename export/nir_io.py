@@ -25,6 +25,10 @@ import numpy as np
 from .float_network import FloatLayer, FloatNetwork
 
 SYNAPSES = ("Affine", "Linear", "Conv2d")
+MAX_NEURONS = 1 << 24            # per layer; a larger shape is a damaged or hostile file (hw_sim's limit too)
+MAX_DECLARED_BYTES = 1 << 31     # all arrays of a .nir together, checked before nir.read reads them
+MAX_COMPRESSION = 1100           # nir.write gzips arrays; deflate cannot shrink data more than ~1032:1
+SMALL_DATASET_BYTES = 1 << 16
 NEURONS = ("CubaLIF", "LIF", "IF", "Threshold", "CubaLI", "LI", "I")
 READOUTS = ("CubaLI", "LI", "I")
 
@@ -130,8 +134,8 @@ def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tupl
     if kind == "Threshold":
         return dict(alpha=0.0, beta=0.0, threshold=_uniform_threshold(node, "threshold", shape),
                     bias=np.zeros(shape)), 1.0, np.ones(shape)
-    v_leak = _array(node, "v_leak", shape) if hasattr(node, "v_leak") else np.zeros(shape)
-    r = _array(node, "r", shape)
+    v_leak = _finite(_array(node, "v_leak", shape), "v_leak") if hasattr(node, "v_leak") else np.zeros(shape)
+    r = _finite(_array(node, "r", shape), "r")
     if kind in ("CubaLIF", "CubaLI"):
         tau_syn, tau_mem = leak("tau_syn"), leak("tau_mem")
         alpha, beta = 1.0 - dt / tau_syn, 1.0 - dt / tau_mem
@@ -149,6 +153,7 @@ def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tupl
         v_leak = np.zeros(shape)
     if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0):
         raise ValueError(f"dt = {dt} s is larger than a time constant (decay factors α={alpha:.3g}, β={beta:.3g})")
+    _finite(input_gain, "input gain (r, w_in)")
     if not np.allclose(input_gain, input_gain.reshape(-1)[0]):
         raise ValueError("per-neuron input gains (r, w_in) differ; fold them into the weights first")
     fields = dict(alpha=alpha, beta=beta, bias=(1.0 - beta) * v_leak, threshold=None)
@@ -159,8 +164,14 @@ def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tupl
     return fields, float(input_gain.reshape(-1)[0]), bias_per_synaptic_bias
 
 
+def _finite(value: np.ndarray, what: str) -> np.ndarray:
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{what} holds NaN or infinite values")
+    return value
+
+
 def _uniform_threshold(node, name: str, shape: tuple[int, ...]) -> float:
-    threshold = _array(node, name, shape)
+    threshold = _finite(_array(node, name, shape), name)
     if not np.allclose(threshold, threshold.reshape(-1)[0]):
         raise ValueError("per-neuron thresholds differ; Loihi has one threshold per layer")
     return float(threshold.reshape(-1)[0])
@@ -169,12 +180,27 @@ def _uniform_threshold(node, name: str, shape: tuple[int, ...]) -> float:
 def graph_dt(graph, dt: float | None) -> float:
     """dt from the graph's metadata, else from any node's metadata, else ``dt``; else an error."""
     candidates = [graph.metadata.get("dt")] + [getattr(node, "metadata", {}).get("dt") for node in graph.nodes.values()]
-    for value in candidates:
+    for value in candidates + [dt]:
         if value is not None:
-            return float(np.asarray(value).reshape(-1)[0])
-    if dt is None:
-        raise ValueError("the graph carries no dt in its metadata; give it with --dt SECONDS")
-    return float(dt)
+            try:
+                found = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+            except (TypeError, ValueError, IndexError):
+                raise ValueError(f"dt must be a number of seconds, found {value!r}") from None
+            if not (np.isfinite(found) and found > 0):
+                raise ValueError(f"dt must be a positive, finite number of seconds, found {found}")
+            return found
+    raise ValueError("the graph carries no dt in its metadata; give it with --dt SECONDS")
+
+
+def _shape(value, what: str) -> tuple[int, ...]:
+    """A declared shape: positive integer sizes (and not absurdly many neurons)."""
+    array = np.asarray(value).reshape(-1)
+    if array.dtype.kind not in "iuf" or not np.all(np.isfinite(array)) or np.any(array != np.round(array)) \
+            or np.any(array < 1):
+        raise ValueError(f"{what} must be positive integer sizes, found {array.tolist()}")
+    if float(np.prod(array, dtype=np.float64)) > MAX_NEURONS:
+        raise ValueError(f"{what} {array.tolist()} has more than {MAX_NEURONS} elements")
+    return tuple(int(n) for n in array)
 
 
 def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]]:
@@ -202,7 +228,7 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
     if len(inputs) != 1:
         raise ValueError(f"the graph needs exactly one Input node, found {len(inputs)}")
     input_node = nodes[inputs[0]]
-    input_shape = tuple(int(n) for n in np.asarray(input_node.input_type["input"]).reshape(-1))
+    input_shape = _shape(input_node.input_type["input"], f"input shape of node '{inputs[0]}'")
     if len(input_shape) in (2, 4) and input_shape[0] == 1:
         notes.append(f"input shape {input_shape} read as {input_shape[1:]} (a leading batch dimension)")
         input_shape = input_shape[1:]
@@ -240,14 +266,24 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
         visited.add(neuron_name)
         weight = np.asarray(synapse.weight, dtype=np.float64)
         synaptic_bias = np.asarray(getattr(synapse, "bias", 0.0), dtype=np.float64)
+        if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(synaptic_bias))):
+            raise ValueError(f"node '{synapse_name}': weight or bias holds NaN or infinite values")
         if type(synapse).__name__ == "Conv2d":
             conv = _conv_geometry(synapse, synapse_name, shape)
-            out_shape = _conv_shape(weight, shape, conv)
+            groups = conv["groups"]
+            if weight.ndim != 4 or weight.shape[0] < 1 or shape[0] != weight.shape[1] * groups \
+                    or weight.shape[0] % groups:
+                raise ValueError(f"node '{synapse_name}': Conv2d weight {weight.shape} with groups {conv['groups']} "
+                                 f"does not fit input shape {shape}")
+            out_shape = _shape(_conv_shape(weight, shape, conv), f"node '{synapse_name}': output shape")
             layer_kind = "conv"
         else:
-            if weight.ndim != 2 or weight.shape[1] != int(np.prod(shape)):
+            if weight.ndim != 2 or weight.shape[0] < 1 or weight.shape[1] != int(np.prod(shape)):
                 raise ValueError(f"node '{synapse_name}': weight {weight.shape} does not fit input shape {shape}")
             conv, out_shape, layer_kind = {}, (weight.shape[0],), "dense"
+        if synaptic_bias.size not in (1, out_shape[0]):
+            raise ValueError(f"node '{synapse_name}': bias of shape {synaptic_bias.shape} does not fit "
+                             f"{out_shape[0]} outputs")
         try:
             fields, gain, bias_gain = _neuron_to_float(neuron, neuron_kind, out_shape, dt)
         except ValueError as error:
@@ -269,6 +305,11 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
             if np.any(np.asarray(getattr(nodes[loop], "bias", 0.0)) != 0):
                 raise ValueError(f"recurrent node '{loop}' has a bias, which cannot be mapped")
             recurrent_weight = np.asarray(nodes[loop].weight, dtype=np.float64) * gain
+            if recurrent_weight.shape != (out_shape[0],) * 2 or len(out_shape) != 1:
+                raise ValueError(f"recurrent node '{loop}': weight {recurrent_weight.shape} does not fit "
+                                 f"{out_shape} neurons")
+            if not np.all(np.isfinite(recurrent_weight)):
+                raise ValueError(f"recurrent node '{loop}': weight holds NaN or infinite values")
             visited.add(loop)
         layers.append(FloatLayer(kind=layer_kind, weight=weight * gain, recurrent_weight=recurrent_weight,
                                  **conv, **fields))
@@ -292,8 +333,12 @@ def _conv_geometry(node, name: str, shape: tuple[int, ...]) -> dict:
             padding = tuple(int(d) * (k - 1) // 2 for k, d in zip(kernel, pair(node.dilation)))
         else:
             raise ValueError(f"node '{name}': padding '{padding}' with stride {node.stride} is not supported")
-    return dict(input_shape=tuple(shape), stride=pair(node.stride), padding=pair(padding),
-                dilation=pair(node.dilation), groups=int(node.groups))
+    geometry = dict(input_shape=tuple(shape), stride=pair(node.stride), padding=pair(padding),
+                    dilation=pair(node.dilation), groups=int(np.asarray(node.groups).reshape(-1)[0]))
+    if min(geometry["stride"] + geometry["dilation"]) < 1 or min(geometry["padding"]) < 0 or geometry["groups"] < 1:
+        raise ValueError(f"node '{name}': stride {geometry['stride']}, dilation {geometry['dilation']} and groups "
+                         f"{geometry['groups']} must be >= 1, padding {geometry['padding']} >= 0")
+    return geometry
 
 
 def _conv_shape(weight: np.ndarray, shape: tuple[int, ...], conv: dict) -> tuple[int, int, int]:
@@ -333,6 +378,7 @@ def read_nir(path: str | os.PathLike, *, dt: float | None = None) -> tuple[Float
     path = Path(path)
     if not path.is_file():
         raise NIRImportError(f"{path}: no such file")
+    _check_file(path)
     notes = []
     try:
         try:
@@ -345,9 +391,67 @@ def read_nir(path: str | os.PathLike, *, dt: float | None = None) -> tuple[Float
             graph = nir.read(path, type_check=False)
             notes.append(f"nir's type check failed ({str(error)[:120]}); read without it")
     except Exception as error:  # nir raises many kinds on malformed files
-        raise NIRImportError(f"{path}: not a readable NIR file ({type(error).__name__}: {str(error)[:200]})")
+        message = " ".join(str(error).split())[:200]
+        raise NIRImportError(f"{path}: not a readable NIR file ({type(error).__name__}: {message})")
     try:
         network, mapping_notes = from_nir(graph, dt=dt)
     except ValueError as error:
-        raise NIRImportError(f"{path}: {error}")
+        raise NIRImportError(f"{path}: {' '.join(str(error).split())}")
+    except (TypeError, KeyError, AttributeError, IndexError, ArithmeticError) as error:
+        # a node whose fields have unexpected types (nir.read checks few of them)
+        raise NIRImportError(f"{path}: malformed graph ({type(error).__name__}: {' '.join(str(error).split())[:200]})")
     return network, notes + mapping_notes
+
+
+def _check_file(path: Path) -> None:
+    """Before ``nir.read`` loads every array: the file is HDF5, links stay inside it, and no dataset
+    declares more data than the file can hold (a forged chunked dataset would be allocated in full)."""
+    import h5py
+
+    from hw_sim.netx_io import hdf5_heap_damage
+
+    try:
+        damage = hdf5_heap_damage(path)
+    except OSError as error:
+        raise NIRImportError(f"{path}: cannot be read ({' '.join(str(error).split())})")
+    if damage:
+        raise NIRImportError(f"{path}: not a readable NIR file (damaged HDF5: {damage})")
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as error:
+        raise NIRImportError(f"{path}: not a readable NIR file (not HDF5: {' '.join(str(error).split())[:200]})")
+    problems: list[str] = []
+    total = 0
+
+    def visit(name: str, link) -> None:
+        nonlocal total
+        if problems:
+            return
+        if isinstance(link, h5py.ExternalLink):
+            problems.append(f"'{name}' links to another file ({link.filename}), which is not allowed")
+            return
+        if isinstance(link, h5py.SoftLink):
+            return   # its target is visited (or missing, which nir.read reports)
+        item = handle[name]
+        if not isinstance(item, h5py.Dataset):
+            return
+        if item.is_virtual or item.external:
+            problems.append(f"'{name}' takes its data from other files, which is not allowed")
+            return
+        declared = int(item.size) * item.dtype.itemsize
+        total += declared
+        if declared > SMALL_DATASET_BYTES and declared > MAX_COMPRESSION * item.id.get_storage_size():
+            problems.append(f"'{name}' declares {declared} bytes but the file stores {item.id.get_storage_size()}")
+        elif total > MAX_DECLARED_BYTES:
+            problems.append(f"its arrays declare more than {MAX_DECLARED_BYTES} bytes")
+
+    with handle:
+        try:
+            handle.visititems_links(visit)
+        except NIRImportError:
+            raise
+        except Exception as error:  # HDF5 reports damaged structures from wherever they are touched
+            raise NIRImportError(f"{path}: not a readable NIR file (damaged: {type(error).__name__}: "
+                                 f"{' '.join(str(error).split())[:200]})")
+    if problems:
+        raise NIRImportError(f"{path}: {problems[0]}")

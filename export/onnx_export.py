@@ -34,6 +34,11 @@ from .atomic import atomic_path
 from .float_network import FloatNetwork
 
 OPSET = 18   # BitwiseAnd (the int32 and 24-bit wraps) needs opset 18
+MAX_STATE_ELEMENTS = 1 << 28   # run_onnx refuses a model whose declared state would need more (all inputs)
+
+
+class ONNXFileError(ValueError):
+    """An ONNX file that onnxruntime cannot load, or that is not one of our step models; names the file."""
 
 
 class FloatStep(nn.Module):
@@ -213,20 +218,51 @@ def run_onnx(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
     """Step an exported model over ``x`` (batch, T, *input_shape) in onnxruntime; returns ``out`` (batch, T, ...)."""
     import onnxruntime
 
+    path = Path(path)
+    if not path.is_file():
+        raise ONNXFileError(f"{path}: no such file")
+    x = np.asarray(x)
+    if x.ndim < 3 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"inputs for {path} must be (batch, T, *input_shape) with batch, T >= 1, found {x.shape}")
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"inputs for {path} must be numbers, found dtype {x.dtype}")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    inputs = session.get_inputs()
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # (name, type, shape) of each input, and the output names; a damaged file can make even these fail
+        inputs = [(item.name, item.type, list(item.shape)) for item in session.get_inputs()]
+        names = [item.name for item in session.get_outputs()]
+    except Exception as error:  # onnxruntime's errors are its own classes (InvalidProtobuf, Fail, ...)
+        raise ONNXFileError(f"{path}: onnxruntime cannot load it ({_one_line(error)})") from None
+    state_names = [name for name, _, _ in inputs[1:]]
+    if not inputs or inputs[0][0] != "x" or names[:1] != ["out"] \
+            or sorted(names[1:]) != sorted(f"{name}_next" for name in state_names):
+        raise ONNXFileError(f"{path}: not a step model (inputs x and states, outputs out and the states' _next)")
     batch = x.shape[0]
     state = {}
-    for item in inputs[1:]:
-        dtype = np.int64 if "int64" in item.type else np.float32
-        state[item.name] = np.zeros((batch, *item.shape[1:]), dtype=dtype)
-    x_dtype = np.int64 if "int64" in inputs[0].type else np.float32
+    total = 0
+    for name, kind, shape in inputs[1:]:
+        dims = shape[1:]
+        if not all(isinstance(n, int) and n >= 1 for n in dims):
+            raise ONNXFileError(f"{path}: state '{name}' has no fixed shape ({shape})")
+        total += batch * int(np.prod(dims, dtype=np.float64))
+        if total > MAX_STATE_ELEMENTS:
+            raise ONNXFileError(f"{path}: its states would need more than {MAX_STATE_ELEMENTS} elements for batch {batch}")
+        state[name] = np.zeros((batch, *dims), dtype=np.int64 if "int64" in kind else np.float32)
+    x_dtype = np.int64 if "int64" in inputs[0][1] else np.float32
+    if not np.all(np.isfinite(x)) or (x_dtype == np.int64 and np.any(x != np.round(x))):
+        raise ValueError(f"inputs for {path} must be finite{' integers' if x_dtype == np.int64 else ''}")
     outputs = []
-    names = [o.name for o in session.get_outputs()]
     for t in range(x.shape[1]):
-        result = session.run(names, {"x": x[:, t].astype(x_dtype), **state})
+        try:
+            result = session.run(names, {"x": x[:, t].astype(x_dtype), **state})
+        except Exception as error:
+            raise ONNXFileError(f"{path}: cannot run on inputs of shape {x.shape} ({_one_line(error)})") from None
         outputs.append(result[0])
         state = {name[:-len("_next")]: value for name, value in zip(names[1:], result[1:])}
     return np.stack(outputs, axis=1)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]

@@ -31,6 +31,39 @@ class LavaError(RuntimeError):
     """Lava could not produce a result (missing environment, worker crash, timeout)."""
 
 
+# Runs in the Lava environment, leader of its own process group, between us and the worker: it starts the
+# worker (Lava forks its runtime processes from that) in its group and reads a pipe whose write end only
+# we hold. End of file on it means we are gone — finished, or killed even by SIGKILL, when no cleanup of
+# ours runs — and then it stops the whole group as _kill_group does, deletes the scratch folder and goes
+# too, so no Lava process outlives us. Otherwise it passes on the worker's exit status (a signal as that
+# signal).
+_SUPERVISOR = r"""
+import os, shutil, signal, subprocess, sys, threading, time
+watch, scratch, job = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+worker = subprocess.Popen([sys.executable, "-m", "hw_sim.lava_worker", job], close_fds=True)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)   # outlive the group's SIGTERM to finish the cleanup
+stopping, finished = threading.Event(), threading.Event()
+def parent_gone():
+    while os.read(watch, 1):
+        pass
+    stopping.set()
+    os.killpg(0, signal.SIGTERM)
+    finished.wait(3)
+    time.sleep(0.3)   # multiprocessing's resource tracker frees the shared memory of the dead processes
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.killpg(0, signal.SIGKILL)
+threading.Thread(target=parent_gone, daemon=True).start()
+status = worker.wait()
+finished.set()
+if stopping.is_set():
+    threading.Event().wait()   # the cleanup thread ends this process with the group
+if status < 0:
+    signal.signal(-status, signal.SIG_DFL)
+    os.kill(os.getpid(), -status)
+sys.exit(status)
+"""
+
+
 def lava_python() -> Path:
     """The interpreter of the Lava environment: ``$SBNN_LAVA_PYTHON`` or ``.venv-lava`` in the project."""
     path = Path(os.environ.get("SBNN_LAVA_PYTHON", PROJECT_ROOT / ".venv-lava" / "bin" / "python"))
@@ -44,8 +77,20 @@ def choose_mode(network: Network) -> str:
     return "concat" if all(not np.any(layer.neurons.bias) for layer in network.layers) else "per_sample"
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
+    """End the worker's whole process group: SIGTERM first, so that Lava's processes end and
+    multiprocessing's resource tracker (which ignores SIGTERM) frees the shared memory they leave in
+    /dev/shm; SIGKILL for whatever is left after ``grace`` seconds."""
+    deadline = time.monotonic() + grace
     try:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        while time.monotonic() < deadline:
+            os.killpg(process.pid, 0)   # raises ProcessLookupError once the group is empty
+            time.sleep(0.02)
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
@@ -76,6 +121,7 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: s
     chunks = [chunk for chunk in np.array_split(np.arange(x.shape[0]), max(1, min(workers, x.shape[0]))) if chunk.size]
     with tempfile.TemporaryDirectory(prefix="sbnn-lava-") as scratch:
         processes = []
+        watch_read, watch_write = os.pipe()   # the supervisors' lifeline: closed when we finish or die
         try:
             for index, chunk in enumerate(chunks):
                 job_dir = Path(scratch) / f"job{index}"
@@ -85,8 +131,8 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: s
                 (job_dir / "job.json").write_text(json.dumps(
                     {"builder": builder, "mode": mode, "record_states": record_states}))
                 process = subprocess.Popen(
-                    [str(python), "-m", "hw_sim.lava_worker", str(job_dir)], cwd=PROJECT_ROOT,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    [str(python), "-c", _SUPERVISOR, str(watch_read), scratch, str(job_dir)], cwd=PROJECT_ROOT,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, pass_fds=(watch_read,),
                     env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"})
                 processes.append((process, job_dir))
             deadline = time.monotonic() + timeout
@@ -102,10 +148,14 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: s
                     reason = message[-1] if message else f"exit status {process.returncode}"
                     if process.returncode < 0:
                         reason = f"killed by signal {-process.returncode}"
+                        if process.returncode == -signal.SIGKILL:
+                            reason += " (SIGKILL: often the system's out-of-memory killer)"
                     raise LavaError(f"the Lava worker failed: {reason}")
         finally:
             for process, _ in processes:
                 _kill_group(process)
+            os.close(watch_read)
+            os.close(watch_write)
         parts = [np.load(job_dir / "output.npz") for _, job_dir in processes]
         layers = range(len(network.layers))
         result = RunResult(spikes=[np.concatenate([p[f"spikes_{k}"] for p in parts]) for k in layers])

@@ -28,6 +28,11 @@ from .network import (NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, Dense
 FORMAT = "sbnn-loihi/1"
 NETX_BIAS_EXP = 6
 MAX_ELEMENTS = 1 << 28   # refuse absurd declared dataset sizes before reading them
+MAX_NEURONS = 1 << 24    # per layer (a Loihi 2 chip holds 2^20); more is a damaged or hostile shape field
+# gzip (HDF5's deflate filter) compresses by at most ~1032:1, so a dataset that declares more bytes than
+# that times what it stores is forged (e.g. a chunked dataset with no chunks written); small ones pass.
+MAX_COMPRESSION = 1100
+SMALL_DATASET_BYTES = 1 << 16
 
 
 class LoihiFileError(ValueError):
@@ -221,6 +226,48 @@ def save(network: Network, path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Reading
 
+GLOBAL_HEAP_SIGNATURE = b"GCOL\x01\x00\x00\x00"   # signature, version 1, three reserved bytes
+
+
+def hdf5_heap_damage(path: str | os.PathLike) -> str | None:
+    """Where a damaged HDF5 global heap collection lies in ``path``, or None when every one is whole.
+
+    The HDF5 library (1.14) loops forever deserialising a global heap collection (where variable-length
+    strings and arrays live) in which the free-space object (index 0) has size 0, and reads past it when
+    sizes overrun it, so a reader that must not hang checks them first, walking the collection as HDF5
+    does: after the 16-byte header, objects take 16 + size rounded up to 8 bytes (the free-space object
+    exactly its size) and must tile the collection.
+    """
+    import mmap
+
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            end_of_file = len(data)
+            start = data.find(GLOBAL_HEAP_SIGNATURE)
+            while start >= 0:
+                if start + 16 <= end_of_file:
+                    size = int.from_bytes(data[start + 8:start + 16], "little")
+                    end = start + size
+                    if size < 4096 or end > end_of_file:
+                        return f"global heap at byte {start} declares {size} bytes"
+                    position = start + 16
+                    while position < end:
+                        if position + 16 > end:
+                            break   # a tail too short for an object header is free space
+                        index = int.from_bytes(data[position:position + 2], "little")
+                        object_size = int.from_bytes(data[position + 8:position + 16], "little")
+                        need = 16 + ((object_size + 7) & ~7) if index else object_size
+                        if need == 0:
+                            return f"global heap at byte {start}: an empty free-space object at byte {position}"
+                        position += need
+                    if position > end:
+                        return f"global heap at byte {start}: object sizes run past its end"
+                start = data.find(GLOBAL_HEAP_SIGNATURE, start + 1)
+    return None
+
+
 class _Reader:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -234,20 +281,54 @@ class _Reader:
             if required:
                 raise self.fail(f"missing field '{name}'")
             return None
-        dataset = group[name]
+        dataset = self.member(group, name)
         if not isinstance(dataset, h5py.Dataset):
             raise self.fail(f"field '{name}' is not a dataset")
-        if dataset.size > MAX_ELEMENTS:
-            raise self.fail(f"field '{name}' declares {dataset.size} elements, more than {MAX_ELEMENTS}")
+        self.check_declared_size(dataset, name)
         try:
             value = np.asarray(dataset[()])
-        except (OSError, ValueError, TypeError) as error:
-            raise self.fail(f"field '{name}' cannot be read ({error})")
+        except (OSError, ValueError, TypeError, RuntimeError) as error:
+            raise self.fail(f"field '{name}' cannot be read ({' '.join(str(error).split())})")
         if value.dtype.kind not in "iuf" and not (value.dtype.kind == "b"):
             raise self.fail(f"field '{name}' must be numeric, found {value.dtype}")
         if value.dtype.kind == "f" and (not np.all(np.isfinite(value)) or np.any(value != np.round(value))):
             raise self.fail(f"field '{name}' must be integer-valued")
+        # Every field holds small integers; refuse values int64 (and float64, exactly) cannot hold.
+        if value.size and value.dtype.kind in "uf" and np.abs(value).max() >= 2.0 ** 53:
+            raise self.fail(f"field '{name}' holds a value beyond ±2^53")
         return value.astype(np.int64)
+
+    def member(self, group: h5py.Group, name: str):
+        """``group[name]``, refusing links to other files (a file reads nothing but itself)."""
+        try:
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise self.fail(f"'{name}' is a link to another file ({link.filename}), which is not allowed")
+            return group[name]
+        except (KeyError, OSError, RuntimeError, ValueError) as error:
+            if isinstance(error, LoihiFileError):
+                raise
+            raise self.fail(f"'{name}' cannot be opened ({' '.join(str(error).split())})")
+
+    def check_declared_size(self, dataset: h5py.Dataset, name: str) -> None:
+        """Refuse a dataset whose declared size is absurd or not backed by the file, before reading it."""
+        if dataset.is_virtual or dataset.external:
+            raise self.fail(f"field '{name}' takes its data from other files, which is not allowed")
+        if dataset.size > MAX_ELEMENTS:
+            raise self.fail(f"field '{name}' declares {dataset.size} elements, more than {MAX_ELEMENTS}")
+        declared = dataset.size * dataset.dtype.itemsize
+        if declared > SMALL_DATASET_BYTES and declared > MAX_COMPRESSION * dataset.id.get_storage_size():
+            raise self.fail(f"field '{name}' declares {declared} bytes but the file stores "
+                            f"{dataset.id.get_storage_size()}")
+
+    def shape(self, group: h5py.Group, name: str = "shape") -> tuple[int, ...]:
+        """A layer shape: 1 or 3 positive sizes, at most :data:`MAX_NEURONS` neurons."""
+        value = self.array(group, name)
+        if value.ndim > 1 or value.size not in (1, 3) or value.min() < 1:
+            raise self.fail(f"field '{name}' must be (N,) or (C, H, W) positive sizes, found {value.tolist()}")
+        if int(np.prod(value, dtype=np.float64)) > MAX_NEURONS:
+            raise self.fail(f"field '{name}' declares {value.tolist()}, more than {MAX_NEURONS} neurons")
+        return tuple(int(n) for n in value)
 
     def scalar(self, group: h5py.Group, name: str, *, default: int | None = None) -> int:
         value = self.array(group, name, required=default is None)
@@ -258,9 +339,15 @@ class _Reader:
         return int(value.reshape(-1)[0])
 
     def string(self, group: h5py.Group, name: str) -> str:
-        if name not in group or not isinstance(group[name], h5py.Dataset):
+        dataset = self.member(group, name) if name in group else None
+        if not isinstance(dataset, h5py.Dataset):
             raise self.fail(f"missing field '{name}'")
-        value = np.asarray(group[name][()]).reshape(-1)
+        if dataset.size != 1:
+            raise self.fail(f"field '{name}' must be one string")
+        try:
+            value = np.asarray(dataset[()]).reshape(-1)
+        except (OSError, ValueError, TypeError, RuntimeError) as error:
+            raise self.fail(f"field '{name}' cannot be read ({' '.join(str(error).split())})")
         if value.size != 1 or value.dtype.kind not in "SOU":
             raise self.fail(f"field '{name}' must be one string")
         item = value[0]
@@ -282,8 +369,8 @@ def _bias_from_netx(bias: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarr
 
 def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[int, ...],
                 use_lava_groups: bool) -> Layer:
-    shape = tuple(int(n) for n in reader.array(group, "shape"))
-    lava = group.get("lava") if use_lava_groups else None
+    shape = reader.shape(group)
+    lava = (reader.member(group, "lava") if "lava" in group else None) if use_lava_groups else None
     if lava is not None and not isinstance(lava, h5py.Group):
         raise reader.fail("field 'lava' is not a group")
     has_neuron = "neuron" in group
@@ -294,7 +381,9 @@ def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[i
                               bias_exp=reader.array(lava, "bias_exp"))
     else:
         if has_neuron:
-            neuron = group["neuron"]
+            neuron = reader.member(group, "neuron")
+            if not isinstance(neuron, h5py.Group):
+                raise reader.fail("field 'neuron' is not a group")
             neuron_type = reader.string(neuron, "type")
             if neuron_type not in ("CUBA", "LOIHI"):
                 raise reader.fail(f"neuron type '{neuron_type}' is not supported (CUBA or LOIHI)")
@@ -325,9 +414,15 @@ def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[i
                           recurrent_weights=reader.array(lava, "weight_rec", required=kind == "dense_rec"),
                           readout=bool(reader.scalar(lava, "readout", default=int(readout))))
     weight = reader.array(group, "weight")
+    weight_rec = reader.array(group, "weight_rec") if kind == "dense_rec" else None
+    if len(shape) != 1:
+        raise reader.fail(f"field 'shape': a dense layer has shape (N,), found {shape}")
+    for field_name, value in (("weight", weight), ("weight_rec", weight_rec)):
+        if value is not None and (value.ndim not in (1, 2) or value.size == 0 or value.size % shape[0]
+                                  or (value.ndim == 2 and value.shape[0] != shape[0])):
+            raise reader.fail(f"field '{field_name}' of shape {value.shape} does not fit {shape[0]} neurons")
     if weight.ndim == 1:
         weight = weight.reshape(shape[0], -1)
-    weight_rec = reader.array(group, "weight_rec") if kind == "dense_rec" else None
     if weight_rec is not None and weight_rec.ndim == 1:
         weight_rec = weight_rec.reshape(shape[0], -1)
     try:
@@ -344,12 +439,22 @@ def load(path: str | os.PathLike) -> Network:
     if not path.is_file():
         raise reader.fail("no such file")
     try:
-        handle = h5py.File(path, "r")
+        damage = hdf5_heap_damage(path)
     except OSError as error:
-        raise reader.fail(f"not an HDF5 file ({error})")
+        raise reader.fail(f"cannot be read ({' '.join(str(error).split())})")
+    if damage:
+        raise reader.fail(f"damaged HDF5 file ({damage})")
+    try:
+        handle = h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as error:
+        raise reader.fail(f"not an HDF5 file ({' '.join(str(error).split())})")
     with handle:
         network = read_network(handle, path)
-        if bool(handle.attrs.get("netx_exact", False)):
+        try:
+            claims_netx_exact = bool(np.asarray(handle.attrs.get("netx_exact", False)).reshape(-1)[0])
+        except (IndexError, TypeError, ValueError, OSError, RuntimeError, KeyError):
+            raise reader.fail("root attribute 'netx_exact' must be one boolean")
+        if claims_netx_exact:
             try:
                 netx_view = read_network(handle, path, use_lava_groups=False)
             except LoihiFileError:
@@ -362,7 +467,17 @@ def load(path: str | os.PathLike) -> Network:
 def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True) -> Network:
     """Read the layers of an open netx file; ``use_lava_groups=False`` reads it exactly as netx does."""
     reader = _Reader(path)
-    root = handle.get("layer")
+    try:
+        return _read_network(handle, reader, use_lava_groups)
+    except LoihiFileError:
+        raise
+    except (KeyError, TypeError, IndexError, OSError, RuntimeError, ValueError) as error:
+        # HDF5 reports a damaged structure (B-tree, heap, addresses) from wherever it is first touched.
+        raise reader.fail(f"damaged or malformed file ({type(error).__name__}: {' '.join(str(error).split())})")
+
+
+def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool) -> Network:
+    root = reader.member(handle, "layer") if "layer" in handle else None
     if not isinstance(root, h5py.Group):
         raise reader.fail("missing group 'layer' (not a netx network file)")
     names = sorted(root.keys(), key=lambda name: int(name) if name.isdigit() else -1)
@@ -374,7 +489,7 @@ def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True)
     flatten_pending = False
     for name in names:
         reader.where = f"layer {name}: "
-        group = root[name]
+        group = reader.member(root, name)
         if not isinstance(group, h5py.Group):
             raise reader.fail("is not a group")
         kind = reader.string(group, "type")
@@ -384,7 +499,7 @@ def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True)
                     raise reader.fail("an input layer must come first")
                 if "neuron" in group:
                     raise reader.fail("input layers with neurons are not supported")
-                input_shape = tuple(int(n) for n in reader.array(group, "shape"))
+                input_shape = reader.shape(group)
                 input_message_bits = reader.scalar(group, "inputMessageBits", default=0)
                 continue
             if input_shape is None:
@@ -401,8 +516,10 @@ def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True)
             layers.append(_read_layer(reader, group, kind, previous, use_lava_groups))
         except NetworkError as error:
             raise reader.fail(str(error))
-        except (KeyError, TypeError) as error:
-            raise reader.fail(f"malformed ({error})")
+        except LoihiFileError:
+            raise
+        except (KeyError, TypeError, IndexError, OSError, RuntimeError, ValueError) as error:
+            raise reader.fail(f"malformed ({type(error).__name__}: {' '.join(str(error).split())})")
     reader.where = ""
     try:
         network = Network(input_shape=input_shape or (), layers=tuple(layers),

@@ -301,12 +301,17 @@ class _KeyError(Exception):
 Check = Callable[[Any], Any]
 
 
+MAX_INTEGER = (1 << 63) - 1   # TOML integers are 64-bit; tomllib itself accepts any size
+
+
 def _integer(minimum: int | None = None) -> Check:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _KeyError(f"must be an integer, got {_show(value)}")
         if minimum is not None and value < minimum:
             raise _KeyError(f"must be >= {minimum}, got {value}")
+        if value > MAX_INTEGER:
+            raise _KeyError(f"must be <= {MAX_INTEGER} (a 64-bit integer), got {value}")
         return value
 
     return check
@@ -316,9 +321,12 @@ def _number(minimum: float | None = None, *, open_minimum: bool = False, maximum
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _KeyError(f"must be a number, got {_show(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:   # an integer beyond float range
+            number = math.inf
         if not math.isfinite(number):
-            raise _KeyError(f"must be finite, got {value}")
+            raise _KeyError(f"must be finite, got {value if isinstance(value, float) else 'a huge integer'}")
         if minimum is not None and (number < minimum or (open_minimum and number == minimum)):
             raise _KeyError(f"must be {'>' if open_minimum else '>='} {minimum:g}, got {value}")
         if maximum is not None and number > maximum:
@@ -342,6 +350,13 @@ def _choice(options: tuple[str, ...]) -> Check:
 def _string(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _KeyError(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _path(value: Any) -> str:
+    value = _string(value)
+    if "\0" in value:
+        raise _KeyError("must be a file or folder path, got a string holding a NUL character")
     return value
 
 
@@ -382,7 +397,7 @@ def _parse_estimator(value: Any) -> EstimatorConfig:
 
 _DATA_CHECKS: dict[str, Check] = {
     "name": _choice(DATASETS),
-    "path": _string,
+    "path": _path,
     "steps": _integer(1),
     "encoding": _choice(("none",) + tuple(ENCODINGS)),
     "seed": _integer(0),
@@ -575,6 +590,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"value = {value_text}")["value"]
     except tomllib.TOMLDecodeError:
         value = value_text
+    except RecursionError:   # tomllib recurses once per nesting level of arrays and inline tables
+        raise ValueError(f"--set {key}=...: the value nests arrays or tables too deeply") from None
     return [part.strip() for part in parts], value
 
 
@@ -636,6 +653,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{source}: not valid TOML ({error})") from None
+    except RecursionError:   # tomllib recurses once per nesting level of arrays and inline tables
+        raise ConfigError(f"{source}: not valid TOML (arrays or tables nested too deeply)") from None
     return config_from_dict(apply_overrides(raw, list(overrides or []), source=source), source=source)
 
 

@@ -262,6 +262,12 @@ def build_run_model(config: RunConfig, data: TrainingData) -> SbnnModel:
         return build_model(config.model, data.input_shape, data.num_classes, seed=config.train.seed)
     except ValueError as error:
         raise ConfigError(f"{config.source}: model: {error} (input shape {data.input_shape})") from None
+    except (MemoryError, RuntimeError) as error:
+        reason = (str(error).strip().splitlines() or [""])[0]
+        if isinstance(error, RuntimeError) and "allocate" not in reason:
+            raise
+        raise ConfigError(f"{config.source}: model: its parameters do not fit in memory ({reason[:200]}; "
+                          f"input shape {data.input_shape})") from None
 
 
 def _make_optimizer(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
@@ -383,10 +389,62 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for damaged or foreign files
-        raise RunFolderError(f"{path}: cannot be loaded as a checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        # torch's own explanation of weights_only spans many lines and suggests weights_only=False: keep
+        # its first line only (a file that needs more than tensors and plain data is refused, not trusted).
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        raise RunFolderError(f"{path}: cannot be loaded as a checkpoint ({type(error).__name__}: {reason})") from None
+    if not isinstance(checkpoint, dict) or type(checkpoint.get("format")) is not int \
+            or checkpoint["format"] != CHECKPOINT_FORMAT:
         raise RunFolderError(f"{path}: not an sbnn checkpoint of format {CHECKPOINT_FORMAT}")
+    _check_checkpoint(checkpoint, path)
     return checkpoint
+
+
+# What a checkpoint of CHECKPOINT_FORMAT holds (``_save_epoch``), checked before any of it is used.
+_CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "global_step": int, "config": str, "model": dict, "optimizer": dict, "scheduler": dict,
+    "rng": dict, "history": list, "input_shape": list, "num_classes": int,
+}
+
+
+def _check_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Types and values of the fields a checkpoint must hold; a bad one is a one-line RunFolderError."""
+    for key, kind in _CHECKPOINT_FIELDS.items():
+        value = checkpoint.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise RunFolderError(f"{path}: damaged checkpoint: '{key}' is {type(value).__name__}, "
+                                 f"expected {getattr(kind, '__name__', kind)}")
+    if checkpoint["epoch"] < 0 or checkpoint["global_step"] < 0:
+        raise RunFolderError(f"{path}: damaged checkpoint: negative epoch or step")
+    shape = checkpoint["input_shape"]
+    if not shape or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+        raise RunFolderError(f"{path}: damaged checkpoint: input_shape {shape!r} is not positive integers")
+    if checkpoint["num_classes"] < 1:
+        raise RunFolderError(f"{path}: damaged checkpoint: num_classes {checkpoint['num_classes']} < 1")
+    for name, tensor in checkpoint["model"].items():
+        if not isinstance(name, str) or not isinstance(tensor, Tensor):
+            raise RunFolderError(f"{path}: damaged checkpoint: model entry {name!r} is not a named tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise RunFolderError(f"{path}: damaged checkpoint: model tensor {name!r} holds NaN or infinite values")
+    history = checkpoint["history"]
+    try:
+        if len(history) != checkpoint["epoch"] or not all(isinstance(record, dict) for record in history):
+            raise TypeError("one record per epoch expected")
+        _summary(history, Path(path).parent, "")   # reads what a resumed run reads from the records
+    except (TypeError, KeyError, IndexError, ValueError) as error:
+        raise RunFolderError(f"{path}: damaged checkpoint: its history does not match its epochs ({error})") from None
+    try:
+        tomllib.loads(checkpoint["config"])
+    except (tomllib.TOMLDecodeError, RecursionError) as error:
+        raise RunFolderError(f"{path}: damaged checkpoint: its config is not valid TOML ({error})") from None
+
+
+def _checkpoint_config(checkpoint: dict[str, Any], path: str | os.PathLike[str]) -> RunConfig:
+    """The run configuration stored in a checked checkpoint (a bad one is a RunFolderError)."""
+    try:
+        return config_from_dict(tomllib.loads(checkpoint["config"]), source=f"{path} (its stored config)")
+    except ConfigError as error:
+        raise RunFolderError(str(error)) from None
 
 
 def _config_differences(saved: RunConfig, current: RunConfig) -> list[str]:
@@ -522,7 +580,7 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
             raise RunFolderError(f"{run_dir}: already holds {CHECKPOINT_FILE}; pass --resume to continue that run, "
                                  f"--overwrite to start it again, or choose another --out")
         checkpoint = load_checkpoint(checkpoint_path)
-        saved = config_from_dict(tomllib.loads(checkpoint["config"]), source=str(checkpoint_path))
+        saved = _checkpoint_config(checkpoint, checkpoint_path)
         differences = _config_differences(saved, config)
         if differences:
             raise RunFolderError(f"{checkpoint_path}: cannot resume with a different config "
@@ -551,10 +609,14 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
 
     start_epoch, global_step, history = 0, 0, []
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        _restore_rng(checkpoint["rng"], data_generator, device)
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scheduler.load_state_dict(checkpoint["scheduler"])
+            _restore_rng(checkpoint["rng"], data_generator, device)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            raise RunFolderError(f"{checkpoint_path}: damaged checkpoint, cannot resume from it "
+                                 f"({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]})") from None
         start_epoch, global_step = int(checkpoint["epoch"]), int(checkpoint["global_step"])
         history = list(checkpoint["history"])
         log(f"{run_dir}: resuming after epoch {start_epoch}")
@@ -562,6 +624,11 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(config.to_toml()), mode="w")
+        if checkpoint is not None:
+            # metrics.json is written just after the checkpoint, so a run killed between the two has it one
+            # epoch behind; the checkpoint's history is the record (and a finished run trains no more epochs).
+            _write_json(run_dir / METRICS_FILE, {"history": history,
+                                                 "summary": _summary(history, run_dir, config.train.method)})
     network: nn.Module = model
     if group.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -693,11 +760,28 @@ def load_trained_model(run_dir: str | os.PathLike[str], map_location: str | torc
     data shape stored beside it (no data is loaded), then the trained weights.  Mode: as built
     (``"noisy"``; the surrogate baseline ``"mean"``)."""
     run_dir = Path(run_dir)
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_FILE, map_location)
-    config = config_from_dict(tomllib.loads(checkpoint["config"]), source=str(run_dir / CHECKPOINT_FILE))
-    model = build_model(config.model, tuple(checkpoint["input_shape"]), int(checkpoint["num_classes"]),
-                        seed=config.train.seed)
-    model.load_state_dict(checkpoint["model"])
+    path = run_dir / CHECKPOINT_FILE
+    checkpoint = load_checkpoint(path, map_location)
+    config = _checkpoint_config(checkpoint, path)
+    input_shape, num_classes = tuple(checkpoint["input_shape"]), int(checkpoint["num_classes"])
+    # The architecture first on the meta device (nothing allocated): a checkpoint whose shapes or config
+    # describe a different (or absurdly large) model is refused before memory is spent on it.
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(config.model, input_shape, num_classes, seed=config.train.seed)
+    except ValueError as error:
+        raise RunFolderError(f"{path}: damaged checkpoint: {error}") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    stored = {name: tuple(tensor.shape) for name, tensor in checkpoint["model"].items()}
+    if expected != stored:
+        different = sorted(set(expected) ^ set(stored)) or sorted(k for k in expected if expected[k] != stored[k])
+        raise RunFolderError(f"{path}: damaged checkpoint: its tensors do not fit the model its config describes "
+                             f"(first difference: {different[0]})")
+    model = build_model(config.model, input_shape, num_classes, seed=config.train.seed)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise RunFolderError(f"{path}: damaged checkpoint: {(str(error).splitlines() or [''])[0]}") from None
     return model.to(map_location)
 
 

@@ -170,6 +170,14 @@ def load_dataset(
     if not needs_path and path is not None:
         raise ValueError(f"dataset {name!r} is built in and takes no path (got {os.fspath(path)!r})")
 
+    try:
+        return _load(name, path, steps, encoding, seed, options)
+    except MemoryError as error:
+        # sizes from a config or a file that do not fit: a one-line error, not a traceback
+        raise DataError(f"{name}: the data set does not fit in memory ({' '.join(str(error).split())})") from None
+
+
+def _load(name: str, path: Any, steps: int | None, encoding: str | None, seed: int, options: dict[str, Any]) -> Dataset:
     if name == "randman":
         _reject_encoding(name, encoding)
         dataset = make_randman(steps=100 if steps is None else steps, seed=seed, **options)

@@ -47,8 +47,12 @@ def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarr
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != image_size:
         description = f"{data.dtype} array {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DataError(f"{path}: 'data' is a {description}, not uint8 (N, {image_size}); expected {BATCH_FORMAT}")
+    # A list is checked element by element first: a pickle can repeat references to one nested list, so
+    # a few kilobytes could otherwise become a billion-element array in np.asarray.
+    plain_list = isinstance(labels, (list, tuple)) and len(labels) == len(data) and all(
+        isinstance(label, int) and not isinstance(label, bool) for label in labels)
     try:
-        label_array = np.asarray(labels)
+        label_array = np.asarray(labels) if plain_list or isinstance(labels, np.ndarray) else np.asarray([])
     except Exception:
         label_array = np.asarray([])
     if label_array.ndim != 1 or label_array.dtype.kind not in "ui" or len(label_array) != len(data):

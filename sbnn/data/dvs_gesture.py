@@ -34,6 +34,7 @@ AEDAT_FORMAT = "an AEDAT 3.1 file (#!AER-DAT3.1 header ending in #!END-HEADER, t
 LABELS_FORMAT = "a CSV with header class,startTime_usec,endTime_usec and one row per gesture (classes 1..11)"
 TRIALS_FORMAT = "one .aedat file name per line"
 LABELS_HEADER = ("class", "starttime_usec", "endtime_usec")
+MAX_TIME_US = 1 << 40   # gesture times beyond this are damage (and would overflow the int64 binning)
 
 
 def read_aedat_polarity_events(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -117,6 +118,8 @@ def read_gesture_labels(path: str | os.PathLike[str]) -> np.ndarray:
             raise DataError(f"{path}: row {line_number} has class {label}, outside 1..{NUM_GESTURES}")
         if not 0 <= start < end:
             raise DataError(f"{path}: row {line_number} has start {start} not before end {end}")
+        if end > MAX_TIME_US:
+            raise DataError(f"{path}: row {line_number} has end {end} us, beyond {MAX_TIME_US} us (about 12 days)")
         gestures.append((label - 1, start, end))
     if not gestures:
         raise DataError(f"{path}: no gesture rows; expected {LABELS_FORMAT}")

@@ -39,12 +39,28 @@ def _encode_latin1(text: str, encoding: str = "latin1", errors: str = "strict") 
     return text.encode("latin-1")
 
 
+class _NdarrayType:
+    """Stands for ``numpy.ndarray`` in a pickle, where numpy only passes it to ``_reconstruct``. Calling it
+    (``numpy.ndarray(shape)`` would allocate any size the file declares, uninitialised) is refused."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise ForbiddenGlobalError("numpy.ndarray may only be named, not called")
+
+
+def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') followed by __setstate__ with the data,
+    # which checks the data's length; any other shape here would allocate what the file declares.
+    if subtype not in (_NdarrayType, np.ndarray) or tuple(shape) != (0,):
+        raise ForbiddenGlobalError("_reconstruct is allowed only as numpy pickles arrays: (ndarray, (0,), ...)")
+    return _reconstruct(np.ndarray, (0,), dtype)
+
+
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NdarrayType,
     ("numpy", "dtype"): np.dtype,
     # numpy 1.x pickles (the real CIFAR files) say numpy.core; numpy 2.x ones say numpy._core.
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy._core.multiarray", "_reconstruct"): _empty_array,
     # Protocol 5 pickles of arrays.
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,

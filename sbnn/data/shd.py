@@ -65,6 +65,15 @@ def read_shd_file(
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected {SHD_FORMAT}")
     file_size = path.stat().st_size
+    from hw_sim.netx_io import hdf5_heap_damage
+
+    try:
+        # The spike lists live in HDF5's global heap, which libhdf5 may loop forever on when damaged.
+        damage = hdf5_heap_damage(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error}); expected {SHD_FORMAT}") from None
+    if damage:
+        raise DataError(f"{path}: damaged HDF5 file ({damage}); expected {SHD_FORMAT}")
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
