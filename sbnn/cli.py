@@ -40,6 +40,18 @@ def _network_file(export: Path) -> Path:
     return path
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy of numbers, memory-mapped first so that a header declaring more data than the file holds is
+    an error rather than an allocation; no pickles."""
+    try:
+        mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(mapped, np.ndarray) or mapped.dtype.kind not in "biuf":
+            raise ValueError(f"expected an array of numbers, found {getattr(mapped, 'dtype', type(mapped))}")
+        return np.array(mapped)
+    except (ValueError, OSError, EOFError) as error:
+        raise UserError(f"{path}: cannot be read as a numpy array of numbers ({error})")
+
+
 def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: int, density: float) -> tuple[np.ndarray, str]:
     """Input spikes for simulate/verify: ``inputs.npy`` beside loihi.h5 when present, else seeded random spikes."""
     from hw_sim.random_networks import random_input
@@ -47,10 +59,7 @@ def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: 
     folder = export if export.is_dir() else export.parent
     stored = folder / "inputs.npy"
     if stored.exists():
-        try:
-            x = np.load(stored, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise UserError(f"{stored}: cannot be read as a numpy array ({error})")
+        x = _load_npy(stored)
         if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
             raise UserError(f"{stored}: shape {x.shape} does not match (batch, T, {network.input_shape})")
         return (x[:limit] if limit else x), str(stored)
@@ -106,7 +115,7 @@ def command_simulate(args: argparse.Namespace) -> int:
     labels_path = folder / "labels.npy"
     accuracy = None
     if readout is not None and labels_path.exists() and source == str(folder / "inputs.npy"):
-        labels = np.load(labels_path, allow_pickle=False)[:len(x)]
+        labels = _load_npy(labels_path)[:len(x)]
         accuracy = float((readout.mean(axis=1).argmax(axis=1) == labels).mean())
     rates = [float(s.mean()) for s in spikes]
     summary = {"backend": args.backend, "samples": int(x.shape[0]), "steps": int(x.shape[1]), "input": source,
@@ -157,10 +166,7 @@ def command_import(args: argparse.Namespace) -> int:
     model = Path(args.model)
     network, notes = read_nir(model, dt=args.dt)
     if args.calibration:
-        try:
-            calibration = np.load(args.calibration, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise UserError(f"{args.calibration}: cannot be read as a numpy array ({error})")
+        calibration = _load_npy(Path(args.calibration))
         source = f"{args.calibration}"
     else:
         rng = np.random.default_rng(args.seed)

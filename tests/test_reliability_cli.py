@@ -286,9 +286,6 @@ def test_bad_files_exit_2_with_one_line(trained_run, tmp_path):
     assert not (tmp_path / "imported").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="sbnn/cli.py _load_inputs calls np.load on inputs.npy without checking the "
-                                       "declared shape against the file size: numpy allocates it (MemoryError, "
-                                       "a traceback, exit 1); the import command's --calibration likewise")
 def test_inputs_npy_declaring_a_huge_shape_is_bad_input(tmp_path):
     network = random_network(3, input_shape=(10,), hidden=(12,), outputs=4)
     hw_sim.save(network, tmp_path / "export" / "loihi.h5")
