@@ -172,7 +172,9 @@ def command_import(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(args.seed)
         calibration = (rng.random((args.samples, args.steps, *network.input_shape)) < args.density).astype(np.uint8)
         source = f"random spikes (seed {args.seed}, density {args.density}, {args.samples}x{args.steps})"
-    out = Path(args.out) if args.out else Path("runs") / model.stem / "export"
+    from .train import default_run_dir
+
+    out = Path(args.out) if args.out else default_run_dir(model) / "export"
     try:
         folder, quantised, report = write_export(network, calibration, out, test_inputs=calibration[:8],
                                                  source={"nir": str(model), "calibration": source})
@@ -218,7 +220,9 @@ def command_pipeline(args: argparse.Namespace) -> int:
     from .pipeline import format_summary, run_pipeline
 
     config = load_config(args.config, args.set)
-    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    from .train import default_run_dir
+
+    run_dir = Path(args.out) if args.out else default_run_dir(args.config)
     summary = run_pipeline(config, run_dir, force=args.force, quiet=args.json,
                            progress=(lambda message: None) if args.json else print)
     if args.json:

@@ -802,6 +802,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
 
 
+def default_run_dir(source: str | os.PathLike[str]) -> Path:
+    """``runs/<file name without suffix>``; a name of only dots (``...toml``) becomes ``runs/run``, never
+    ``runs/..``."""
+    stem = Path(source).stem.strip(".")
+    return Path("runs") / (stem or "run")
+
+
 def run_train_command(args: argparse.Namespace) -> int:
     """Handler of ``sbnn train``: returns the exit code (0 ok, 1 training failed, 2 bad input)."""
     overrides = list(args.set)
@@ -809,7 +816,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         overrides.append(f"train.device={json.dumps(args.device)}")
     try:
         config = load_config(args.config, overrides)
-        run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        run_dir = Path(args.out) if args.out else default_run_dir(args.config)
         summary = train(config, run_dir, resume=args.resume, json_mode=args.json, overwrite=args.overwrite)
     except (ConfigError, DataError, RunFolderError) as error:
         print(f"sbnn train: {' '.join(str(error).splitlines())}", file=sys.stderr)
