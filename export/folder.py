@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 import hw_sim
+from hw_sim.atomic import atomic_folder
 
-from .atomic import atomic_folder
 from .float_network import FloatNetwork
 from .nir_io import read_nir, write_nir
 from .onnx_export import export_float_onnx, export_integer_onnx

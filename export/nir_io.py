@@ -99,7 +99,7 @@ def write_nir(network: FloatNetwork, path: str | os.PathLike) -> Path:
     """Write ``model.nir`` (atomically) and check that ``nir.read`` reads it back with type checking on."""
     import nir
 
-    from .atomic import atomic_path
+    from hw_sim.atomic import atomic_path
 
     path = Path(path)
     graph = to_nir(network)

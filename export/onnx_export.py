@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hw_sim.arith import CURRENT_DECAY_OFFSET, DECAY_UNITY, STATE_SHIFT, prepare_dense_weights
+from hw_sim.atomic import atomic_path
 from hw_sim.loihi import exact_matmul_dtype
 from hw_sim.network import ConvLayer, Network
 
-from .atomic import atomic_path
 from .float_network import FloatNetwork
 
 OPSET = 18   # BitwiseAnd (the int32 and 24-bit wraps) needs opset 18

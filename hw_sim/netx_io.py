@@ -16,13 +16,13 @@ checked on load. Files written by slayer (no ``lava`` groups) are read the way n
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from .arith import SignMode, effective_bias, infer_sign_mode, netx_optimize_weight_bits, prepare_dense_weights, shift_by_exponent
+from .atomic import atomic_path
 from .network import (NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
 
 FORMAT = "sbnn-loihi/1"
@@ -208,18 +208,11 @@ def write_layers(handle: h5py.File, network: Network) -> None:
 def save(network: Network, path: str | os.PathLike) -> Path:
     """Write ``network`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
+    with atomic_path(path) as temporary:
         with h5py.File(temporary, "w") as handle:
             handle.attrs["format"] = FORMAT
             handle.attrs["netx_exact"] = netx_exact(network)
             write_layers(handle, network)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

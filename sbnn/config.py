@@ -194,11 +194,14 @@ class PipelineConfig:
         lava_samples: test samples run through Lava for verification.
         lava_workers: parallel Lava processes.
         hw_batch: batch size of the bit-exact simulator.
+        lava_timeout: seconds the Lava run may take before its workers are stopped (like ``sbnn verify
+            --timeout``); the pipeline then reports ``lava_error`` and keeps its other results.
     """
 
     lava_samples: int = 8
     lava_workers: int = 1
     hw_batch: int = 256
+    lava_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -445,6 +448,7 @@ _PIPELINE_CHECKS: dict[str, Check] = {
     "lava_samples": _integer(1),
     "lava_workers": _integer(1),
     "hw_batch": _integer(1),
+    "lava_timeout": _number(0.0, open_minimum=True),
 }
 
 _MODEL_KEYS: tuple[str, ...] = tuple(

@@ -12,6 +12,12 @@ Stages of ``sbnn pipeline CONFIG.toml`` (each skips when its outputs exist and a
    energy proxies of every export; float-model accuracies for comparison. Written to ``results.json``.
 4. **report** — ``report.html``.
 
+A Lava run that fails (missing environment, worker crash, ``pipeline.lava_timeout`` exceeded) does not stop
+the pipeline: ``results.json`` and the summary carry its one-line ``lava_error`` (``verify`` and the Lava
+accuracies are null), everything else is computed and reported, and the exit code stays 0. Before any
+stage writes, the hidden temporaries that a killed run left in the run folder are removed
+(:func:`hw_sim.atomic.remove_stale`).
+
 Timing: Loihi adds one step of delay per layer, so a deployed network runs T + L steps (L zero steps
 appended to each input) and its readout is averaged over steps L … T + L − 1, which see exactly the
 input steps the float model sees. Static inputs (features) are repeated for ``model.static_steps`` steps.
@@ -184,7 +190,8 @@ def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str
         encoded = quantised.encode_input(_pad_steps(x_test[:lava_count], len(network.layers)))
         try:
             ours = network.run(encoded, record_states=True)
-            theirs = hw_sim.lava.run(network, encoded, record_states=True, workers=config.pipeline.lava_workers)
+            theirs = hw_sim.lava.run(network, encoded, record_states=True, workers=config.pipeline.lava_workers,
+                                     timeout=config.pipeline.lava_timeout)
             verify = hw_sim.compare(ours, theirs).to_json()
             delay = len(network.layers)
             lava_accuracy = accuracy(theirs.v[-1][:, delay:].mean(axis=1), labels[:lava_count])
@@ -233,10 +240,22 @@ def _newer(outputs: list[Path], inputs: list[Path]) -> bool:
 
 
 def _write_json(path: Path, document: dict) -> None:
-    from export.atomic import atomic_path
+    from hw_sim.atomic import atomic_path
 
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(document, indent=1, default=float))
+
+
+def _remove_stale_temporaries(run_dir: Path, export_names: list[str]) -> None:
+    """Remove what a killed run left beside the run folder's files and export folders (hidden temporaries of
+    dead processes only, see :func:`hw_sim.atomic.remove_stale`), before any stage writes."""
+    from hw_sim.atomic import remove_stale
+
+    from .train import remove_stale_temporaries
+
+    remove_stale_temporaries(run_dir)
+    for name in ("results.json", "report.html", *export_names):
+        remove_stale(run_dir, name)
 
 
 def _training_finished(run_dir: Path, config) -> bool:
@@ -262,6 +281,10 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
     run_dir = Path(run_dir)
     timings: dict[str, float] = {}
     skipped: list[str] = []
+    samples = config.export.posterior_samples if config.train.method == "sbnn" else 0
+    folders = [("mean", run_dir / "export")] + [(f"sample{k}", run_dir / f"export_sample{config.export.seed + k}")
+                                                 for k in range(samples)]
+    _remove_stale_temporaries(run_dir, [folder.name for _, folder in folders])
 
     start = time.perf_counter()
     if force or not _training_finished(run_dir, config):
@@ -274,9 +297,6 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
 
     start = time.perf_counter()
     checkpoint = run_dir / "checkpoint.pt"
-    samples = config.export.posterior_samples if config.train.method == "sbnn" else 0
-    folders = [("mean", run_dir / "export")] + [(f"sample{k}", run_dir / f"export_sample{config.export.seed + k}")
-                                                 for k in range(samples)]
     loaded = None
     for name, folder in folders:
         if force or not _newer([folder / "export.json", folder / "loihi.h5"], [checkpoint]):

@@ -163,6 +163,9 @@ def render(result: dict) -> str:
         if not verify.get("bit_exact") and verify.get("first_difference"):
             detail += f"; first difference: {html.escape(json.dumps(verify['first_difference']))}"
         parts.append(f"<p>hw_sim vs Lava: {verdict} — {detail}.</p>")
+    elif result.get("lava_error"):
+        parts.append(f"<p>hw_sim vs Lava: <span class='bad'>not verified</span> — "
+                     f"{html.escape(str(result['lava_error']))}.</p>")
     parts.append("<h2>Accuracy</h2>")
     rows = [[label, accuracy.get(key)] for key, label in (
         ("float_mean", "float model, posterior mean (deterministic)"),
@@ -211,7 +214,7 @@ def render(result: dict) -> str:
 
 def write_report(result: dict, path: str | os.PathLike) -> Path:
     """Render and write ``report.html`` atomically."""
-    from export.atomic import atomic_path
+    from hw_sim.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as temporary:

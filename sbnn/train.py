@@ -10,7 +10,8 @@ Method ``surrogate`` trains the same architecture with deterministic neurons and
 surrogate gradient; its KL is 0.
 
 A run folder holds ``config.toml`` (the resolved config), ``checkpoint.pt`` and ``metrics.json``, all
-written atomically (temporary file, then ``os.replace``) after every epoch, by rank 0 only.
+written atomically (:mod:`hw_sim.atomic`: hidden temporary file, then ``os.replace``) after every epoch, by
+rank 0 only; the temporaries a killed run left are removed when a run starts writing into its folder.
 ``checkpoint.pt`` holds only tensors, dicts, lists, numbers and strings, so it loads with
 ``torch.load(path, weights_only=True)``: the model, optimiser and scheduler states, the RNG states (torch,
 CUDA, numpy, python, the data-order generator), the epoch, the global step, the metrics history and the
@@ -55,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hw_sim.atomic import atomic_path, remove_stale
 from sbnn.aux_loss import make_penalty, record_activity
 from sbnn.config import ConfigError, RunConfig, TrainConfig, config_from_dict, load_config
 from sbnn.data import DataError, Dataset, load_dataset
@@ -64,6 +66,7 @@ from sbnn.models import SbnnModel, build_model
 CONFIG_FILE = "config.toml"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
+RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
 CHECKPOINT_FORMAT = 1
 JSON_KEYS: tuple[str, ...] = (
     "test_accuracy_mean", "test_accuracy_noisy", "test_accuracy_ensemble", "epochs", "seconds", "run_dir",
@@ -351,17 +354,19 @@ def _seed_everything(seed: int) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    """Write through ``write(file)`` into a temporary file beside ``path`` (:func:`hw_sim.atomic.atomic_path`),
+    flushed to disk, then rename it over ``path``."""
+    with atomic_path(path) as temporary:
         with open(temporary, mode) as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Remove the hidden temporaries that a killed run left beside its files (:func:`hw_sim.atomic.remove_stale`)."""
+    for name in RUN_FILES:
+        remove_stale(run_dir, name)
 
 
 def _json_safe(value: Any) -> Any:
@@ -623,6 +628,7 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
 
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
         _atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(config.to_toml()), mode="w")
         if checkpoint is not None:
             # metrics.json is written just after the checkpoint, so a run killed between the two has it one

@@ -9,7 +9,9 @@
   ``sbnn pipeline`` killed in training, exporting, Lava verification and reporting: every file left is
   complete and valid (it loads) or absent — only hidden staging leftovers (``.NAME.*.new``/``.old``/
   ``.tmp``) may remain, which no reader looks at — no Lava process outlives the kill, and running the
-  command again completes with results identical to the uninterrupted run.
+  command again removes those leftovers and completes with results identical to the uninterrupted run.
+* Lava failing: a pipeline whose Lava run times out still computes, writes and reports everything else,
+  exits 0 with a one-line ``lava_error``, and leaves no process behind.
 """
 
 from __future__ import annotations
@@ -270,13 +272,16 @@ def test_export_killed_while_replacing_an_export(two_runs, tmp_path):
             return False
         return condition
 
-    killed = []
+    killed, leftovers, seen = [], [], set()
     for condition in (staging(), staging("model.nir"), staging("loihi.h5"), staging("model_int.onnx"),
                       staging("export.json")):
         killed.append(kill_when(sandbox, export, condition))
-        print(f"export killed: {killed[-1]}; hidden leftovers: {assert_run_folder_valid(run)}")
+        previous, leftovers = leftovers, assert_run_folder_valid(run)
+        print(f"export killed: {killed[-1]}; hidden leftovers: {leftovers}")
+        seen |= set(leftovers)
+        assert not set(previous) & set(leftovers), "the next export did not remove the killed one's leftovers"
         assert_same_export(run / "export", reference / "export")   # the old folder, whole, or the new one
-    assert sum(killed) >= 3, killed
+    assert sum(killed) >= 3 and seen, (killed, seen)
 
     # Re-running completes; an export folder that is a symlink to elsewhere is replaced, not written through.
     outside = sandbox / "outside"
@@ -289,6 +294,7 @@ def test_export_killed_while_replacing_an_export(two_runs, tmp_path):
     assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
     assert (outside / "precious.txt").read_text() == "keep"
     assert_same_export(run / "export", reference / "export")
+    assert assert_run_folder_valid(run) == [], "hidden temporaries of the killed exports remain"
 
 
 def test_pipeline_killed_at_each_stage_then_rerun(two_runs, tmp_path):
@@ -314,8 +320,14 @@ def test_pipeline_killed_at_each_stage_then_rerun(two_runs, tmp_path):
         leftovers = assert_run_folder_valid(run)
         print(f"killed while {stage}: {killed[-1]}; hidden leftovers: {leftovers}")
     assert sum(killed) >= 3 and killed[2], killed   # Lava's processes must have been running at the kill
+    # Leftovers of files that the re-run does not write again (training and exports are done) go too.
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (run / f".checkpoint.pt.{gone.pid}-0123abcd.tmp").write_bytes(b"half a checkpoint")
+    (run / f".export_sample0.{gone.pid}-0123abcd.new").mkdir()
+    (run / f".metrics.json.tmp{gone.pid}").write_text("{")
     finish(sandbox, PIPELINE)
-    assert_run_folder_valid(run)
+    assert assert_run_folder_valid(run) == [], "hidden temporaries of the killed runs remain"
     assert_same_run(run, reference)
 
     # Killed between the checkpoint's and metrics.json's writes of the last epoch (too brief a window to hit
@@ -325,3 +337,59 @@ def test_pipeline_killed_at_each_stage_then_rerun(two_runs, tmp_path):
     (run / "metrics.json").write_text(json.dumps(metrics))
     finish(sandbox, PIPELINE)
     assert_same_run(run, reference)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lava failing
+
+def descendants(pid: int) -> list[str]:
+    """Processes below ``pid`` in the process tree (zombies included), as 'pid: parent pid'."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    below, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        below += frontier
+    return [f"{child}: {parents[child]}" for child in below]
+
+
+def test_pipeline_whose_lava_run_times_out_reports_everything_else(two_runs, tmp_path):
+    """The real Lava worker, given a timeout it cannot meet (``pipeline.lava_timeout``): the pipeline exits 0,
+    results.json and the report hold every other number and a one-line ``lava_error``, and no process is
+    left."""
+    first = two_runs[0]
+    sandbox = tmp_path / "sandbox"
+    shutil.copytree(first, sandbox, symlinks=True)
+    run, reference = sandbox / "work" / "run", first / "work" / "run"
+    for name in ("results.json", "report.html"):   # trained and exported already: evaluate and report again
+        (run / name).unlink()
+    done = subprocess.run([sys.executable, "-m", "sbnn", *PIPELINE, "--set", "pipeline.lava_timeout=0.5"],
+                          cwd=sandbox / "work", capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(sandbox / "tmp")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    message = "the Lava worker did not finish within 0.5 s and was stopped"
+    summary = json.loads(done.stdout)
+    assert summary["lava_error"] == message and summary["verify"] is None
+    assert summary["skipped"] == ["export mean", "export sample0"]
+
+    results = json.loads((run / "results.json").read_text())
+    expected = json.loads((reference / "results.json").read_text())
+    assert results["lava_error"] == message and results["verify"] is None
+    assert results["accuracy"]["lava_subset"] is None and results["accuracy"]["hw_subset"] is None
+    for key in ("float_mean", "float_noisy", "float_ensemble", "quantised_float", "hw_mean", "hw_ensemble"):
+        assert isinstance(results["accuracy"][key], float) and results["accuracy"][key] == expected["accuracy"][key], key
+    assert results["energy"] == expected["energy"] and results["exports"] == expected["exports"]
+    assert summary["energy"]["energy_uj"] == expected["energy"]["mean"]["energy_uj"]
+    report = (run / "report.html").read_text()
+    assert report.rstrip().endswith("</html>") and message in report
+    assert assert_run_folder_valid(run) == []
+
+    time.sleep(0.5)   # the supervisor is gone once its group is killed; let /proc catch up
+    assert descendants(os.getpid()) == []
+    assert processes_mentioning(str(sandbox)) == []
+    assert not [p for p in (sandbox / "tmp").iterdir() if p.name.startswith("sbnn-lava-")]

@@ -224,6 +224,8 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path, capsys):
 
     assert main([str(config_path), "--out", str(interrupted), "--resume", "--json", "--set", overrides[0]]) == 0
     assert json.loads(capsys.readouterr().out)["epochs"] == epochs
+    # the killed process's hidden temporaries are gone too
+    assert sorted(p.name for p in interrupted.iterdir()) == sorted([CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE])
     _assert_same_weights(_weights(interrupted), _weights(reference))
     resumed = load_checkpoint(checkpoint_path)
     expected = load_checkpoint(reference / CHECKPOINT_FILE)

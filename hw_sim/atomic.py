@@ -1,0 +1,242 @@
+"""Write files and folders so that readers see the old version or the new one, never half of either;
+and remove the hidden temporaries that a killed writer leaves behind.
+
+A writer works on a hidden temporary beside its target and renames it over the target when it is done.
+The temporaries of a target ``NAME`` (in the target's folder) are::
+
+    .NAME.<pid>-<token>.tmp    a file being written                           (atomic_path)
+    .NAME.<pid>-<token>.new    a folder being written                         (atomic_folder)
+    .NAME.<pid>-<token>.old    the folder being replaced, moved aside until the new one is in place
+
+where ``<pid>`` is the writing process and ``<token>`` eight random hex digits. A write that fails or is
+interrupted by an exception removes its temporary; one killed outright (SIGKILL, power loss, the
+out-of-memory killer) cannot, and :func:`remove_stale` removes it later.
+
+This module uses the standard library only: everything may import it, the Lava worker's environment too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_path", "atomic_folder", "remove_stale", "LEGACY_GRACE_SECONDS"]
+
+# Names that earlier versions created, which carry no process id (tempfile's eight characters): removed
+# only when they have not changed for this long, so that an older version writing the same target at this
+# very moment keeps its temporary.
+LEGACY_GRACE_SECONDS = 3600.0
+
+_KINDS = {"tmp": "file", "new": "folder", "old": "folder"}
+_LIVE: set[str] = set()          # this process's temporaries being written right now (absolute paths)
+_LIVE_LOCK = threading.Lock()
+
+
+def _temporary_name(name: str, kind: str) -> str:
+    return f".{name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
+
+
+def _create(parent: Path, name: str, kind: str) -> Path:
+    """Create a fresh, registered temporary of ``kind`` ("tmp": empty file; "new"/"old": empty folder)."""
+    while True:
+        candidate = parent / _temporary_name(name, kind)
+        with _LIVE_LOCK:
+            _LIVE.add(os.path.abspath(candidate))
+        try:
+            if kind == "tmp":
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+            else:
+                os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            with _LIVE_LOCK:
+                _LIVE.discard(os.path.abspath(candidate))
+        except BaseException:
+            with _LIVE_LOCK:
+                _LIVE.discard(os.path.abspath(candidate))
+            raise
+
+
+def _release(path: Path) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(os.path.abspath(path))
+
+
+def _lost(temporary: Path, target: Path) -> FileNotFoundError:
+    return FileNotFoundError(f"{target}: its temporary {temporary.name} disappeared while it was being written "
+                             f"(removed by another process?); {target.name} keeps its previous version")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (an empty file); on success it is renamed over ``path``, on
+    error removed. Stale temporaries of ``path`` (see :func:`remove_stale`) are removed first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
+    temporary = _create(path.parent, path.name, "tmp")
+    try:
+        yield temporary
+        try:
+            os.replace(temporary, path)
+        except FileNotFoundError:
+            if not os.path.lexists(temporary):
+                raise _lost(temporary, path) from None
+            raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    finally:
+        _release(temporary)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    An existing ``path`` (a folder, or a symlink, which is moved, never followed) is moved aside into a
+    ``.old`` folder and deleted only after the new folder is in place, so an interruption leaves either the
+    old folder or the new one (plus, at worst, a hidden leftover that :func:`remove_stale` removes later).
+    Stale temporaries of ``path`` are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, path.name)
+    staging = _create(path.parent, path.name, "new")
+    retired = None
+    try:
+        yield staging
+        if os.path.lexists(path):
+            retired = _create(path.parent, path.name, "old")
+            os.replace(path, retired / path.name)
+        try:
+            os.replace(staging, path)
+        except OSError as error:
+            if retired is not None:   # put the previous version back
+                with contextlib.suppress(OSError):
+                    os.replace(retired / path.name, path)
+                    os.rmdir(retired)
+            if isinstance(error, FileNotFoundError) and not os.path.lexists(staging):
+                raise _lost(staging, path) from None
+            raise
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        _release(staging)
+        if retired is not None:
+            _release(retired)
+
+
+# --------------------------------------------------------------------------------------------------
+# Leftovers of killed writers
+
+def _patterns(name: str) -> tuple[re.Pattern, re.Pattern, re.Pattern]:
+    escaped = re.escape(name)
+    return (re.compile(rf"\.{escaped}\.(?P<pid>[1-9][0-9]{{0,9}})-[0-9a-f]{{8}}\.(?P<kind>tmp|new|old)"),
+            re.compile(rf"\.{escaped}\.tmp(?P<pid>[1-9][0-9]{{0,9}})"),                # sbnn.train before
+            re.compile(rf"\.{escaped}\.[a-z0-9_]{{8}}\.(?P<kind>tmp|new|old)"))          # tempfile, no pid
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (in this pid namespace)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, belongs to someone else
+        return True
+    except (OverflowError, ValueError):   # beyond any pid
+        return False
+    return True
+
+
+def remove_stale(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove, in ``folder``, the temporaries of target ``name`` whose writer is gone; return what went.
+
+    Only entries named exactly as this module's writers name the temporaries of ``name`` are considered
+    (``.NAME.<pid>-<token>.tmp|.new|.old``, and the names of earlier versions: ``.NAME.tmp<pid>`` and
+    tempfile's ``.NAME.XXXXXXXX.tmp|.new|.old``), and only of the kind the writers create: a regular file
+    for ``.tmp`` names, a real folder for ``.new``/``.old``. Anything else — other names, the target
+    itself, a symlink (never followed, left in place), a folder called ``….tmp`` — is never touched.
+    Folders are removed with ``shutil.rmtree``, which does not follow symlinks inside them. The folder is
+    not searched recursively. Errors (a file removed meanwhile, no permission) skip that entry.
+
+    Whose temporary is it? The writer's process id is in the name:
+
+    * this process's own temporaries being written right now (registered in memory before they are
+      created, until they are renamed or removed) are kept; one with this process's id that is not
+      registered is a leftover of an earlier process that had the same id, and goes;
+    * another process's temporary is removed only when no process with that id exists. A live writer's
+      temporary is therefore never removed, however many processes write the same target at once. An id
+      reused by an unrelated process only keeps a leftover longer;
+    * names of earlier versions: ``.NAME.tmp<pid>`` as above; tempfile's names carry no id and are removed
+      once unchanged for :data:`LEGACY_GRACE_SECONDS`.
+
+    Concurrent writers: the target itself is never removed, only temporaries, and each writer renames its
+    own complete temporary over the target, so a finished result is never lost; of two writers of one
+    target the last rename wins, as without cleaning. The process-id check holds within one pid namespace
+    (one machine, one container). A writer in another namespace sharing the folder (a network file system
+    or a container writing to the same run folder) may look dead and lose its temporary; it then fails
+    with a ``FileNotFoundError`` that names the target and says that the temporary disappeared (a one-line
+    error, exit code 2, on the command line; running it again finishes), and the target keeps its last
+    finished version — :func:`atomic_folder` moves the previous folder back if its new one vanished.
+    We chose this over locks: a lock file would outlive a killed writer as visibly as the leftovers, and
+    HDF5 takes its own lock on the files it writes.
+    """
+    folder = Path(folder)
+    current, removed = os.getpid(), []
+    patterns = _patterns(name)
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    with _LIVE_LOCK:
+        own = set(_LIVE)
+    now = time.time()
+    for entry in entries:
+        match, legacy = None, False
+        for index, pattern in enumerate(patterns):
+            match = pattern.fullmatch(entry.name)
+            if match:
+                legacy = index > 0
+                break
+        if match is None:
+            continue
+        kind = match.groupdict().get("kind") or "tmp"
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not (stat.S_ISREG(info.st_mode) if _KINDS[kind] == "file" else stat.S_ISDIR(info.st_mode)):
+            continue
+        pid = match.groupdict().get("pid")
+        path = folder / entry.name
+        if pid is None:
+            if now - info.st_mtime < LEGACY_GRACE_SECONDS:
+                continue
+        elif int(pid) == current:
+            if not legacy and os.path.abspath(path) in own:
+                continue
+        elif _running(int(pid)):
+            continue
+        try:
+            if stat.S_ISDIR(info.st_mode):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:   # removed meanwhile, or not ours to remove
+            continue
+        removed.append(path)
+    return removed
