@@ -637,6 +637,29 @@ def cuba_lif_step(
     return spiked.to(voltage.dtype), CubaState(current, voltage)
 
 
+def _noisy_lif_values(
+    state: CubaState, step_mean: Tensor, step_variance: Tensor | None, unit_noise: Tensor,
+    params: CubaParameters, bias: Tensor | float, *, out: tuple[Tensor, Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The arithmetic of one noisy step before the spike: ``(current, sampled_voltage, 1/s, z)``.
+
+    The one definition, shared by the step-by-step and the fused paths so that both give bit-identical
+    spikes for the same noise; ``out`` optionally receives ``(sampled_voltage, z)`` (the fused path
+    writes them straight into what it saves)."""
+    if step_variance is None:
+        total_variance = torch.full_like(step_mean, params.base_noise_std**2)
+    else:
+        total_variance = step_variance + params.base_noise_std**2
+    noise = torch.sqrt(total_variance) * unit_noise
+    inverse_std = torch.rsqrt(total_variance)
+    mean_current = torch.add(step_mean, state.current, alpha=params.current_decay)
+    mean_voltage = torch.add(mean_current, state.voltage, alpha=params.voltage_decay) + bias
+    sampled_out, margin_out = (None, None) if out is None else out
+    z = torch.mul(mean_voltage - params.threshold, inverse_std, out=margin_out)
+    sampled_voltage = torch.add(mean_voltage, noise, out=sampled_out)
+    return mean_current + noise, sampled_voltage, inverse_std, z
+
+
 def cuba_lif_step_noisy(
     input_mean: Tensor,
     input_variance: Tensor | None,
@@ -646,47 +669,135 @@ def cuba_lif_step_noisy(
     *,
     estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
     generator: torch.Generator | None = None,
+    unit_noise: Tensor | None = None,
 ) -> tuple[Tensor, CubaState]:
     """One noisy step: local-reparameterisation noise through the current, spikes by an estimator.
 
-    Given the (sampled) past, the step's synaptic input is Gaussian, ``N(input_mean, input_variance)``,
-    fresh each step, and a base noise ``N(0, s0^2)`` enters the voltage, so ``V_t ~ N(m_t, s_t^2)`` with
-    ``m_t = beta V + alpha I + input_mean + bias`` and ``s_t^2 = input_variance + s0^2``.  The spike is
-    ``sample(z_t)``, ``z_t = (m_t - theta)/s_t``, using the same noise draw as the sampled ``I_t`` and
-    ``V_t``, which carry the recursion forward (``V_t`` reset to 0 where the unit spiked).  Gradients
-    reach ``m_t``/``s_t`` through the estimator and the carried state by reparameterisation.
+    Given the (sampled) past, the step's synaptic input is Gaussian with the input's mean and variance
+    plus a base variance ``s0^2`` that keeps silent inputs finite, fresh each step:
+    ``I_t = alpha I + input_mean + s_t xi``, ``s_t = sqrt(input_variance + s0^2)``.  So the voltage
+    ``V_t = beta V + I_t + bias`` is ``N(m_t, s_t^2)`` with ``m_t = beta V + alpha I + input_mean + bias``,
+    and the spike is ``sample(z_t)``, ``z_t = (m_t - theta)/s_t``, drawn with the same ``xi``; the
+    sampled ``I_t`` and ``V_t`` carry the recursion forward (``V_t`` reset to 0 where the unit spiked).
+    Gradients reach ``m_t``/``s_t`` through the estimator and the carried state by reparameterisation.
 
     Args:
         input_mean, input_variance: moments of the synaptic input, ``(batch, *shape)``; variance ``None``
             means deterministic weights (only the base noise remains).
         state, params, bias: as :func:`cuba_lif_step`; ``params.base_noise_std`` must be > 0.
         estimator: Gaussian-noise estimator for the spikes.
-        generator: random source on the input's device.
+        generator: random source on the input's device (for ``unit_noise`` when it is not given, and
+            for ``"gr_mc"``).
+        unit_noise: the step's standard normal draw ``xi``, of the input's shape.
 
     Returns:
         ``(spikes, new_state)``.
     """
     if estimator.noise != "gauss":
         raise ValueError(_GAUSSIAN_ONLY)
-    base_std = _check_base_noise(params.base_noise_std)
-    shape, dtype, device = input_mean.shape, input_mean.dtype, input_mean.device
-    mean_current = params.current_decay * state.current + input_mean
-    mean_voltage = params.voltage_decay * state.voltage + mean_current + bias
-    synaptic_noise = torch.zeros_like(input_mean)
-    total_variance = torch.full_like(input_mean, base_std**2)
-    if input_variance is not None:
-        synaptic_noise = _safe_sqrt(input_variance) * torch.randn(
-            shape, generator=generator, dtype=dtype, device=device
+    _check_base_noise(params.base_noise_std)
+    if unit_noise is None:
+        unit_noise = torch.randn(
+            input_mean.shape, generator=generator, dtype=input_mean.dtype, device=input_mean.device
         )
-        total_variance = input_variance + base_std**2
-    base_noise = base_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
-    total_std = torch.sqrt(total_variance)
-    standard_noise = (synaptic_noise + base_noise) / total_std
-    z = (mean_voltage - params.threshold) / total_std
-    spikes = estimator.sample_given_noise(z, standard_noise, generator=generator)
-    current = mean_current + synaptic_noise
-    voltage = (mean_voltage + synaptic_noise + base_noise) * (1.0 - spikes)
-    return spikes, CubaState(current, voltage)
+    current, sampled_voltage, _, z = _noisy_lif_values(
+        state, input_mean, input_variance, unit_noise, params, bias
+    )
+    spikes = estimator.sample_given_noise(z, unit_noise, generator=generator)
+    return spikes, CubaState(current, sampled_voltage * (1.0 - spikes))
+
+
+class _FusedNoisyLif(torch.autograd.Function):
+    """A whole sequence of noisy CUBA-LIF steps with a hand-written backward through time.
+
+    Same arithmetic as :func:`cuba_lif_step_noisy` step by step (so the same spikes, bit for bit), but
+    the forward records no autograd graph and the backward is one short recursion over the adjoints of
+    ``I`` and ``V``: a step costs a few tensor operations on tensors still in cache, instead of dozens
+    recorded by autograd.  ``mean``, ``variance`` (or ``None``) and ``unit_noise`` are
+    ``(batch, T, *shape)``; outputs ``spikes``, ``voltages`` (empty unless ``record_voltage``) and the
+    final current.  Not for recurrent layers or the soft ``"relaxed"`` estimator.
+    """
+
+    @staticmethod
+    def forward(ctx, mean, variance, unit_noise, bias, current0, voltage0, params, estimator, generator,
+                needs_derivative, record_voltage):  # noqa: D102
+        ctx.set_materialize_grads(False)
+        steps = mean.shape[1]
+        spikes = torch.empty_like(mean)
+        voltages = torch.empty_like(mean) if record_voltage else mean.new_empty((mean.shape[0], 0))
+        # Saved per step for the backward, time-major so that each step's slice is contiguous:
+        # 1 - b, the sampled voltage before the reset, z (then g z/s), g/s and 1/(2s), for
+        # dL/dm = dL/db g/s and dL/dVar = (dL/d(noise) xi - dL/db g z/s)/(2s).
+        saved = torch.empty((5, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
+            if needs_derivative else None
+        current, voltage = current0, voltage0
+        for t in range(steps):
+            step_noise = unit_noise[:, t]
+            current, sampled_voltage, inverse_std, z = _noisy_lif_values(
+                CubaState(current, voltage), mean[:, t], None if variance is None else variance[:, t],
+                step_noise, params, bias, out=None if saved is None else (saved[1, t], saved[2, t]),
+            )
+            fired = torch.add(z, step_noise, out=spikes[:, t]).gt_(0.0)   # as sample_given_noise draws it
+            not_fired = torch.sub(1.0, fired) if saved is None else torch.sub(1.0, fired, out=saved[0, t])
+            voltage = sampled_voltage * not_fired
+            if record_voltage:
+                voltages[:, t] = voltage
+            if needs_derivative:
+                derivative = estimator.outcome_derivative(z, fired, generator=generator)
+                torch.mul(derivative, inverse_std, out=saved[3, t])
+                saved[2, t].mul_(saved[3, t])
+                torch.mul(inverse_std, 0.5, out=saved[4, t])
+        if needs_derivative:
+            ctx.save_for_backward(saved, unit_noise)
+        ctx.params = params
+        ctx.bias_shape = bias.shape
+        return spikes, voltages, current, voltage
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_voltages, grad_final_current, grad_final_voltage):  # noqa: D102
+        saved, unit_noise = ctx.saved_tensors
+        not_fired, sampled_voltages, derivative_margin_over_std, derivative_over_std, half_inverse_std = \
+            saved.unbind(0)
+        alpha, beta = ctx.params.current_decay, ctx.params.voltage_decay
+        needs = ctx.needs_input_grad
+        grad_mean = torch.empty_like(unit_noise) if needs[0] else None
+        grad_variance = torch.empty_like(unit_noise) if needs[1] else None
+        grad_bias = torch.zeros_like(not_fired[0]) if needs[3] else None
+        zeros = torch.zeros_like(not_fired[0])
+        # dL/dI_t and dL/dV_t (after reset) from later steps.
+        adjoint_current = zeros if grad_final_current is None else grad_final_current
+        adjoint_voltage = zeros if grad_final_voltage is None else grad_final_voltage
+        for t in range(not_fired.shape[0] - 1, -1, -1):
+            if grad_voltages is not None and grad_voltages.shape[1] > 0:
+                adjoint_voltage = adjoint_voltage + grad_voltages[:, t]
+            # V_t = Vhat_t (1 - b_t): the reset passes -Vhat_t to the spike and (1 - b_t) to Vhat_t.
+            grad_spike = zeros if grad_spikes is None else grad_spikes[:, t]
+            grad_spike = torch.addcmul(grad_spike, adjoint_voltage, sampled_voltages[t], value=-1.0)
+            grad_sampled = adjoint_voltage * not_fired[t]
+            # z = (m - theta)/s and Vhat = m + noise give dL/dm; then
+            # I = (alpha I' + mean) + noise and m = beta V' + (alpha I' + mean) + bias.
+            adjoint_mean_voltage = torch.addcmul(grad_sampled, grad_spike, derivative_over_std[t])
+            adjoint_mean_current = torch.add(
+                adjoint_mean_voltage, adjoint_current, out=None if grad_mean is None else grad_mean[:, t]
+            )
+            if grad_bias is not None:
+                grad_bias += adjoint_mean_voltage
+            if grad_variance is not None:
+                # s = sqrt(Var + s0^2) scales the noise (s xi) and divides the margin.
+                grad_std = torch.addcmul(
+                    (grad_sampled + adjoint_current) * unit_noise[:, t], grad_spike,
+                    derivative_margin_over_std[t], value=-1.0,
+                )
+                torch.mul(grad_std, half_inverse_std[t], out=grad_variance[:, t])
+            adjoint_current = alpha * adjoint_mean_current
+            adjoint_voltage = beta * adjoint_mean_voltage
+        return (
+            grad_mean, grad_variance, None,
+            grad_bias.sum_to_size(ctx.bias_shape) if grad_bias is not None else None,
+            adjoint_current if needs[4] else None,
+            adjoint_voltage if needs[5] else None,
+            None, None, None, None, None,
+        )
 
 
 def cuba_integrator_step(
@@ -707,11 +818,11 @@ def cuba_integrator_step(
 
 
 class CubaLifOutput(NamedTuple):
-    """Result of :meth:`CubaLif.run`: ``spikes`` and ``voltage`` (after reset) shaped
-    ``(batch, T, *shape)``, and the ``final_state``."""
+    """Result of :meth:`CubaLif.run`: ``spikes`` and ``voltage`` (after reset; ``None`` when not recorded)
+    shaped ``(batch, T, *shape)``, and the ``final_state``."""
 
     spikes: Tensor
-    voltage: Tensor
+    voltage: Tensor | None
     final_state: CubaState
 
 
@@ -805,18 +916,26 @@ class CubaLif(ModeAware):
         *,
         generator: torch.Generator | None = None,
         initial_state: CubaState | None = None,
+        record_voltage: bool = True,
     ) -> CubaLifOutput:
-        """Simulate all ``T`` steps; returns spikes, voltage trace (after reset) and final state."""
+        """Simulate all ``T`` steps; returns spikes, voltage trace (after reset; ``None`` if not
+        ``record_voltage``, which saves memory in the noisy mode) and final state."""
         mean, variance = _as_preactivation(pre)
         _check_sequence(mean, self.neuron_shape, "CubaLif")
         state = initial_state if initial_state is not None else _zero_state(mean)
         noisy = self.mode is Mode.NOISY
+        if noisy:
+            # All steps' standard normal draws at once: one call, and the same noise whichever path runs.
+            unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            if self.recurrent is None and self.estimator.method != "relaxed":
+                return self._run_fused(mean, variance, state, unit_noise, generator, record_voltage)
         previous_spikes = torch.zeros_like(mean[:, 0])
         spikes_trace, voltage_trace = [], []
         # unbind once: indexing [:, step] in the loop makes each step's backward fill a full (B, T, ...)
         # zero tensor, which made training quadratic in T.
         step_means = mean.unbind(1)
         step_variances = variance.unbind(1) if (variance is not None and noisy) else None
+        step_unit_noise = unit_noise.unbind(1) if noisy else None
         for step in range(mean.shape[1]):
             step_mean = step_means[step]
             step_variance = None if step_variances is None else step_variances[step]
@@ -828,7 +947,7 @@ class CubaLif(ModeAware):
             if noisy:
                 spikes, state = cuba_lif_step_noisy(
                     step_mean, step_variance, state, self.params, self.bias,
-                    estimator=self.estimator, generator=generator,
+                    estimator=self.estimator, generator=generator, unit_noise=step_unit_noise[step],
                 )
             else:
                 spikes, state = cuba_lif_step(
@@ -839,6 +958,21 @@ class CubaLif(ModeAware):
             voltage_trace.append(state.voltage)
         return CubaLifOutput(torch.stack(spikes_trace, 1), torch.stack(voltage_trace, 1), state)
 
+    def _run_fused(
+        self, mean: Tensor, variance: Tensor | None, state: CubaState, unit_noise: Tensor,
+        generator: torch.Generator | None, record_voltage: bool,
+    ) -> CubaLifOutput:
+        """The noisy, non-recurrent case in one :class:`_FusedNoisyLif` (same result as step by step)."""
+        inputs = (mean, variance, self.bias, state.current, state.voltage)
+        needs_derivative = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+        spikes, voltages, final_current, final_voltage = _FusedNoisyLif.apply(
+            mean, variance, unit_noise, self.bias, state.current, state.voltage, self.params,
+            self.estimator, generator, needs_derivative, record_voltage,
+        )
+        return CubaLifOutput(
+            spikes, voltages if record_voltage else None, CubaState(final_current, final_voltage)
+        )
+
     def forward(
         self,
         pre: Preactivation | Tensor,
@@ -846,7 +980,7 @@ class CubaLif(ModeAware):
         initial_state: CubaState | None = None,
     ) -> Tensor:
         """Spikes ``(batch, T, *shape)`` in {0., 1.}; see :meth:`run`."""
-        return self.run(pre, generator=generator, initial_state=initial_state).spikes
+        return self.run(pre, generator=generator, initial_state=initial_state, record_voltage=False).spikes
 
     def extra_repr(self) -> str:
         return f"shape={self.neuron_shape}, params={self.params}, {super().extra_repr()}"
@@ -897,25 +1031,21 @@ class CubaIntegrator(ModeAware):
         _check_sequence(mean, self.neuron_shape, "CubaIntegrator")
         state = initial_state if initial_state is not None else _zero_state(mean)
         noisy = self.mode is Mode.NOISY
+        inputs, voltage_noise = mean, None
+        # The noise of every step is drawn and formed at once, outside the recursion.
+        if noisy and variance is not None:
+            inputs = mean + _safe_sqrt(variance) * draw_noise(
+                mean.shape, "gauss", dtype=mean.dtype, device=mean.device, generator=generator
+            )
+        if noisy and self.params.base_noise_std > 0:
+            voltage_noise = (self.params.base_noise_std * draw_noise(
+                mean.shape, "gauss", dtype=mean.dtype, device=mean.device, generator=generator
+            )).unbind(1)
         voltage_trace = []
-        step_means = mean.unbind(1)   # see CubaLif.run: avoids a quadratic backward
-        step_variances = variance.unbind(1) if variance is not None else None
-        for step in range(mean.shape[1]):
-            step_input = step_means[step]
-            if noisy and step_variances is not None:
-                step_input = step_input + _safe_sqrt(step_variances[step]) * draw_noise(
-                    step_input.shape, "gauss", dtype=step_input.dtype, device=step_input.device,
-                    generator=generator,
-                )
+        for step, step_input in enumerate(inputs.unbind(1)):   # unbind: see CubaLif.run
             state = cuba_integrator_step(step_input, state, self.params, self.bias)
-            if noisy and self.params.base_noise_std > 0:
-                state = CubaState(
-                    state.current,
-                    state.voltage + self.params.base_noise_std * draw_noise(
-                        step_input.shape, "gauss", dtype=step_input.dtype, device=step_input.device,
-                        generator=generator,
-                    ),
-                )
+            if voltage_noise is not None:
+                state = CubaState(state.current, state.voltage + voltage_noise[step])
             voltage_trace.append(state.voltage)
         return torch.stack(voltage_trace, 1)
 

@@ -14,6 +14,7 @@ from sbnn.estimators import (
     conditional_derivatives,
     importance_probability,
     log_unit_probabilities,
+    outcome_derivative,
     sample,
     sample_given_noise,
     unit_probabilities,
@@ -210,6 +211,31 @@ def test_finite_on_extreme_grid(dtype, noise):
     for method, kwargs in (("iwst", {"p": 0.5}), ("iwst", {"lam": 1.0}), ("st", {})):
         g1, g0 = conditional_derivatives(z, method, noise=noise, **kwargs)
         assert torch.isfinite(g1).all() and torch.isfinite(g0).all()
+
+
+@pytest.mark.parametrize("dtype, rtol, log_floor", [(torch.float32, 3e-5, -60.0), (F64, 1e-11, -600.0)])
+def test_fast_gauss_agr_outcome_derivative_matches_log_space_form(dtype, rtol, log_floor):
+    # Training uses an erfc / Mills-ratio form of AGR's g_b (log_ndtr was most of a step's time); it
+    # must agree with the log-space conditional derivatives, flush only values below e^floor to 0, and
+    # never produce a subnormal number (they slow x86 arithmetic several-fold).
+    z = torch.linspace(-40, 40, 20001, dtype=dtype)
+    for tau in (1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0, 10.0, 100.0, 1e3):
+        reference_g1, reference_g0 = conditional_derivatives(z.to(F64), "agr", tau=tau)
+        for outcome, reference in ((1.0, reference_g1), (0.0, reference_g0)):
+            got = outcome_derivative(z, torch.full_like(z, outcome), "agr", tau=tau)
+            assert got.dtype == dtype and torch.isfinite(got).all()
+            assert not ((got != 0) & (got.abs() < torch.finfo(dtype).tiny)).any(), (tau, outcome)
+            flushed = got == 0
+            assert (reference[flushed] < 2 * math.exp(log_floor)).all(), (tau, outcome)
+            kept = ~flushed
+            torch.testing.assert_close(got[kept].to(F64), reference[kept], rtol=rtol, atol=0)
+
+
+def test_outcome_derivative_refuses_the_soft_estimator_and_mismatched_shapes():
+    with pytest.raises(ValueError, match="soft forward"):
+        outcome_derivative(torch.zeros(3), torch.zeros(3), "relaxed", tau=1.0)
+    with pytest.raises(ValueError, match="shape"):
+        outcome_derivative(torch.zeros(3), torch.zeros(4), "st")
 
 
 @pytest.mark.parametrize("noise", ["gauss", "logistic"])

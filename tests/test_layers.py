@@ -321,8 +321,8 @@ def test_noisy_lif_first_step_fires_with_probability_of_the_margin():
     # The sampled membrane is consistent with the spikes and carries only the silent units forward.
     assert (new_state.voltage[spikes > 0] == 0).all()
     assert (new_state.voltage[spikes == 0] <= 1.0).all()
-    # The carried current holds the synaptic noise: its variance is the input variance.
-    torch.testing.assert_close(new_state.current.var(0), variance[0], atol=0.02, rtol=0.05)
+    # The noise enters through the current: its variance is the input variance plus s0^2.
+    torch.testing.assert_close(new_state.current.var(0), variance[0] + 0.09, atol=0.02, rtol=0.05)
 
 
 def test_noisy_lif_tends_to_deterministic_lif_as_noise_vanishes():
@@ -350,6 +350,71 @@ def test_noisy_lif_backward_reaches_every_parameter():
         for name, parameter in module.named_parameters():
             assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
             assert parameter.grad.abs().sum() > 0, name
+
+
+def _stepwise_noisy_lif(lif, mean, variance, generator, initial_state):
+    """CubaLif's noisy mode written as a plain loop of cuba_lif_step_noisy, with autograd throughout."""
+    unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    state, spikes, voltages = initial_state, [], []
+    for t in range(mean.shape[1]):
+        step_variance = None if variance is None else variance[:, t]
+        step_spikes, state = cuba_lif_step_noisy(
+            mean[:, t], step_variance, state, lif.params, lif.bias, estimator=lif.estimator,
+            generator=generator, unit_noise=unit_noise[:, t],
+        )
+        spikes.append(step_spikes)
+        voltages.append(state.voltage)
+    return torch.stack(spikes, 1), torch.stack(voltages, 1), state
+
+
+@pytest.mark.parametrize("estimator, shape, with_variance", [
+    (EstimatorConfig("agr", tau=1.0), (5,), True),
+    (EstimatorConfig("agr", tau=0.1), (2, 3, 3), True),
+    (EstimatorConfig("st"), (5,), False),
+    (EstimatorConfig("iwst", lam=0.5), (5,), True),
+    (EstimatorConfig("gr_mc", tau=1.0, k=3), (4,), True),
+])
+def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_variance):
+    # CubaLif runs non-recurrent noisy layers through one autograd function with a hand-written backward
+    # through time; it must give the loop's spikes bit for bit and the loop's gradients.
+    batch, steps = 3, 40
+    lif = CubaLif(shape, current_decay=0.8, voltage_decay=0.9, threshold=0.6, base_noise_std=0.2,
+                  estimator=estimator, dtype=F64)
+    with torch.no_grad():
+        lif.bias.copy_(torch.randn(lif.bias.shape, generator=_generator(5), dtype=F64) * 0.1)
+    mean = (torch.randn((batch, steps, *shape), generator=_generator(1), dtype=F64) * 0.4 + 0.2)
+    variance = torch.rand((batch, steps, *shape), generator=_generator(2), dtype=F64) * 0.3
+    variance = torch.where(variance < 0.05, 0.0, variance)   # silent binary inputs give exact zeros
+    initial = [torch.randn((batch, *shape), generator=_generator(s), dtype=F64) * 0.3 for s in (3, 4)]
+    weights = [torch.randn((batch, steps, *shape), generator=_generator(s), dtype=F64) for s in (6, 7)]
+    final_weight = torch.randn((batch, *shape), generator=_generator(8), dtype=F64)
+
+    def run(use_loop: bool):
+        leaves = [t.clone().requires_grad_(True) for t in (mean, variance, *initial)]
+        lif.bias.grad = None
+        step_variance = leaves[1] if with_variance else None
+        state = CubaState(leaves[2], leaves[3])
+        if use_loop:
+            spikes, voltages, final = _stepwise_noisy_lif(lif, leaves[0], step_variance, _generator(9), state)
+        else:
+            output = lif.run(Preactivation(leaves[0], step_variance), generator=_generator(9),
+                             initial_state=state)
+            spikes, voltages, final = output.spikes, output.voltage, output.final_state
+        loss = (spikes * weights[0]).sum() + (voltages * weights[1]).sum() + (final.current * final_weight).sum()
+        loss.backward()
+        grads = [leaf.grad for leaf in leaves] + [lif.bias.grad.clone()]
+        return spikes.detach(), voltages.detach(), final.current.detach(), grads
+
+    fused, loop = run(False), run(True)
+    assert 0 < fused[0].mean() < 1
+    for a, b in zip(fused[:3], loop[:3]):
+        assert torch.equal(a, b)
+    for name, a, b in zip(("mean", "variance", "current0", "voltage0", "bias"), fused[3], loop[3]):
+        if name == "variance" and not with_variance:
+            assert a is None and b is None
+            continue
+        assert a is not None and a.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_noisy_lif_is_reproducible_and_rejects_logistic_noise():
