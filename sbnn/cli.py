@@ -309,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in ("train", "pipeline"):
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return args.handler(args)
     except (UserError, ValueError, OSError) as error:

@@ -251,20 +251,23 @@ def _gauss_agr_derivative_of_outcome(z: Tensor, b: Tensor, tau: float) -> Tensor
     k = tau / scale
     floor = _LOG_DERIVATIVE_FLOOR.get(z.dtype, _LOG_DERIVATIVE_FLOOR_DEFAULT)
     log_factor = -math.log(scale * _SQRT_2PI)
-    half_towards_outcome = ((b.to(z.dtype) if b.dtype == torch.bool else b) - 0.5) * z   # a/2
+    fired = b.to(z.dtype) if b.dtype == torch.bool else b
+    # x = -a/sqrt2 = z/sqrt2 - sqrt2 b z: erfc(x) = 2 Phi(a).
+    erfc_argument = torch.addcmul(z * _SQRT_HALF, fired, z, value=-math.sqrt(2.0))
+    # Skipping the (rare) tail is a data-dependent branch: a compiled graph always evaluates it, and so
+    # does an accelerator, where asking would wait for the device at every call.
+    has_tail = (z.device.type != "cpu" or torch.compiler.is_compiling()
+                or bool(erfc_argument.amax() > _AGR_TAIL * _SQRT_HALF))
+    towards_outcome = erfc_argument * -math.sqrt(2.0) if has_tail else None
     # The clamp keeps erfc normal; the lanes it changes take the tail value below.
-    erfc_argument = half_towards_outcome.clamp_min(-0.5 * _AGR_TAIL) * -math.sqrt(2.0)   # -a/sqrt2
+    erfc_argument = erfc_argument.clamp_max_(_AGR_TAIL * _SQRT_HALF)
     erfc_z = erfc(erfc_argument)
-    erfc_r = erfc(erfc_argument * k)
+    erfc_r = erfc(erfc_argument.mul_(k))
     # c (with its constant factor), flushed to 0 below e^floor.
     log_c = (z * z).mul_(-0.5 / (scale * scale)).add_(log_factor).clamp_min_(floor)
     c = F.threshold(torch.exp(log_c), math.exp(floor), 0.0)
     derivative = erfc_r.mul_(c).div_(erfc_z)
-    # Skipping the (rare) tail is a data-dependent branch: a compiled graph always evaluates it, and so
-    # does an accelerator, where asking would wait for the device at every call.
-    if (z.device.type != "cpu" or torch.compiler.is_compiling()
-            or bool(half_towards_outcome.amin() < -0.5 * _AGR_TAIL)):
-        towards_outcome = 2.0 * half_towards_outcome
+    if has_tail:
         t_z = (-towards_outcome).clamp_min(_AGR_TAIL)
         t_r = t_z * k
         # R(t) = erfc(t/sqrt2) exp(t^2/2) sqrt(pi/2), exact and normal for t < 10.

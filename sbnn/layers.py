@@ -288,11 +288,26 @@ class BayesianLayer(ModeAware):
         """
         if self.mode is not Mode.NOISY:
             return Preactivation(self._affine(x, self.effective_weight(), self.effective_bias()), None)
+        bias_variance = F.softplus(self.bias_rho) ** 2 if self.bayesian_bias else None
+        if self.binary_input and self._stackable_outputs:
+            # x^2 = x: both moments come from one product with [mu; sigma^2] stacked along the outputs, so
+            # x is read once forward and the input gradient is one product, not two and a sum.
+            weight = torch.cat([self.weight_mu, self.weight_sigma**2])
+            bias = None
+            if self.bias_mean is not None:
+                variance_of_bias = torch.zeros_like(self.bias_mean) if bias_variance is None else bias_variance
+                bias = torch.cat([self.bias_mean, variance_of_bias])
+            both = self._affine(x, weight, bias)
+            mean, variance = both.split(self.weight_mu.shape[0], dim=self._output_dim)
+            return Preactivation(mean, variance)
         mean = self._affine(x, self.weight_mu, self.bias_mean)
         squared_input = x if self.binary_input else x * x
-        bias_variance = F.softplus(self.bias_rho) ** 2 if self.bayesian_bias else None
         variance = self._affine(squared_input, self.weight_sigma**2, bias_variance)
         return Preactivation(mean, variance)
+
+    # Where the output features lie in _affine's result, and whether outputs may be stacked there.
+    _output_dim = -1
+    _stackable_outputs = True
 
 
 class BayesLinear(BayesianLayer):
@@ -393,6 +408,13 @@ class BayesConv2d(BayesianLayer):
         self.padding = padding
         self.dilation = dilation
         self.groups = groups
+
+    _output_dim = -3
+
+    @property
+    def _stackable_outputs(self) -> bool:
+        # With groups, output channel o belongs to group o // (out/groups): stacking would regroup them.
+        return self.groups == 1
 
     def _affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if x.dim() == 5:
@@ -707,6 +729,11 @@ def cuba_lif_step_noisy(
     return spikes, CubaState(current, sampled_voltage * (1.0 - spikes))
 
 
+# Devices on which the fused LIF evaluates the estimator step by step, while the step's tensors are in
+# cache (on an accelerator one call over the whole sequence is faster).
+_PER_STEP_DERIVATIVE_DEVICES = ("cpu",)
+
+
 class _FusedNoisyLif(torch.autograd.Function):
     """A whole sequence of noisy CUBA-LIF steps with a hand-written backward through time.
 
@@ -725,55 +752,64 @@ class _FusedNoisyLif(torch.autograd.Function):
         steps = mean.shape[1]
         spikes = torch.empty_like(mean)
         voltages = torch.empty_like(mean) if record_voltage else mean.new_empty((mean.shape[0], 0))
-        # Saved per step for the backward, time-major so that each step's slice is contiguous:
-        # 1 - b, the sampled voltage before the reset, z (then g z/s), g/s and 1/(2s), for
-        # dL/dm = dL/db g/s and dL/dVar = (dL/d(noise) xi - dL/db g z/s)/(2s).
-        saved = torch.empty((5, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
+        # Saved per step for the backward, time-major so that each step's slice is contiguous: the
+        # sampled voltage before the reset, z (then g z/s) and g/s, for dL/dm = dL/db g/s and
+        # dL/dVar = (dL/d(noise) xi - dL/db g z/s)/(2s); and the spikes.
+        saved = torch.empty((3, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
             if needs_derivative else None
+        per_step_derivative = mean.device.type in _PER_STEP_DERIVATIVE_DEVICES
         current, voltage = current0, voltage0
         for t in range(steps):
             step_noise = unit_noise[:, t]
             current, sampled_voltage, inverse_std, z = _noisy_lif_values(
                 CubaState(current, voltage), mean[:, t], None if variance is None else variance[:, t],
-                step_noise, params, bias, out=None if saved is None else (saved[1, t], saved[2, t]),
+                step_noise, params, bias, out=None if saved is None else (saved[0, t], saved[1, t]),
             )
             fired = torch.add(z, step_noise, out=spikes[:, t]).gt_(0.0)   # as sample_given_noise draws it
-            not_fired = torch.sub(1.0, fired) if saved is None else torch.sub(1.0, fired, out=saved[0, t])
-            voltage = sampled_voltage * not_fired
+            voltage = torch.addcmul(sampled_voltage, sampled_voltage, fired, value=-1.0)   # reset
             if record_voltage:
                 voltages[:, t] = voltage
             if needs_derivative:
-                derivative = estimator.outcome_derivative(z, fired, generator=generator)
-                torch.mul(derivative, inverse_std, out=saved[3, t])
-                saved[2, t].mul_(saved[3, t])
-                torch.mul(inverse_std, 0.5, out=saved[4, t])
+                if per_step_derivative:
+                    derivative = estimator.outcome_derivative(z, fired, generator=generator)
+                    torch.mul(derivative, inverse_std, out=saved[2, t])
+                    saved[1, t].mul_(saved[2, t])
+                else:
+                    saved[2, t] = inverse_std
+        if needs_derivative and not per_step_derivative:
+            # One call over the whole sequence: on an accelerator a step's tensors are too small to
+            # fill it, and each operation costs a kernel launch.
+            margins = saved[1]
+            derivative = estimator.outcome_derivative(margins, spikes.transpose(0, 1), generator=generator)
+            saved[2].mul_(derivative)
+            margins.mul_(saved[2])
         if needs_derivative:
-            ctx.save_for_backward(saved, unit_noise)
+            ctx.save_for_backward(saved, unit_noise, spikes, variance)
         ctx.params = params
         ctx.bias_shape = bias.shape
         return spikes, voltages, current, voltage
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_voltages, grad_final_current, grad_final_voltage):  # noqa: D102
-        saved, unit_noise = ctx.saved_tensors
-        not_fired, sampled_voltages, derivative_margin_over_std, derivative_over_std, half_inverse_std = \
-            saved.unbind(0)
+        saved, unit_noise, spikes, variance = ctx.saved_tensors
+        sampled_voltages, derivative_margin_over_std, derivative_over_std = saved.unbind(0)
+        base_variance = ctx.params.base_noise_std**2
         alpha, beta = ctx.params.current_decay, ctx.params.voltage_decay
         needs = ctx.needs_input_grad
         grad_mean = torch.empty_like(unit_noise) if needs[0] else None
         grad_variance = torch.empty_like(unit_noise) if needs[1] else None
-        grad_bias = torch.zeros_like(not_fired[0]) if needs[3] else None
-        zeros = torch.zeros_like(not_fired[0])
+        grad_bias = torch.zeros_like(sampled_voltages[0]) if needs[3] else None
+        zeros = torch.zeros_like(sampled_voltages[0])
         # dL/dI_t and dL/dV_t (after reset) from later steps.
         adjoint_current = zeros if grad_final_current is None else grad_final_current
         adjoint_voltage = zeros if grad_final_voltage is None else grad_final_voltage
-        for t in range(not_fired.shape[0] - 1, -1, -1):
+        for t in range(sampled_voltages.shape[0] - 1, -1, -1):
             if grad_voltages is not None and grad_voltages.shape[1] > 0:
                 adjoint_voltage = adjoint_voltage + grad_voltages[:, t]
             # V_t = Vhat_t (1 - b_t): the reset passes -Vhat_t to the spike and (1 - b_t) to Vhat_t.
             grad_spike = zeros if grad_spikes is None else grad_spikes[:, t]
             grad_spike = torch.addcmul(grad_spike, adjoint_voltage, sampled_voltages[t], value=-1.0)
-            grad_sampled = adjoint_voltage * not_fired[t]
+            grad_sampled = torch.addcmul(adjoint_voltage, adjoint_voltage, spikes[:, t], value=-1.0)
             # z = (m - theta)/s and Vhat = m + noise give dL/dm; then
             # I = (alpha I' + mean) + noise and m = beta V' + (alpha I' + mean) + bias.
             adjoint_mean_voltage = torch.addcmul(grad_sampled, grad_spike, derivative_over_std[t])
@@ -788,7 +824,9 @@ class _FusedNoisyLif(torch.autograd.Function):
                     (grad_sampled + adjoint_current) * unit_noise[:, t], grad_spike,
                     derivative_margin_over_std[t], value=-1.0,
                 )
-                torch.mul(grad_std, half_inverse_std[t], out=grad_variance[:, t])
+                # dL/dVar = dL/ds / (2s), 1/s recomputed rather than stored (one tensor less to hold).
+                torch.mul(grad_std, torch.rsqrt(variance[:, t] + base_variance), out=grad_variance[:, t])
+                grad_variance[:, t].mul_(0.5)
             adjoint_current = alpha * adjoint_mean_current
             adjoint_voltage = beta * adjoint_mean_voltage
         return (

@@ -415,4 +415,5 @@ def test_cuda_matches_cpu_derivatives(method, kwargs):
     assert b.device.type == "cuda" and torch.isfinite(grad).all()
     if method in ("st", "iwst", "agr"):
         g1, g0 = conditional_derivatives(z, method, **kwargs)
-        torch.testing.assert_close(grad.cpu(), torch.where(b.cpu() > 0.5, g1, g0), rtol=1e-5, atol=1e-30)
+        # atol: Gaussian AGR flushes derivatives below e^-60 (float32) to 0, see the fast-form test.
+        torch.testing.assert_close(grad.cpu(), torch.where(b.cpu() > 0.5, g1, g0), rtol=1e-5, atol=1e-25)
