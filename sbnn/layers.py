@@ -900,7 +900,9 @@ class CubaLif(ModeAware):
             :func:`fast_sigmoid_spike` of this slope (the surrogate-gradient baseline).
 
     Forward: a :class:`Preactivation` (or tensor of means) ``(batch, T, *shape)`` -> spikes, same shape.
-    Mode ``"noisy"`` runs :func:`cuba_lif_step_noisy`; modes ``"mean"``/``"sample"`` run
+    Mode ``"noisy"`` runs :func:`cuba_lif_step_noisy` (a layer without recurrence and with a hard-sample
+    estimator runs it as one fused autograd function with a hand-written backward through time: the
+    same spikes bit for bit, a fraction of the cost); modes ``"mean"``/``"sample"`` run
     :func:`cuba_lif_step`.  :func:`set_mode` also switches the recurrent weights.
     """
 
