@@ -12,7 +12,7 @@ for both models (:func:`sbnn.allocator.keep_freed_memory`, which ``sbnn train`` 
 call); the allocator in use is printed with the ratio.
 
 Usage: .venv/bin/python benchmarks/train_step.py [--repeats N] [--threads N] [--device cpu|cuda]
-       [--reuse-memory]
+       [--reuse-memory] [--recurrent]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--recurrent", action="store_true", help="recurrent weights in the hidden layer (SHD)")
     parser.add_argument("--reuse-memory", action="store_true",
                         help="keep freed memory in the process (glibc mallopt) for both models")
     args = parser.parse_args()
@@ -69,14 +70,16 @@ def main() -> None:
     y = torch.randint(0, 20, (64,)).to(device)
     steps = {}
     for name, surrogate in (("sbnn", False), ("surrogate", True)):
-        model = build_model(ModelConfig(kind="snn", hidden=(256,), init_gain=3.0, surrogate=surrogate), (700,), 20, seed=0)
+        config = ModelConfig(kind="snn", hidden=(256,), init_gain=3.0, surrogate=surrogate, recurrent=args.recurrent)
+        model = build_model(config, (700,), 20, seed=0)
         steps[name] = make_step(model.to(device), x, y)
     times = {name: float("inf") for name in steps}
     for _ in range(args.repeats):      # alternate, so both see the same machine load
         for name, step in steps.items():
             times[name] = min(times[name], best_time(step, 1))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} thread(s)"
-    print(f"700-256-20 spiking MLP, T=100, batch 64, {where}, {allocator}; best of {args.repeats}")
+    kind = "recurrent spiking MLP" if args.recurrent else "spiking MLP"
+    print(f"700-256-20 {kind}, T=100, batch 64, {where}, {allocator}; best of {args.repeats}")
     print(f"SBNN (AGR, local reparameterisation, KL): {times['sbnn'] * 1e3:8.1f} ms per step")
     print(f"surrogate (deterministic LIF):            {times['surrogate'] * 1e3:8.1f} ms per step")
     print(f"ratio SBNN / surrogate: {times['sbnn'] / times['surrogate']:.2f} (target ≤ 2)")

@@ -292,7 +292,7 @@ class BayesianLayer(ModeAware):
         if self.binary_input and self._stackable_outputs:
             # x^2 = x: both moments come from one product with [mu; sigma^2] stacked along the outputs, so
             # x is read once forward and the input gradient is one product, not two and a sum.
-            weight = torch.cat([self.weight_mu, self.weight_sigma**2])
+            weight = self.stacked_moments()
             bias = None
             if self.bias_mean is not None:
                 variance_of_bias = torch.zeros_like(self.bias_mean) if bias_variance is None else bias_variance
@@ -304,6 +304,11 @@ class BayesianLayer(ModeAware):
         squared_input = x if self.binary_input else x * x
         variance = self._affine(squared_input, self.weight_sigma**2, bias_variance)
         return Preactivation(mean, variance)
+
+    def stacked_moments(self) -> Tensor:
+        """``[mu; sigma^2]`` stacked along the output features: ``(2 out, ...)`` of ``weight_mu``'s other
+        dimensions.  For 0/1 inputs one product with it gives the mean and variance of the output."""
+        return torch.cat([self.weight_mu, self.weight_sigma**2])
 
     # Where the output features lie in _affine's result, and whether outputs may be stacked there.
     _output_dim = -1
@@ -741,31 +746,49 @@ class _FusedNoisyLif(torch.autograd.Function):
     the forward records no autograd graph and the backward is one short recursion over the adjoints of
     ``I`` and ``V``: a step costs a few tensor operations on tensors still in cache, instead of dozens
     recorded by autograd.  ``mean``, ``variance`` (or ``None``) and ``unit_noise`` are
-    ``(batch, T, *shape)``; outputs ``spikes``, ``voltages`` (empty unless ``record_voltage``) and the
-    final current.  Not for recurrent layers or the soft ``"relaxed"`` estimator.
+    ``(batch, T, n)`` (any neuron shape without recurrence); ``recurrent_moments`` (or ``None``) is the
+    recurrent layer's ``[mu; sigma^2]``, ``(2n, n)``, fed with the previous step's spikes as
+    :meth:`BayesianLayer.forward` does.  Outputs ``spikes``, ``voltages`` (empty unless
+    ``record_voltage``) and the final state.  Not for the soft ``"relaxed"`` estimator.
     """
 
     @staticmethod
-    def forward(ctx, mean, variance, unit_noise, bias, current0, voltage0, params, estimator, generator,
-                needs_derivative, record_voltage):  # noqa: D102
+    def forward(ctx, mean, variance, unit_noise, bias, current0, voltage0, recurrent_moments, params,
+                estimator, generator, needs_derivative, record_voltage):  # noqa: D102
         ctx.set_materialize_grads(False)
         steps = mean.shape[1]
+        recurrent = recurrent_moments is not None
         spikes = torch.empty_like(mean)
         voltages = torch.empty_like(mean) if record_voltage else mean.new_empty((mean.shape[0], 0))
         # Saved per step for the backward, time-major so that each step's slice is contiguous: the
         # sampled voltage before the reset, z (then g z/s) and g/s, for dL/dm = dL/db g/s and
-        # dL/dVar = (dL/d(noise) xi - dL/db g z/s)/(2s); and the spikes.
-        saved = torch.empty((3, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
+        # dL/dVar = (dL/d(noise) xi - dL/db g z/s)/(2s); with recurrence also each step's total input
+        # variance; and the spikes.
+        saved = torch.empty((3 + recurrent, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
             if needs_derivative else None
         per_step_derivative = mean.device.type in _PER_STEP_DERIVATIVE_DEVICES
         current, voltage = current0, voltage0
+        fired = torch.zeros_like(mean[:, 0])
         for t in range(steps):
             step_noise = unit_noise[:, t]
+            step_mean = mean[:, t]
+            step_variance = None if variance is None else variance[:, t]
+            if recurrent:
+                feedback_mean, feedback_variance = F.linear(fired, recurrent_moments).split(mean.shape[-1], -1)
+                step_mean = step_mean + feedback_mean
+                step_variance = _add_optional(step_variance, feedback_variance)
+                if saved is not None:
+                    saved[3, t] = step_variance
             current, sampled_voltage, inverse_std, z = _noisy_lif_values(
-                CubaState(current, voltage), mean[:, t], None if variance is None else variance[:, t],
-                step_noise, params, bias, out=None if saved is None else (saved[0, t], saved[1, t]),
+                CubaState(current, voltage), step_mean, step_variance, step_noise, params, bias,
+                out=None if saved is None else (saved[0, t], saved[1, t]),
             )
-            fired = torch.add(z, step_noise, out=spikes[:, t]).gt_(0.0)   # as sample_given_noise draws it
+            # As sample_given_noise draws it; a fresh tensor (not the output's strided slice) feeds the
+            # recurrent product, as in the step-by-step path.
+            fired = torch.add(z, step_noise).gt_(0.0) if recurrent else \
+                torch.add(z, step_noise, out=spikes[:, t]).gt_(0.0)
+            if recurrent:
+                spikes[:, t] = fired
             voltage = torch.addcmul(sampled_voltage, sampled_voltage, fired, value=-1.0)   # reset
             if record_voltage:
                 voltages[:, t] = voltage
@@ -784,30 +807,36 @@ class _FusedNoisyLif(torch.autograd.Function):
             saved[2].mul_(derivative)
             margins.mul_(saved[2])
         if needs_derivative:
-            ctx.save_for_backward(saved, unit_noise, spikes, variance)
+            ctx.save_for_backward(saved, unit_noise, spikes, variance, recurrent_moments)
         ctx.params = params
         ctx.bias_shape = bias.shape
         return spikes, voltages, current, voltage
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_voltages, grad_final_current, grad_final_voltage):  # noqa: D102
-        saved, unit_noise, spikes, variance = ctx.saved_tensors
-        sampled_voltages, derivative_margin_over_std, derivative_over_std = saved.unbind(0)
+        saved, unit_noise, spikes, variance, recurrent_moments = ctx.saved_tensors
+        sampled_voltages, derivative_margin_over_std, derivative_over_std = saved[:3].unbind(0)
+        recurrent = recurrent_moments is not None
+        # The variance each step's noise had: the input's, plus the feedback's with recurrence.
+        step_variances = saved[3] if recurrent else None if variance is None else variance.transpose(0, 1)
         base_variance = ctx.params.base_noise_std**2
         alpha, beta = ctx.params.current_decay, ctx.params.voltage_decay
         needs = ctx.needs_input_grad
-        grad_mean = torch.empty_like(unit_noise) if needs[0] else None
-        grad_variance = torch.empty_like(unit_noise) if needs[1] else None
+        # With recurrence the step's input gradients also feed the recurrent weights and earlier spikes.
+        grad_mean = torch.empty_like(unit_noise) if needs[0] or recurrent else None
+        grad_variance = torch.empty_like(unit_noise) if step_variances is not None else None
         grad_bias = torch.zeros_like(sampled_voltages[0]) if needs[3] else None
         zeros = torch.zeros_like(sampled_voltages[0])
-        # dL/dI_t and dL/dV_t (after reset) from later steps.
+        # dL/dI_t and dL/dV_t (after reset) from later steps; dL/db_t through the next step's feedback.
         adjoint_current = zeros if grad_final_current is None else grad_final_current
         adjoint_voltage = zeros if grad_final_voltage is None else grad_final_voltage
+        grad_spike_from_feedback = None
         for t in range(sampled_voltages.shape[0] - 1, -1, -1):
             if grad_voltages is not None and grad_voltages.shape[1] > 0:
                 adjoint_voltage = adjoint_voltage + grad_voltages[:, t]
             # V_t = Vhat_t (1 - b_t): the reset passes -Vhat_t to the spike and (1 - b_t) to Vhat_t.
             grad_spike = zeros if grad_spikes is None else grad_spikes[:, t]
+            grad_spike = _add_optional(grad_spike, grad_spike_from_feedback)
             grad_spike = torch.addcmul(grad_spike, adjoint_voltage, sampled_voltages[t], value=-1.0)
             grad_sampled = torch.addcmul(adjoint_voltage, adjoint_voltage, spikes[:, t], value=-1.0)
             # z = (m - theta)/s and Vhat = m + noise give dL/dm; then
@@ -825,15 +854,26 @@ class _FusedNoisyLif(torch.autograd.Function):
                     derivative_margin_over_std[t], value=-1.0,
                 )
                 # dL/dVar = dL/ds / (2s), 1/s recomputed rather than stored (one tensor less to hold).
-                torch.mul(grad_std, torch.rsqrt(variance[:, t] + base_variance), out=grad_variance[:, t])
+                torch.mul(grad_std, torch.rsqrt(step_variances[t] + base_variance), out=grad_variance[:, t])
                 grad_variance[:, t].mul_(0.5)
+            if recurrent and t > 0:
+                # feedback_t = b_{t-1} [mu; sigma^2]^T: its gradient reaches b_{t-1}.
+                grad_spike_from_feedback = torch.cat([grad_mean[:, t], grad_variance[:, t]], -1) @ recurrent_moments
             adjoint_current = alpha * adjoint_mean_current
             adjoint_voltage = beta * adjoint_mean_voltage
+        grad_recurrent = None
+        if recurrent and needs[6]:
+            # d[mu; sigma^2] = sum over steps t >= 1 and the batch of [dm_t, dVar_t]^T b_{t-1}.
+            step_grads = torch.cat([grad_mean[:, 1:], grad_variance[:, 1:]], -1).flatten(0, 1)
+            grad_recurrent = step_grads.T @ spikes[:, :-1].flatten(0, 1)
         return (
-            grad_mean, grad_variance, None,
+            grad_mean if needs[0] else None,
+            grad_variance if needs[1] else None,
+            None,
             grad_bias.sum_to_size(ctx.bias_shape) if grad_bias is not None else None,
             adjoint_current if needs[4] else None,
             adjoint_voltage if needs[5] else None,
+            grad_recurrent,
             None, None, None, None, None,
         )
 
@@ -967,7 +1007,7 @@ class CubaLif(ModeAware):
         if noisy:
             # All steps' standard normal draws at once: one call, and the same noise whichever path runs.
             unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-            if self.recurrent is None and self.estimator.method != "relaxed":
+            if self.estimator.method != "relaxed":
                 return self._run_fused(mean, variance, state, unit_noise, generator, record_voltage)
         previous_spikes = torch.zeros_like(mean[:, 0])
         spikes_trace, voltage_trace = [], []
@@ -1003,11 +1043,12 @@ class CubaLif(ModeAware):
         generator: torch.Generator | None, record_voltage: bool,
     ) -> CubaLifOutput:
         """The noisy, non-recurrent case in one :class:`_FusedNoisyLif` (same result as step by step)."""
-        inputs = (mean, variance, self.bias, state.current, state.voltage)
+        recurrent_moments = None if self.recurrent is None else self.recurrent.stacked_moments()
+        inputs = (mean, variance, self.bias, state.current, state.voltage, recurrent_moments)
         needs_derivative = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
         spikes, voltages, final_current, final_voltage = _FusedNoisyLif.apply(
-            mean, variance, unit_noise, self.bias, state.current, state.voltage, self.params,
-            self.estimator, generator, needs_derivative, record_voltage,
+            mean, variance, unit_noise, self.bias, state.current, state.voltage, recurrent_moments,
+            self.params, self.estimator, generator, needs_derivative, record_voltage,
         )
         return CubaLifOutput(
             spikes, voltages if record_voltage else None, CubaState(final_current, final_voltage)

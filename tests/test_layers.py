@@ -357,10 +357,16 @@ def _stepwise_noisy_lif(lif, mean, variance, generator, initial_state):
     """CubaLif's noisy mode written as a plain loop of cuba_lif_step_noisy, with autograd throughout."""
     unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
     state, spikes, voltages = initial_state, [], []
+    step_spikes = torch.zeros_like(mean[:, 0])
     for t in range(mean.shape[1]):
+        step_mean = mean[:, t]
         step_variance = None if variance is None else variance[:, t]
+        if lif.recurrent is not None:
+            feedback = lif.recurrent(step_spikes)
+            step_mean = step_mean + feedback.mean
+            step_variance = feedback.variance if step_variance is None else step_variance + feedback.variance
         step_spikes, state = cuba_lif_step_noisy(
-            mean[:, t], step_variance, state, lif.params, lif.bias, estimator=lif.estimator,
+            step_mean, step_variance, state, lif.params, lif.bias, estimator=lif.estimator,
             generator=generator, unit_noise=unit_noise[:, t],
         )
         spikes.append(step_spikes)
@@ -368,24 +374,30 @@ def _stepwise_noisy_lif(lif, mean, variance, generator, initial_state):
     return torch.stack(spikes, 1), torch.stack(voltages, 1), state
 
 
-@pytest.mark.parametrize("estimator, shape, with_variance", [
-    (EstimatorConfig("agr", tau=1.0), (5,), True),
-    (EstimatorConfig("agr", tau=0.1), (2, 3, 3), True),
-    (EstimatorConfig("st"), (5,), False),
-    (EstimatorConfig("iwst", lam=0.5), (5,), True),
-    (EstimatorConfig("gr_mc", tau=1.0, k=3), (4,), True),
+@pytest.mark.parametrize("estimator, shape, with_variance, recurrent", [
+    (EstimatorConfig("agr", tau=1.0), (5,), True, False),
+    (EstimatorConfig("agr", tau=0.1), (2, 3, 3), True, False),
+    (EstimatorConfig("st"), (5,), False, False),
+    (EstimatorConfig("iwst", lam=0.5), (5,), True, False),
+    (EstimatorConfig("gr_mc", tau=1.0, k=3), (4,), True, False),
+    (EstimatorConfig("agr", tau=1.0), (6,), True, True),
+    (EstimatorConfig("iwst", p=0.5), (6,), False, True),
 ])
 @pytest.mark.parametrize("per_step", [True, False])
-def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_variance, per_step, monkeypatch):
-    # CubaLif runs non-recurrent noisy layers through one autograd function with a hand-written backward
-    # through time; it must give the loop's spikes bit for bit and the loop's gradients, whether it
-    # evaluates the estimator per step (CPU) or once per sequence (accelerators).
+def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_variance, recurrent, per_step,
+                                                      monkeypatch):
+    # CubaLif runs noisy layers through one autograd function with a hand-written backward through time;
+    # it must give the loop's spikes bit for bit and the loop's gradients, whether it evaluates the
+    # estimator per step (CPU) or once per sequence (accelerators), with recurrent weights too.
     monkeypatch.setattr(layers, "_PER_STEP_DERIVATIVE_DEVICES", ("cpu",) if per_step else ())
     batch, steps = 3, 40
     lif = CubaLif(shape, current_decay=0.8, voltage_decay=0.9, threshold=0.6, base_noise_std=0.2,
-                  estimator=estimator, dtype=F64)
+                  estimator=estimator, recurrent=recurrent, dtype=F64)
     with torch.no_grad():
         lif.bias.copy_(torch.randn(lif.bias.shape, generator=_generator(5), dtype=F64) * 0.1)
+        if recurrent:
+            lif.recurrent.weight_mu.copy_(torch.randn(6, 6, generator=_generator(10), dtype=F64) * 0.4)
+            lif.recurrent.weight_rho.fill_(-1.5)
     mean = (torch.randn((batch, steps, *shape), generator=_generator(1), dtype=F64) * 0.4 + 0.2)
     variance = torch.rand((batch, steps, *shape), generator=_generator(2), dtype=F64) * 0.3
     variance = torch.where(variance < 0.05, 0.0, variance)   # silent binary inputs give exact zeros
@@ -405,8 +417,12 @@ def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_var
                              initial_state=state)
             spikes, voltages, final = output.spikes, output.voltage, output.final_state
         loss = (spikes * weights[0]).sum() + (voltages * weights[1]).sum() + (final.current * final_weight).sum()
+        for parameter in lif.parameters():
+            parameter.grad = None
         loss.backward()
         grads = [leaf.grad for leaf in leaves] + [lif.bias.grad.clone()]
+        if recurrent:
+            grads += [lif.recurrent.weight_mu.grad.clone(), lif.recurrent.weight_rho.grad.clone()]
         return spikes.detach(), voltages.detach(), final.current.detach(), grads
 
     fused, loop = run(False), run(True)
@@ -415,7 +431,9 @@ def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_var
         assert torch.equal(a, b)
     # gr_mc's conditional draws come in another order when drawn for the whole sequence at once.
     same_draws = per_step or estimator.method != "gr_mc"
-    for name, a, b in zip(("mean", "variance", "current0", "voltage0", "bias"), fused[3], loop[3]):
+    names = ("mean", "variance", "current0", "voltage0", "bias", "recurrent mu", "recurrent rho")
+    assert len(fused[3]) == len(loop[3]) == (7 if recurrent else 5)
+    for name, a, b in zip(names, fused[3], loop[3]):
         if name == "variance" and not with_variance:
             assert a is None and b is None
             continue
