@@ -39,44 +39,63 @@ def _run_layer(lif, mean, variance, noise, weights, *, loop: bool):
     mean = mean.clone().requires_grad_(True)
     variance = variance.clone().requires_grad_(True)
     lif.zero_grad()
+    zeros = torch.zeros_like(mean[:, 0])
     if loop:
-        state = CubaState(torch.zeros_like(mean[:, 0]), torch.zeros_like(mean[:, 0]))
-        spikes = []
+        state, spikes, step_spikes = CubaState(zeros, zeros), [], zeros
         for t in range(mean.shape[1]):
-            step_spikes, state = cuba_lif_step_noisy(mean[:, t], variance[:, t], state, lif.params, lif.bias,
+            step_mean, step_variance = mean[:, t], variance[:, t]
+            if lif.recurrent is not None:
+                feedback = lif.recurrent(step_spikes)
+                step_mean, step_variance = step_mean + feedback.mean, step_variance + feedback.variance
+            step_spikes, state = cuba_lif_step_noisy(step_mean, step_variance, state, lif.params, lif.bias,
                                                      estimator=lif.estimator, unit_noise=noise[:, t])
             spikes.append(step_spikes)
         spikes = torch.stack(spikes, 1)
     else:
         # CubaLif draws its own noise; feed the same draws by running its fused function directly.
         from sbnn.layers import _FusedNoisyLif
-        zeros = torch.zeros_like(mean[:, 0])
-        spikes = _FusedNoisyLif.apply(mean, variance, noise, lif.bias, zeros, zeros, lif.params, lif.estimator,
-                                      None, True, False)[0]
+        moments = None if lif.recurrent is None else lif.recurrent.stacked_moments()
+        spikes = _FusedNoisyLif.apply(mean, variance, noise, lif.bias, zeros, zeros, moments, lif.params,
+                                      lif.estimator, None, True, False)[0]
     (spikes * weights).sum().backward()
-    return spikes.detach(), mean.grad, variance.grad, lif.bias.grad.clone()
+    grads = [mean.grad, variance.grad, lif.bias.grad.clone()]
+    if lif.recurrent is not None:
+        grads += [lif.recurrent.weight_mu.grad.clone(), lif.recurrent.weight_rho.grad.clone()]
+    return (spikes.detach(), *grads)
+
+
+def _layer(dtype, device, recurrent: bool) -> CubaLif:
+    lif = CubaLif(128, current_decay=0.8, voltage_decay=0.9, threshold=0.6, base_noise_std=0.2,
+                  recurrent=recurrent, dtype=dtype, device=device)
+    if recurrent:
+        with torch.no_grad():
+            weights = torch.randn(128, 128, generator=torch.Generator().manual_seed(1), dtype=dtype) * 0.1
+            lif.recurrent.weight_mu.copy_(weights)
+    return lif
 
 
 def check_layer(report: dict, device: str) -> None:
-    for dtype in (torch.float32, torch.float64):
-        name = str(dtype).replace("torch.", "")
-        lif_cuda = CubaLif(128, current_decay=0.8, voltage_decay=0.9, threshold=0.6, base_noise_std=0.2,
-                           dtype=dtype, device=device)
-        inputs = _layer_inputs(device, dtype)
-        fused = _run_layer(lif_cuda, *inputs, loop=False)
-        loop = _run_layer(lif_cuda, *inputs, loop=True)
-        same_spikes = bool(torch.equal(fused[0], loop[0]))
-        grad_error = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(fused[1:], loop[1:]))
-        report[f"cuda_fused_vs_loop_{name}"] = {"identical_spikes": same_spikes, "max_relative_grad_error": grad_error}
-        print(f"[{name}] CUDA fused vs loop: identical spikes {same_spikes}, max relative grad error {grad_error:.2e}")
+    for recurrent in (False, True):
+        for dtype in (torch.float32, torch.float64):
+            name = str(dtype).replace("torch.", "") + ("_recurrent" if recurrent else "")
+            lif = _layer(dtype, device, recurrent)
+            inputs = _layer_inputs(device, dtype)
+            fused = _run_layer(lif, *inputs, loop=False)
+            loop = _run_layer(lif, *inputs, loop=True)
+            same_spikes = bool(torch.equal(fused[0], loop[0]))
+            grad_error = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(fused[1:], loop[1:]))
+            report[f"{device}_fused_vs_loop_{name}"] = {"identical_spikes": same_spikes,
+                                                        "max_relative_grad_error": grad_error}
+            print(f"[{name}] {device} fused vs loop: identical spikes {same_spikes}, "
+                  f"max relative grad error {grad_error:.2e}")
 
-        lif_cpu = CubaLif(128, current_decay=0.8, voltage_decay=0.9, threshold=0.6, base_noise_std=0.2, dtype=dtype)
-        cpu = _run_layer(lif_cpu, *_layer_inputs("cpu", dtype), loop=False)
-        differing = float((fused[0].cpu() != cpu[0]).float().mean())
-        grad_error = max(float((a.cpu() - b).abs().max() / b.abs().max()) for a, b in zip(fused[1:], cpu[1:]))
-        report[f"cuda_vs_cpu_{name}"] = {"fraction_of_spikes_differing": differing,
-                                         "max_relative_grad_difference": grad_error}
-        print(f"[{name}] CUDA vs CPU: {differing:.2e} of spikes differ, max relative grad difference {grad_error:.2e}")
+            cpu = _run_layer(_layer(dtype, "cpu", recurrent), *_layer_inputs("cpu", dtype), loop=False)
+            differing = float((fused[0].cpu() != cpu[0]).float().mean())
+            grad_error = max(float((a.cpu() - b).abs().max() / b.abs().max()) for a, b in zip(fused[1:], cpu[1:]))
+            report[f"{device}_vs_cpu_{name}"] = {"fraction_of_spikes_differing": differing,
+                                                 "max_relative_grad_difference": grad_error}
+            print(f"[{name}] {device} vs CPU: {differing:.2e} of spikes differ, "
+                  f"max relative grad difference {grad_error:.2e}")
 
 
 def _train(out: Path, device: str, epochs: int) -> tuple[dict, float]:
