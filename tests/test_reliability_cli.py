@@ -27,28 +27,11 @@ import hw_sim
 from hw_sim.random_networks import random_network
 from sbnn.data import DataError, restricted_pickle_load
 from sbnn.train import RunFolderError, load_checkpoint, load_trained_model
+from tiny_configs import TINY_RANDMAN_RUN
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY_CONFIG = """
-[data]
-name = "randman"
-num_classes = 3
-num_units = 12
-steps = 8
-samples_per_class = 20
-intrinsic_dim = 1
-
-[model]
-kind = "snn"
-hidden = [10]
-
-[train]
-epochs = 1
-batch_size = 16
-eval_samples = 1
-threads = 1
-
+TINY_CONFIG = TINY_RANDMAN_RUN + """
 [export]
 posterior_samples = 1
 calibration_samples = 8

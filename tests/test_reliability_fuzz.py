@@ -45,6 +45,7 @@ from sbnn.data.dvs_gesture import load_dvs_gesture, read_aedat_polarity_events, 
 from sbnn.data.npz import load_npz
 from sbnn.data.shd import read_shd_file
 from sbnn.train import RunFolderError, load_trained_model
+from tiny_configs import TINY_RANDMAN_RUN
 
 MEMORY_HEADROOM = 512 << 20   # what one reader call may add to the process's address space
 CALL_SECONDS = 30
@@ -53,25 +54,7 @@ FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
-TINY_CONFIG = """
-[data]
-name = "randman"
-num_classes = 3
-num_units = 12
-steps = 8
-samples_per_class = 20
-intrinsic_dim = 1
-
-[model]
-kind = "snn"
-hidden = [10]
-
-[train]
-epochs = 1
-batch_size = 16
-eval_samples = 1
-threads = 1
-"""
+TINY_CONFIG = TINY_RANDMAN_RUN
 
 
 # --------------------------------------------------------------------------------------------------
