@@ -17,10 +17,12 @@ estimator of that derivative, ``db/dz := g_b``:
 ``"gr_mc"``    Gumbel–Rao Monte Carlo: hard forward, backward the relaxed Jacobian at ``tau`` averaged over
                ``k`` noise draws conditioned on the sampled ``b``.
 
-``tau`` is measured in units of the noise scale.  All derivative formulas are evaluated in log space, so
-they are finite (no NaN, no Inf) for ``|z| <= 40`` and ``1e-3 <= tau <= 1e3`` in float32 and float64.
-The code is device-agnostic and branches in Python only on hyperparameters, never on tensor values, so
-it can be traced by ``torch.compile``.
+``tau`` is measured in units of the noise scale.  The derivative formulas are evaluated in log space, or
+(Gaussian AGR of the sampled outcome, the training hot path) as erfc ratios with Mills ratios in the far
+tail, so they are finite (no NaN, no Inf) for ``|z| <= 40`` and ``1e-3 <= tau <= 1e3`` in float32 and
+float64.  The code is device-agnostic.  It branches in Python on hyperparameters, and on tensor values
+only to skip the far tail on the CPU when eager; under ``torch.compile`` and on accelerators it
+evaluates every branch, so it traces without graph breaks.
 """
 
 from __future__ import annotations
