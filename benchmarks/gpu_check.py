@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from sbnn.layers import CubaLif, CubaState, Preactivation, cuba_lif_step_noisy
+from sbnn.layers import CubaLif, CubaState, cuba_lif_step_noisy
 
 
 def _layer_inputs(device, dtype, batch=32, steps=60, width=128, seed=0):
