@@ -223,7 +223,7 @@ _MILLS_DEPTH = 8
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 # Derivatives below exp(floor) are returned as exact zeros: subnormal numbers make x86 arithmetic ~5x
 # slower, and (times an upstream gradient) they would spread through the backward pass.
-_LOG_DERIVATIVE_FLOOR = {torch.float16: -10.0, torch.bfloat16: -60.0, torch.float32: -60.0}
+_LOG_DERIVATIVE_FLOOR = {torch.float16: -9.0, torch.bfloat16: -60.0, torch.float32: -60.0}
 _LOG_DERIVATIVE_FLOOR_DEFAULT = -600.0
 
 
