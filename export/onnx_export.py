@@ -29,9 +29,9 @@ from torch import nn
 from hw_sim.arith import CURRENT_DECAY_OFFSET, DECAY_UNITY, STATE_SHIFT, prepare_dense_weights
 from hw_sim.atomic import atomic_path
 from hw_sim.loihi import exact_matmul_dtype
-from hw_sim.network import ConvLayer, Network
+from hw_sim.network import ConvLayer, DenseLayer, Network
 
-from .float_network import FloatNetwork
+from .float_network import ExportError, FloatNetwork
 
 OPSET = 18   # BitwiseAnd (the int32 and 24-bit wraps) needs opset 18
 MAX_STATE_ELEMENTS = 1 << 28   # run_onnx refuses a model whose declared state would need more (all inputs)
@@ -109,6 +109,15 @@ def _trunc_decay(values: torch.Tensor, factor: int) -> torch.Tensor:
     return torch.sign(product) * torch.bitwise_right_shift(torch.abs(product), 12)
 
 
+def _delay_stacked(weights: np.ndarray, delays: np.ndarray | None) -> torch.Tensor:
+    """Dense weights as one float64 matrix; with delays, the rows of delay 0, 1, ..., D stacked, so one
+    product gives every delay group's sum ((D + 1)·out, in)."""
+    if delays is None:
+        return torch.tensor(weights, dtype=torch.float64)
+    stacked = [np.where(delays == d, weights, 0) for d in range(int(delays.max()) + 1)]
+    return torch.tensor(np.concatenate(stacked), dtype=torch.float64)
+
+
 class IntegerStep(nn.Module):
     """One Lava step of an integer hw_sim Network, exact: (x, *state) -> (out, *next_state)."""
 
@@ -120,16 +129,16 @@ class IntegerStep(nn.Module):
                 # onnxruntime has no float64 Conv: float32 is exact while every sum stays below 2^24.
                 max_input = (1 << network.input_message_bits) - 1 if k == 0 and network.input_message_bits else 1
                 if exact_matmul_dtype(layer.weights.reshape(layer.weights.shape[0], -1), max_input) != np.float32:
-                    raise ValueError(f"layer {k}: conv sums can exceed 2^24, beyond what an ONNX float32 Conv computes exactly")
+                    raise ExportError(f"layer {k}: conv sums can exceed 2^24, beyond what an ONNX float32 Conv computes exactly")
                 self.register_buffer(f"w{k}", torch.tensor(layer.weights, dtype=torch.float32))
             else:
                 weights = prepare_dense_weights(layer.weights, layer.effective_sign_mode(), layer.num_weight_bits)
-                self.register_buffer(f"w{k}", torch.tensor(weights, dtype=torch.float64))
+                self.register_buffer(f"w{k}", _delay_stacked(weights, layer.delays))
                 if layer.recurrent_weights is not None:
                     recurrent = prepare_dense_weights(layer.recurrent_weights,
                                                       layer.effective_sign_mode(layer.recurrent_weights),
                                                       layer.num_weight_bits)
-                    self.register_buffer(f"wr{k}", torch.tensor(recurrent, dtype=torch.float64))
+                    self.register_buffer(f"wr{k}", _delay_stacked(recurrent, layer.recurrent_delays))
             self.register_buffer(f"bias{k}", torch.tensor(layer.neurons.bias, dtype=torch.int64))
 
     def state_names(self) -> list[str]:
@@ -138,12 +147,24 @@ class IntegerStep(nn.Module):
             names += [f"a{k}", f"u{k}", f"v{k}"] + ([f"r{k}"] if getattr(layer, "recurrent_weights", None) is not None else [])
         return names
 
-    def initial_state(self, batch: int) -> list[torch.Tensor]:
-        return [torch.zeros(batch, *self.network.layers[int(name[1:])].shape, dtype=torch.int64)
-                for name in self.state_names()]
+    def _state_shape(self, name: str) -> tuple[int, ...]:
+        """u, v: the layer's shape. a (synapse buffer) and r (recurrent buffer): the layer's shape, or
+        (1 + largest delay, N) for a delayed synapse, entry d arriving d steps after the next one."""
+        k = int(name[1:])
+        layer = self.network.layers[k]
+        if name[0] in "ar" and isinstance(layer, DenseLayer):
+            delays = layer.delays if name[0] == "a" else layer.recurrent_delays
+            if delays is not None:
+                return (int(delays.max()) + 1, *layer.shape)
+        return layer.shape
 
-    def _synapse(self, k: int, layer, signal: torch.Tensor) -> torch.Tensor:
-        weight = getattr(self, f"w{k}")
+    def initial_state(self, batch: int) -> list[torch.Tensor]:
+        return [torch.zeros(batch, *self._state_shape(name), dtype=torch.int64) for name in self.state_names()]
+
+    def _synapse(self, k: int, layer, signal: torch.Tensor, weight: torch.Tensor | None = None,
+                 buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The synapse's next buffer: what it sends next step (and, with delays, in later steps)."""
+        weight = getattr(self, f"w{k}") if weight is None else weight
         if isinstance(layer, ConvLayer):
             summed = F.conv2d(signal.to(torch.float32), weight, stride=layer.stride, padding=layer.padding,
                               dilation=layer.dilation, groups=layer.groups).to(torch.int64)
@@ -151,7 +172,12 @@ class IntegerStep(nn.Module):
         summed = (signal.reshape(signal.shape[0], -1).to(torch.float64) @ weight.t()).to(torch.int64)
         exponent = layer.weight_exp
         shifted = summed * (1 << exponent) if exponent >= 0 else torch.bitwise_right_shift(summed, -exponent)
-        return _wrap(shifted, 32)
+        if buffer is None or buffer.dim() == 2:
+            return _wrap(shifted, 32)
+        # Lava's DelayDense: each delay group shifted on its own, added to the buffer moved on by one step.
+        groups = shifted.reshape(shifted.shape[0], buffer.shape[1], -1)
+        moved = torch.cat([buffer[:, 1:], torch.zeros_like(buffer[:, :1])], dim=1)
+        return _wrap(moved + groups, 32)
 
     def forward(self, x: torch.Tensor, *state: torch.Tensor):
         state = list(state)
@@ -162,10 +188,11 @@ class IntegerStep(nn.Module):
         for k, layer in enumerate(self.network.layers):
             buffered, u, v = state[position], state[position + 1], state[position + 2]
             position += 3
-            a_in = buffered
+            a_in = buffered[:, 0] if buffered.dim() == 3 and not isinstance(layer, ConvLayer) else buffered
             recurrent = getattr(layer, "recurrent_weights", None) is not None
             if recurrent:
-                a_in = _wrap(a_in + state[position], 32)
+                recurrent_buffer = state[position]
+                a_in = _wrap(a_in + (recurrent_buffer[:, 0] if recurrent_buffer.dim() == 3 else recurrent_buffer), 32)
                 position += 1
             neurons = layer.neurons
             decayed = _wrap(_trunc_decay(u, DECAY_UNITY - neurons.du - CURRENT_DECAY_OFFSET), 32)
@@ -177,13 +204,10 @@ class IntegerStep(nn.Module):
             fired = v > (neurons.vth << STATE_SHIFT)
             v = torch.where(fired, torch.zeros_like(v), v)
             spikes = fired.to(torch.int64)
-            next_buffer = self._synapse(k, layer, signal)
+            next_buffer = self._synapse(k, layer, signal, buffer=buffered)
             next_state += [next_buffer, u, v]
             if recurrent:
-                summed = (spikes.to(torch.float64) @ getattr(self, f"wr{k}").t()).to(torch.int64)
-                exponent = layer.weight_exp
-                shifted = summed * (1 << exponent) if exponent >= 0 else torch.bitwise_right_shift(summed, -exponent)
-                next_state.append(_wrap(shifted, 32))
+                next_state.append(self._synapse(k, layer, spikes, getattr(self, f"wr{k}"), recurrent_buffer))
             out = v if getattr(layer, "readout", False) else spikes
             signal = spikes
         return (out, *next_state)

@@ -13,11 +13,11 @@ h5py, so the Lava worker (numpy < 2) can use them too.
 
 from .arith import SignMode
 from .network import ConvLayer, CubaNeurons, DenseLayer, Network, NetworkError, RunResult
-from .netx_io import LoihiFileError, equivalent, load, netx_exact, save
+from .netx_io import LoihiFileError, LoihiFileWarning, equivalent, load, netx_exact, save
 from .verification import VerifyReport, compare, verify
 
 __all__ = ["SignMode", "ConvLayer", "CubaNeurons", "DenseLayer", "Network", "NetworkError", "RunResult",
-           "LoihiFileError", "equivalent", "load", "netx_exact", "save", "lava", "verify", "compare", "VerifyReport", "random_network"]
+           "LoihiFileError", "LoihiFileWarning", "equivalent", "load", "netx_exact", "save", "lava", "verify", "compare", "VerifyReport", "random_network"]
 
 
 def __getattr__(name: str):

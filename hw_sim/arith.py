@@ -48,10 +48,15 @@ def prepare_dense_weights(weights: np.ndarray, sign_mode: SignMode, num_weight_b
     w = np.asarray(weights, dtype=np.int64)
     flip = sign_mode == SignMode.INHIBITORY
     mixed = int(sign_mode == SignMode.MIXED)
+    drop = 8 - int(num_weight_bits) + mixed
+    if drop < 0 or drop >= 32:
+        # Lava shifts int32 numpy arrays by ``drop``; numpy turns a negative or too wide shift into 0 (or -1,
+        # shifted back to 0). netx can ask for this: 9 weight bits for a single-signed matrix, e.g. the
+        # recurrent half of a mixed dense_rec layer. Every weight is then 0, and so is this result.
+        return np.zeros_like(w)
     if flip:
         w = -w
     w = np.clip(w, -256 * mixed, 255)
-    drop = 8 - int(num_weight_bits) + mixed
     w = (w >> drop) << drop
     return -w if flip else w
 
@@ -99,7 +104,9 @@ def netx_optimize_weight_bits(weight: np.ndarray) -> tuple[np.ndarray, int, int]
 
     netx scales the weights up by the largest power of two that keeps them in 8 bits, and compensates
     with a negative weight exponent; Lava then infers the sign mode from the scaled matrix. For weights
-    in about [-128, 127] the result is exactly Σ w·s.
+    in about [-128, 127] the result is exactly Σ w·s. Outside that range netx's quirks are kept, not refused
+    (docs/netx.md): weights in [-128, 0] become [-256, 0], which Lava then reads as inhibitory and clips to
+    -255; mixed odd weights beyond ±128 get 9 weight bits; single-signed weights beyond 8 bits become 0.
     """
     w = np.asarray(weight, dtype=np.float64)
     max_weight, min_weight = np.max(w), np.min(w)   # numpy scalars: x / 0 is inf, as in netx
@@ -113,13 +120,17 @@ def netx_optimize_weight_bits(weight: np.ndarray) -> tuple[np.ndarray, int, int]
             is_signed, scale = 0, 255 / max_weight
         else:
             is_signed, scale = 1, min(127 / max_weight, -128 / min_weight)
-    scale_bits = int(np.floor(np.log2(scale))) + is_signed if np.isfinite(scale) else -1
-    if scale_bits < 0:  # netx itself would crash (all zero) or shift by a negative count (all zero)
-        raise ValueError("netx cannot represent this weight matrix (all zero, or beyond 8 bits)")
+    if not np.isfinite(scale):  # an all-zero matrix: netx fails converting log2(inf) to an integer
+        raise ValueError("netx cannot load an all-zero weight matrix (netx 0.6 fails on it)")
+    scale_bits = int(np.floor(np.log2(scale))) + is_signed
     n = 8
     while n > 0 and np.sum(np.abs(w / 2**n - np.round(w / 2**n))) != 0:
         n -= 1
     n -= is_signed
+    if scale_bits < 0:
+        # A single-signed matrix beyond 8 bits: netx shifts it by a negative count, which numpy turns into
+        # all zeros. Lava runs the zero matrix; so do we (with netx's exponent; the bits no longer matter).
+        return np.zeros(w.shape, dtype=np.int64), 8, int(-scale_bits)
     num_weight_bits = 8 - scale_bits - n
     scaled = np.left_shift(w.astype(np.int64), scale_bits)
     return scaled, int(num_weight_bits), int(-scale_bits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -72,9 +73,22 @@ def lava_python() -> Path:
     return path
 
 
-def choose_mode(network: Network) -> str:
-    """"concat" (samples back to back, exact without biases) or "per_sample" (a fresh run per sample)."""
-    return "concat" if all(not np.any(layer.neurons.bias) for layer in network.layers) else "per_sample"
+def concat_is_exact(network: Network, builder: str = "description") -> bool:
+    """Whether samples run back to back (staggered resets, zero padding) give exactly what fresh networks
+    give: only without biases (neurons integrate through the pad) and without recurrent synapses (their
+    buffered spikes cross the reset); with netx building the network, also only without delays (netx
+    staggers its resets by one step per layer, which delayed leftovers outlast)."""
+    for layer in network.layers:
+        if np.any(layer.neurons.bias) or getattr(layer, "recurrent_weights", None) is not None:
+            return False
+        if builder == "netx" and getattr(layer, "max_delay", 0):
+            return False
+    return True
+
+
+def choose_mode(network: Network, builder: str = "description") -> str:
+    """"concat" (samples back to back) where that is provably exact, else "per_sample" (a fresh run each)."""
+    return "concat" if concat_is_exact(network, builder) else "per_sample"
 
 
 def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
@@ -98,25 +112,33 @@ def _kill_group(process: subprocess.Popen, grace: float = 3.0) -> None:
 
 
 def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: str = "auto",
-        builder: str = "description", workers: int = 1, timeout: float = 600.0) -> RunResult:
+        builder: str = "description", workers: int | None = None, timeout: float = 600.0,
+        netx_file: str | os.PathLike | None = None) -> RunResult:
     """Run ``network`` on ``x`` ((batch, T, *input_shape) integers) in Lava; same result as hw_sim.loihi.run.
 
-    ``builder="description"`` builds Lava's Dense/Conv/LIF(Reset) processes from the description;
-    ``"netx"`` has Intel's ``netx.hdf5.Network`` load our ``loihi.h5`` (the network must be
-    :func:`~hw_sim.netx_io.netx_exact`). ``workers`` > 1 splits the batch over parallel Lava processes.
+    ``builder="description"`` builds Lava's Dense/DelayDense/Conv/LIF(Reset) processes from the description;
+    ``"netx"`` has Intel's ``netx.hdf5.Network`` load a file: ``netx_file`` itself, byte for byte, when
+    given (``network`` must then be ``hw_sim.load`` of it), else our ``loihi.h5`` of ``network`` (which
+    must be :func:`~hw_sim.netx_io.netx_exact`). ``mode="auto"`` runs samples back to back only where
+    that is exact (:func:`concat_is_exact`). ``workers``: parallel Lava processes over the batch (default:
+    one for back-to-back runs, one per CPU core for per-sample runs).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, found {mode!r}")
     if builder not in BUILDERS:
         raise ValueError(f"builder must be one of {BUILDERS}, found {builder!r}")
+    if netx_file is not None and builder != "netx":
+        raise ValueError("netx_file is only used with builder='netx'")
     x = np.asarray(x)
     if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
         raise NetworkError(f"input must have shape (batch, T, {', '.join(map(str, network.input_shape))}), "
                            f"found {x.shape}")
-    if builder == "netx" and not netx_exact(network):
+    if builder == "netx" and netx_file is None and not netx_exact(network):
         raise ValueError("netx cannot express this network exactly (see hw_sim.netx_exact)")
     if mode == "auto":
-        mode = choose_mode(network)
+        mode = choose_mode(network, builder)
+    if workers is None:
+        workers = 1 if mode == "concat" else max(1, os.cpu_count() or 1)
     python = lava_python()
     chunks = [chunk for chunk in np.array_split(np.arange(x.shape[0]), max(1, min(workers, x.shape[0]))) if chunk.size]
     with tempfile.TemporaryDirectory(prefix="sbnn-lava-") as scratch:
@@ -126,10 +148,14 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: s
             for index, chunk in enumerate(chunks):
                 job_dir = Path(scratch) / f"job{index}"
                 job_dir.mkdir()
-                save(network, job_dir / "loihi.h5")
+                if netx_file is not None:
+                    shutil.copyfile(netx_file, job_dir / "loihi.h5")   # the user's bytes, not our reading
+                else:
+                    save(network, job_dir / "loihi.h5")
                 np.save(job_dir / "input.npy", x[chunk].astype(np.int64))
                 (job_dir / "job.json").write_text(json.dumps(
-                    {"builder": builder, "mode": mode, "record_states": record_states}))
+                    {"builder": builder, "mode": mode, "record_states": record_states,
+                     "input_shape": list(network.input_shape)}))
                 process = subprocess.Popen(
                     [str(python), "-c", _SUPERVISOR, str(watch_read), scratch, str(job_dir)], cwd=PROJECT_ROOT,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, pass_fds=(watch_read,),

@@ -7,11 +7,12 @@ Dense/Conv/LIF processes from our description, "netx" loads the file with Intel'
 ``output.npz`` with ``spikes_k``, ``u_k``, ``v_k`` per layer in hw_sim's layout and timing, then exits 0.
 Any failure exits non-zero with a one-line message on stderr.
 
-Batching (LOIHI.md §2): Lava has no batch dimension. In "concat" mode the samples run back to back, each
-padded with L zero steps (L = number of layers), and LIFReset clears layer k (1-based) at the sample's
-virtual step k - L + 1, so the last layer is cleared exactly when its first real output step begins. That
-is exact for bias-free networks; with biases, neurons keep integrating through the pad, so the runner
-uses "per_sample" mode (a fresh Lava network per sample) instead.
+Batching (docs/loihi.md): Lava has no batch dimension. In "concat" mode the samples run back to back, each
+padded with zero steps, and LIFReset clears each layer at a staggered virtual step of the sample
+(:func:`reset_steps`) so that no activity of one sample reaches the next. That is exact only for networks
+without biases (neurons would integrate through the pad) and without recurrent synapses (their buffered
+spikes cross the reset); :func:`hw_sim.lava.choose_mode` uses "per_sample" (a fresh Lava network per
+sample) for everything else.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-# Import fix before the first `import lava` (LOIHI.md §7).
+# Import fix before the first `import lava` (docs/loihi.md).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hw_sim import lava_compat  # noqa: E402
 
@@ -31,7 +33,7 @@ lava_compat.install()
 
 from hw_sim.arith import SignMode  # noqa: E402
 from hw_sim.netx_io import load  # noqa: E402
-from hw_sim.network import ConvLayer, Network  # noqa: E402
+from hw_sim.network import MAX_DELAY, ConvLayer, Network  # noqa: E402
 
 
 def lava_order(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -53,18 +55,35 @@ class Built:
         self.keep_alive = keep_alive
 
 
-def reset_offsets(num_layers: int, period: int) -> list[int]:
-    """LIFReset offsets (time_step % period) clearing layer k at virtual step k - L + 1 (LOIHI.md §2)."""
-    return [(k - num_layers + 1) % period for k in range(1, num_layers + 1)]
+def reset_steps(network: Network) -> tuple[list[int], int]:
+    """Virtual steps r_k (the sample's first input column is sent at virtual step 1) at which LIFReset clears
+    layer k, and the zero padding each sample needs, for exact back-to-back samples without bias or recurrence.
+
+    Layer k's leftovers from the previous sample are spikes emitted before r_k; they reach layer k + 1 at most
+    1 + d_(k+1) steps later (d = that synapse's largest delay), so r_(k+1) = r_k + 1 + d_(k+1) and the last
+    layer is cleared at virtual step 1. The pad lets the previous sample's last input column reach layer 1
+    before r_1: pad = 2 + d_1 - r_1. Without delays this is r_k = k - L + 1 with pad L.
+    """
+    delays = [layer.max_delay if hasattr(layer, "max_delay") else 0 for layer in network.layers]
+    steps = [1]
+    for delay in reversed(delays[1:]):
+        steps.insert(0, steps[0] - 1 - delay)
+    return steps, 2 + delays[0] - steps[0]
 
 
 def build_from_description(network: Network, period: int | None) -> Built:
     from lava.proc.conv.process import Conv
-    from lava.proc.dense.process import Dense
+    from lava.proc.dense.process import Dense, DelayDense
     from lava.proc.lif.process import LIF, LIFReset
     from lava.utils.weightutils import SignMode as LavaSignMode
 
-    offsets = reset_offsets(len(network.layers), period) if period else None
+    offsets = [step % period for step in reset_steps(network)[0]] if period else None
+
+    def dense(weights, delays, **arguments):
+        if delays is None:
+            return Dense(weights=weights, **arguments)
+        return DelayDense(weights=weights, delays=np.asarray(delays, dtype=int), max_delay=MAX_DELAY, **arguments)
+
     previous_out = None
     input_port = None
     neurons, keep = [], []
@@ -86,11 +105,11 @@ def build_from_description(network: Network, period: int | None) -> Built:
                               num_message_bits=message_bits)
             if layer.sign_mode != SignMode.INFERRED:
                 dense_args["sign_mode"] = LavaSignMode(int(layer.sign_mode))
-            synapse = Dense(weights=layer.weights, **dense_args)
+            synapse = dense(layer.weights, layer.delays, **dense_args)
             synapse_in = synapse.s_in
             if layer.recurrent_weights is not None:
                 dense_args["num_message_bits"] = 0
-                recurrent = Dense(weights=layer.recurrent_weights, **dense_args)
+                recurrent = dense(layer.recurrent_weights, layer.recurrent_delays, **dense_args)
                 lif.s_out.connect(recurrent.s_in)
                 recurrent.a_out.connect(lif.a_in)
                 keep.append(recurrent)
@@ -112,9 +131,13 @@ def _lava_array(array: np.ndarray) -> np.ndarray:
 
 
 def build_from_netx(path: Path, network: Network, period: int | None) -> Built:
+    """Intel's netx loads the file itself; ``input_shape`` is given as netx takes it, (W, H, C), for files
+    without an input layer that start with a conv layer (netx ignores it otherwise)."""
     from lava.lib.dl.netx import hdf5
 
     kwargs = dict(net_config=str(path), input_message_bits=network.input_message_bits)
+    if len(network.input_shape) == 3:
+        kwargs["input_shape"] = lava_order(network.input_shape)
     if period:
         # netx clears layer k (0-based) at time_step ≡ reset_offset + 1 + k; we want virtual step k + 2 - L.
         kwargs.update(reset_interval=period, reset_offset=(1 - len(network.layers)) % period)
@@ -142,6 +165,8 @@ def run_once(build, network: Network, data: np.ndarray, steps: int, record_state
     from lava.proc.monitor.process import Monitor
 
     built = build()
+    if len(built.input_port.shape) == 1 and data.ndim > 2:   # a dense first layer reads (C, H, W) flattened
+        data = reverse_axes(reverse_axes(data).reshape(data.shape[-1], -1))
     source = Source(data=data.astype(np.int32))
     source.s_out.connect(built.input_port)
     sinks, monitors = [], []
@@ -171,11 +196,13 @@ def run_once(build, network: Network, data: np.ndarray, steps: int, record_state
 
 def main(job_dir: Path) -> None:
     job = json.loads((job_dir / "job.json").read_text())
-    network = load(job_dir / "loihi.h5")
+    input_shape = job.get("input_shape")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the parent has shown the file's warnings already
+        network = load(job_dir / "loihi.h5", input_shape=tuple(input_shape) if input_shape else None)
     x = np.load(job_dir / "input.npy", allow_pickle=False)
     batch, steps = x.shape[:2]
     record_states = bool(job["record_states"])
-    num_layers = len(network.layers)
     if job["builder"] == "netx":
         _import_netx()
 
@@ -187,7 +214,7 @@ def main(job_dir: Path) -> None:
     outputs: dict[str, list] = {"spikes": [[] for _ in network.layers], "u": [[] for _ in network.layers],
                                 "v": [[] for _ in network.layers]}
     if job["mode"] == "concat":
-        period = steps + num_layers
+        period = steps + reset_steps(network)[1]
         data = np.zeros((*lava_order(network.input_shape), batch * period), dtype=np.int64)
         for i in range(batch):
             data[..., i * period:i * period + steps] = reverse_axes(x[i])

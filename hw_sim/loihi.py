@@ -60,11 +60,46 @@ INT32_LIMIT = 1 << 31
 def dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
     """What the layer's Dense sends one step later: shift(Σ W_q · s, weight_exp), wrapped to int32.
 
-    ``inputs``: (rows, in) integer spikes or payloads -> (rows, out) int64.
+    ``inputs``: (rows, in) integer spikes or payloads -> (rows, out) int64. Without delays only.
     """
     weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
     sums = shift_by_exponent(integer_matmul(inputs, weights, max_abs_input), layer.weight_exp)
     return wrap_int32(sums) if synaptic_bound(weights, max_abs_input, layer.weight_exp) >= INT32_LIMIT else sums
+
+
+def delay_groups(weights: np.ndarray, delays: np.ndarray | None) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """The connections of one delay each: [(delay, rows, columns, weights of those rows and columns)].
+
+    Each group holds only the rows and columns that have a non-zero weight at that delay, so per-neuron
+    (axonal) or per-input delays cost one product's worth in total, not one per distinct delay.
+    """
+    if delays is None:
+        return [(0, np.arange(weights.shape[0]), np.arange(weights.shape[1]), weights)]
+    groups = []
+    for delay in np.unique(delays[weights != 0]):
+        mask = (delays == delay) & (weights != 0)
+        rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        groups.append((int(delay), rows, columns, np.where(mask, weights, 0)[np.ix_(rows, columns)]))
+    return groups
+
+
+def delayed_dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
+    """Lava's DelayDense: what reaches the neurons one step (plus each connection's delay) later.
+
+    ``inputs``: (B, T, in) -> (B, T, out) int64, entry t being what the synapse sends at step t + 1: the
+    sum over delays d of shift(Σ_{delay = d} W_q · s(t - d), weight_exp), each group shifted (floored)
+    separately as Lava does, the total wrapped to int32 like Lava's int32 delay buffer.
+    """
+    batch, steps = inputs.shape[:2]
+    rows_in = inputs.reshape(batch * steps, -1)
+    weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
+    total = np.zeros((batch, steps, layer.shape[0]), dtype=np.int64)
+    for delay, rows, columns, group in delay_groups(weights, layer.delays):
+        if delay >= steps:
+            continue
+        sums = shift_by_exponent(integer_matmul(rows_in[:, columns], group, max_abs_input), layer.weight_exp)
+        total[:, delay:, rows] += sums.reshape(batch, steps, rows.size)[:, :steps - delay]
+    return wrap_int32(total)
 
 
 def synaptic_bound(weights: np.ndarray, max_abs_input: int, weight_exp: int = 0) -> int:
@@ -118,30 +153,41 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     rows = inputs.reshape(batch * steps, *inputs.shape[2:])
     if isinstance(layer, ConvLayer):
         synaptic = conv_synaptic_input(layer, rows, max_abs_input)
+    elif layer.delays is not None:
+        synaptic = delayed_dense_synaptic_input(layer, inputs.reshape(batch, steps, -1), max_abs_input)
     else:
         synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
     if isinstance(layer, ConvLayer):
         a_in_bound = min(synaptic_bound(layer.weights, max_abs_input), 1 << 23)
     else:
-        a_in_bound = min(synaptic_bound(prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits),
-                                        max_abs_input, layer.weight_exp), INT32_LIMIT)
+        weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
+        # Each delay group's shift may floor by one more: bound + the number of groups.
+        groups = len(delay_groups(weights, layer.delays))
+        a_in_bound = min(synaptic_bound(weights, max_abs_input, layer.weight_exp) + groups, INT32_LIMIT)
 
-    neurons = layer.neurons
-    recurrent_weights = None
+    recurrent_groups = None
     if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
         recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
                                                   layer.effective_sign_mode(layer.recurrent_weights),
                                                   layer.num_weight_bits)
-        a_in_bound += synaptic_bound(recurrent_weights, 1, layer.weight_exp)
+        recurrent_groups = delay_groups(recurrent_weights, layer.recurrent_delays)
+        a_in_bound += synaptic_bound(recurrent_weights, 1, layer.weight_exp) + len(recurrent_groups)
     if (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT:
-        return _run_neurons_float(layer, synaptic, recurrent_weights, record_states)
-    return _run_neurons_int(layer, synaptic, recurrent_weights, record_states)
+        return _run_neurons_float(layer, synaptic, recurrent_groups, record_states)
+    return _run_neurons_int(layer, synaptic, recurrent_groups, record_states)
 
 
-def _run_neurons_int(layer, synaptic: np.ndarray, recurrent_weights: np.ndarray | None,
+RecurrentGroups = list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def _run_neurons_int(layer, synaptic: np.ndarray, recurrent_groups: RecurrentGroups | None,
                      record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """The neuron recursion in int64 with Lava's int32 wraps (for sums that can leave int32)."""
+    """The neuron recursion in int64 with Lava's int32 wraps (for sums that can leave int32).
+
+    Recurrent spikes of step t reach the neurons at step t + 1 + d through connections of delay d; they
+    wait in ``pending``, a ring of future inputs.
+    """
     batch, steps = synaptic.shape[:2]
     neurons = layer.neurons
     bias = neurons.bias
@@ -150,21 +196,25 @@ def _run_neurons_int(layer, synaptic: np.ndarray, recurrent_weights: np.ndarray 
     spikes = np.zeros((batch, steps, *layer.shape), dtype=np.uint8)
     us = np.zeros((batch, steps, *layer.shape), dtype=np.int64) if record_states else None
     vs = np.zeros_like(us) if record_states else None
-    recurrent = np.zeros_like(u)
+    ring = 2 + max((group[0] for group in recurrent_groups or []), default=0)
+    pending = np.zeros((ring, *u.shape), dtype=np.int64)
     for t in range(steps):
         a_in = synaptic[:, t - 1] if t > 0 else np.zeros_like(u)
-        if recurrent_weights is not None:
-            a_in = wrap_int32(a_in + recurrent)
+        if recurrent_groups is not None:
+            a_in = wrap_int32(a_in + pending[t % ring])
+            pending[t % ring] = 0
         u, v, fired = neuron_step(neurons, bias, u, v, a_in)
         spikes[:, t] = fired
         if record_states:
             us[:, t], vs[:, t] = u, v
-        if recurrent_weights is not None:
-            recurrent = wrap_int32(shift_by_exponent(integer_matmul(fired, recurrent_weights, 1), layer.weight_exp))
+        for delay, rows, columns, group in recurrent_groups or []:
+            arriving = pending[(t + 1 + delay) % ring]
+            arriving[:, rows] = wrap_int32(arriving[:, rows] + shift_by_exponent(
+                integer_matmul(fired[:, columns], group, 1), layer.weight_exp))
     return spikes, us, vs
 
 
-def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_weights: np.ndarray | None,
+def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_groups: RecurrentGroups | None,
                        record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The same recursion in float64, exact because every value is an integer below 2^53.
 
@@ -181,8 +231,10 @@ def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_weights: np.ndarra
     bias = np.broadcast_to(neurons.bias.astype(np.float64), shape)
     threshold = float(neurons.vth << STATE_SHIFT)
     half, full, limit = float(1 << 23), float(1 << 24), float(STATE_MAX)
-    if recurrent_weights is not None:
-        recurrent_matrix = np.ascontiguousarray(recurrent_weights.T, dtype=np.float64) * (2.0 ** layer.weight_exp)
+    recurrent = [(delay, rows, columns, np.ascontiguousarray(group.T, dtype=np.float64) * (2.0 ** layer.weight_exp))
+                 for delay, rows, columns, group in recurrent_groups or []]
+    ring = 2 + max((group[0] for group in recurrent), default=0)
+    pending = np.zeros((ring, batch, int(np.prod(layer.shape)))) if recurrent else None
     u, v = np.zeros(shape), np.zeros(shape)
     spikes = np.zeros((steps, *shape), dtype=np.uint8)
     us = np.zeros((steps, *shape)) if record_states else None
@@ -193,9 +245,9 @@ def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_weights: np.ndarra
         np.trunc(u, out=u)
         if t > 0:
             u += drive[t - 1]
-        if recurrent_weights is not None and t > 0:
-            recurrent = fired.reshape(batch, -1).astype(np.float64) @ recurrent_matrix
-            u += np.floor(recurrent).reshape(shape) * (1 << STATE_SHIFT)
+        if recurrent:
+            u += pending[t % ring].reshape(shape) * (1 << STATE_SHIFT)
+            pending[t % ring] = 0.0
         if u.max(initial=0.0) > half:
             u[u > half] -= full
         if u.min(initial=0.0) <= -half:
@@ -208,6 +260,10 @@ def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_weights: np.ndarra
         np.greater(v, threshold, out=fired)
         v[fired] = 0.0
         spikes[t] = fired
+        if recurrent:
+            flat = fired.reshape(batch, -1)
+            for delay, rows, columns, matrix in recurrent:
+                pending[(t + 1 + delay) % ring][:, rows] += np.floor(flat[:, columns].astype(np.float64) @ matrix)
         if record_states:
             us[t], vs[t] = u, v
     spikes = np.moveaxis(spikes, 0, 1)

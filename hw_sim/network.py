@@ -6,9 +6,10 @@ A :class:`Network` is an input shape followed by neuron layers in order. Each la
 Shapes follow torch/slayer order: dense layers are ``(N,)``, conv layers ``(C, H, W)``. A dense layer
 that follows a conv layer reads the conv output flattened in (C, H, W) order (netx's ``flatten``).
 
-Arithmetic (LOIHI.md §1), per layer and step t, with ``s_in`` the previous layer's spikes::
+Arithmetic (docs/loihi.md), per layer and step t, with ``s_in`` the previous layer's spikes::
 
     a(t)   = shift(Σ W_q · s_in(t - 1), weight_exp)      # dense; conv: wrap24(conv(s_in(t - 1), W))
+    a(t)   = Σ_d shift(Σ_{delay = d} W_q · s_in(t - 1 - d), weight_exp)   # dense with synaptic delays
     u(t)   = wrap24(trunc(u(t-1) · (4095 - du) / 4096) + (a(t) << 6))
     v(t)   = clip(trunc(v(t-1) · (4096 - dv) / 4096) + u(t) + bias_mant·2^bias_exp, ±(2^23 - 1))
     s(t)   = v(t) > vth << 6;   v(t) ← 0 where s(t)
@@ -33,7 +34,9 @@ VTH_RANGE = (0, 1 << 17)         # 2^17 is netx's never-firing readout threshold
 BIAS_MANT_RANGE = (-(1 << 15), (1 << 15) - 1)
 BIAS_EXP_RANGE = (-16, 16)
 WEIGHT_EXP_RANGE = (-8, 8)
-WEIGHT_BITS_RANGE = (1, 9)         # 9 (mixed sign only) keeps all bits; netx picks it for |w| > 127
+WEIGHT_BITS_RANGE = (1, 9)         # 9 keeps all bits of mixed weights (netx picks it for odd |w| > 127);
+                                   # Lava turns 9 bits of single-signed weights into all zeros
+MAX_DELAY = 62                     # netx builds Lava's DelayDense with max_delay 62 and clamps larger delays
 DENSE_WEIGHT_RANGE = (-(1 << 15), (1 << 15) - 1)   # clipped to 8 bits by Lava; kept sane here
 CONV_WEIGHT_RANGE = (-(1 << 15), (1 << 15) - 1)    # used as given by Lava's Conv
 READOUT_NEURON = dict(du=-1, dv=4096, vth=1 << 17)  # netx's dense layer without a neuron group
@@ -140,7 +143,10 @@ class DenseLayer:
     Lava clips them to 8 bits per ``sign_mode`` and truncates them to ``num_weight_bits``;
     the synaptic sum is shifted by ``weight_exp``. ``recurrent_weights`` (out, out), if given, is a second
     Dense from this layer's spikes back to its own neurons with the same exponent, bits and sign mode
-    (its sign mode inferred separately when INFERRED, as netx does). ``readout`` marks a non-spiking
+    (its sign mode inferred separately when INFERRED, as netx does). ``delays`` (out, in) and
+    ``recurrent_delays`` (out, out), integers in [0, MAX_DELAY] steps, make the synapse Lava's DelayDense:
+    a spike crossing a connection of delay d arrives d steps after the usual one-step synaptic delay, and the
+    weight exponent's shift (floor) applies to each delay group's sum separately. ``readout`` marks a non-spiking
     output layer whose membrane v is the result: its threshold must be 2^17, which no v can exceed
     (netx's own readout, a dense layer without a neuron group, is du = -1, dv = 4096, vth = 2^17).
     """
@@ -152,6 +158,8 @@ class DenseLayer:
     sign_mode: SignMode = SignMode.INFERRED
     recurrent_weights: np.ndarray | None = None
     readout: bool = False
+    delays: np.ndarray | None = None
+    recurrent_delays: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         weights = _check_int_array("weights", self.weights, *DENSE_WEIGHT_RANGE)
@@ -165,8 +173,6 @@ class DenseLayer:
             object.__setattr__(self, "sign_mode", SignMode(int(self.sign_mode)))
         except ValueError:
             raise NetworkError(f"sign_mode must be one of {[int(m) for m in SignMode]}, found {self.sign_mode}")
-        if self.num_weight_bits == 9 and self.effective_sign_mode(weights) != SignMode.MIXED:
-            raise NetworkError("num_weight_bits 9 is only valid for mixed-sign weights")
         if self.neurons.shape != (weights.shape[0],):
             raise NetworkError(f"neurons shape {self.neurons.shape} does not match weights rows {weights.shape[0]}")
         if self.recurrent_weights is not None:
@@ -175,8 +181,17 @@ class DenseLayer:
                 raise NetworkError(f"recurrent_weights must be ({weights.shape[0]}, {weights.shape[0]}), "
                                    f"found {recurrent.shape}")
             object.__setattr__(self, "recurrent_weights", _frozen_array(recurrent))
-            if self.num_weight_bits == 9 and self.effective_sign_mode(recurrent) != SignMode.MIXED:
-                raise NetworkError("num_weight_bits 9 is only valid for mixed-sign weights")
+        for name, matrix in (("delays", weights), ("recurrent_delays", self.recurrent_weights)):
+            delays = getattr(self, name)
+            if delays is None:
+                continue
+            if matrix is None:
+                raise NetworkError(f"{name} need recurrent_weights")
+            delays = _check_int_array(name, delays, 0, MAX_DELAY)
+            if delays.shape != matrix.shape:
+                raise NetworkError(f"{name} must have the weights' shape {matrix.shape}, found {delays.shape}")
+            # All-zero delays are a plain Dense (Lava's DelayDense then computes exactly what Dense does).
+            object.__setattr__(self, name, _frozen_array(delays) if np.any(delays) else None)
         if self.readout and (self.neurons.vth != NEVER_FIRES or self.recurrent_weights is not None):
             raise NetworkError(f"a readout layer needs vth = {NEVER_FIRES} (never fires) and no recurrence")
 
@@ -193,13 +208,31 @@ class DenseLayer:
     def input_size(self) -> int:
         return self.weights.shape[1]
 
+    @property
+    def min_delay(self) -> int:
+        """The smallest extra delay (steps) of a feed-forward connection that carries a non-zero weight."""
+        if self.delays is None:
+            return 0
+        used = self.delays[self.weights != 0]
+        return int(used.min()) if used.size else 0
+
+    @property
+    def max_delay(self) -> int:
+        """The largest extra delay (steps) of any connection, feed-forward or recurrent."""
+        return max(int(self.delays.max()) if self.delays is not None else 0,
+                   int(self.recurrent_delays.max()) if self.recurrent_delays is not None else 0)
+
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, DenseLayer) and np.array_equal(self.weights, other.weights)
                 and self.neurons == other.neurons
                 and (self.weight_exp, self.num_weight_bits, self.sign_mode, self.readout)
                 == (other.weight_exp, other.num_weight_bits, other.sign_mode, other.readout)
-                and (self.recurrent_weights is None) == (other.recurrent_weights is None)
-                and (self.recurrent_weights is None or np.array_equal(self.recurrent_weights, other.recurrent_weights)))
+                and all(_optional_equal(getattr(self, name), getattr(other, name))
+                        for name in ("recurrent_weights", "delays", "recurrent_delays")))
+
+
+def _optional_equal(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None) == (b is None) and (a is None or np.array_equal(a, b))
 
 
 def conv_output_hw(input_hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
@@ -311,6 +344,12 @@ class Network:
     @property
     def output_shape(self) -> tuple[int, ...]:
         return self.layers[-1].shape
+
+    @property
+    def latency(self) -> int:
+        """Steps before the last layer can first respond to the input: one per synapse layer (Lava's
+        buffer) plus each dense layer's smallest feed-forward delay. A readout is averaged from this step on."""
+        return sum(1 + (layer.min_delay if isinstance(layer, DenseLayer) else 0) for layer in self.layers)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, Network) and self.input_shape == other.input_shape

@@ -1,4 +1,4 @@
-"""``loihi.h5``: a :class:`Network` in the lava-dl netx HDF5 layout (LOIHI.md §5).
+"""``loihi.h5``: a :class:`Network` in the lava-dl netx HDF5 layout (docs/netx.md).
 
 The file is one Intel's ``netx.hdf5.Network`` loads unchanged: root group ``layer`` with ``"0"`` (type
 ``input``, shape), then one group per layer (``dense``, ``dense_rec``, ``conv``, ``flatten``) with
@@ -10,12 +10,18 @@ bias exponent 6, so it can express only part of what Lava can run. Every layer t
 its exact Lava parameters in a ``lava`` sub-group (ignored by netx), which :func:`load` prefers. The
 standard fields are written so that netx computes the very same network whenever that is possible;
 :func:`netx_exact` says whether it is, and a file that claims it (root attribute ``netx_exact``) is
-checked on load. Files written by slayer (no ``lava`` groups) are read the way netx reads them.
+checked on load.
+
+Files written by lava-dl's slayer (``export_hdf5``) or by hand (no ``lava`` groups) are read exactly the way
+Intel's netx 0.6 builds them (docs/netx.md): with or without an ``input`` layer, float-stored weights cast
+as netx casts them, netx's weight scaling with its quirks, and ``delay`` datasets as Lava DelayDense
+synapses. A field that netx or Lava would honour but hw_sim does not model is a :class:`LoihiFileError`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import h5py
@@ -23,7 +29,7 @@ import numpy as np
 
 from .arith import SignMode, effective_bias, infer_sign_mode, netx_optimize_weight_bits, prepare_dense_weights, shift_by_exponent
 from .atomic import atomic_path
-from .network import (NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
+from .network import (MAX_DELAY, NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
 
 FORMAT = "sbnn-loihi/1"
 NETX_BIAS_EXP = 6
@@ -87,14 +93,27 @@ def _netx_bias(neurons: CubaNeurons) -> np.ndarray | None:
     return mant if np.abs(mant).max(initial=0) < (1 << 15) else None
 
 
+def _delayed_behaviour(weights: np.ndarray, sign_mode: SignMode, bits: int, exponent: int,
+                       delays: np.ndarray | None) -> tuple:
+    """A synapse's canonical form: its behaviour (as above) and the delay of every non-zero connection.
+    With delays, Lava shifts each delay group's sum on its own, so a "floor" synapse is compared group by group."""
+    behaviour = _synapse_behaviour(weights, sign_mode, bits, exponent)
+    if delays is None:
+        return behaviour + (None,)
+    used = np.where(prepare_dense_weights(weights, sign_mode, bits) != 0, delays, 0)
+    return behaviour + (used,) if np.any(used) else behaviour + (None,)
+
+
 def _layer_behaviour(layer: Layer) -> tuple:
     neurons = layer.neurons
     common = ((neurons.du, neurons.dv, neurons.vth), neurons.bias)
     if isinstance(layer, ConvLayer):
         return ("conv", layer.weights, layer.stride, layer.padding, layer.dilation, layer.groups) + common
-    synapses = [_synapse_behaviour(layer.weights, layer.sign_mode, layer.num_weight_bits, layer.weight_exp)]
+    synapses = [_delayed_behaviour(layer.weights, layer.sign_mode, layer.num_weight_bits, layer.weight_exp,
+                                   layer.delays)]
     if layer.recurrent_weights is not None:
-        synapses.append(_synapse_behaviour(layer.recurrent_weights, layer.effective_sign_mode(layer.recurrent_weights), layer.num_weight_bits, layer.weight_exp))
+        synapses.append(_delayed_behaviour(layer.recurrent_weights, layer.effective_sign_mode(layer.recurrent_weights),
+                                           layer.num_weight_bits, layer.weight_exp, layer.recurrent_delays))
     return ("dense", *synapses) + common
 
 
@@ -119,7 +138,9 @@ def netx_exact(network: Network) -> bool:
     with h5py.File(f"netx-view-{id(network)}.h5", "w", driver="core", backing_store=False) as handle:
         write_layers(handle, network)
         try:
-            netx_view = read_network(handle, Path("<memory>"), use_lava_groups=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", LoihiFileWarning)
+                netx_view = read_network(handle, Path("<memory>"), use_lava_groups=False)
         except LoihiFileError:
             return False
     return equivalent(network, netx_view)
@@ -161,8 +182,10 @@ def _write_lava_group(group: h5py.Group, layer: Layer) -> None:
     if isinstance(layer, DenseLayer):
         for name in ("weight_exp", "num_weight_bits", "sign_mode", "readout"):
             lava.create_dataset(name, data=np.int64(getattr(layer, name)))
-        if layer.recurrent_weights is not None:
-            lava.create_dataset("weight_rec", data=layer.recurrent_weights)
+        for name, value in (("weight_rec", layer.recurrent_weights), ("delays", layer.delays),
+                            ("recurrent_delays", layer.recurrent_delays)):
+            if value is not None:
+                lava.create_dataset(name, data=value)
     neurons = layer.neurons
     for name in ("du", "dv", "vth"):
         lava.create_dataset(name, data=np.int64(getattr(neurons, name)))
@@ -200,6 +223,9 @@ def write_layers(handle: h5py.File, network: Network) -> None:
             group.create_dataset("weight", data=weight)
             if weight_rec is not None:
                 group.create_dataset("weight_rec", data=weight_rec)
+            if layer.delays is not None:
+                # netx gives a dense_rec layer's recurrent synapse these same delays (netx_exact checks it).
+                group.create_dataset("delay", data=layer.delays)
         _write_neurons(group, layer.neurons, layer.shape,
                        isinstance(layer, DenseLayer) and layer.readout and layer.neurons.is_integrator)
         _write_lava_group(group, layer)
@@ -269,7 +295,10 @@ class _Reader:
     def fail(self, message: str) -> LoihiFileError:
         return LoihiFileError(f"{self.path}: {self.where}{message}")
 
-    def array(self, group: h5py.Group, name: str, *, required: bool = True) -> np.ndarray | None:
+    def array(self, group: h5py.Group, name: str, *, required: bool = True, cast: bool = False,
+              integer: bool = True) -> np.ndarray | None:
+        """A numeric field as int64. ``cast``: truncate floats toward zero as netx's ``astype(int)`` does
+        (weights and biases, which slayer stores as floats); ``integer=False``: return float64 as stored."""
         if name not in group:
             if required:
                 raise self.fail(f"missing field '{name}'")
@@ -284,12 +313,16 @@ class _Reader:
             raise self.fail(f"field '{name}' cannot be read ({' '.join(str(error).split())})")
         if value.dtype.kind not in "iuf" and not (value.dtype.kind == "b"):
             raise self.fail(f"field '{name}' must be numeric, found {value.dtype}")
-        if value.dtype.kind == "f" and (not np.all(np.isfinite(value)) or np.any(value != np.round(value))):
+        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise self.fail(f"field '{name}' holds NaN or infinity")
+        if value.dtype.kind == "f" and integer and not cast and np.any(value != np.round(value)):
             raise self.fail(f"field '{name}' must be integer-valued")
         # Every field holds small integers; refuse values int64 (and float64, exactly) cannot hold.
         if value.size and value.dtype.kind in "uf" and np.abs(value).max() >= 2.0 ** 53:
             raise self.fail(f"field '{name}' holds a value beyond ±2^53")
-        return value.astype(np.int64)
+        if not integer:
+            return value.astype(np.float64)
+        return np.trunc(value).astype(np.int64) if value.dtype.kind == "f" else value.astype(np.int64)
 
     def member(self, group: h5py.Group, name: str):
         """``group[name]``, refusing links to other files (a file reads nothing but itself)."""
@@ -360,9 +393,146 @@ def _bias_from_netx(bias: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarr
     raise ValueError(f"bias of shape {bias.shape} does not fit layer shape {shape}")
 
 
+# What each group of a netx file may hold. Fields netx reads and hw_sim models, fields netx reads but does not
+# use (slayer's descriptors), and our own exact-parameter group ``lava``. Anything else is refused, so that no
+# field that netx or Lava would honour is silently dropped (docs/netx.md lists them).
+SYNAPSE_FIELDS = {
+    "dense": {"type", "shape", "weight", "bias", "delay", "neuron", "lava", "inFeatures", "outFeatures"},
+    "dense_rec": {"type", "shape", "weight", "weight_rec", "bias", "delay", "neuron", "lava", "inFeatures",
+                  "outFeatures"},
+    "conv": {"type", "shape", "weight", "bias", "delay", "neuron", "lava", "stride", "padding", "dilation",
+             "groups", "inChannels", "outChannels", "kernelSize"},
+    "flatten": {"type", "shape"},
+    "input": {"type", "shape", "inputMessageBits"},
+}
+NEURON_FIELDS = {"type", "iDecay", "vDecay", "vThMant", "refDelay", "gradedSpike", "messageBits", "weight_exp"}
+LAYER_TYPES = ("input", "dense", "dense_rec", "conv", "flatten")
+NOT_MODELLED_LAYERS = {"dense_comp": "complex dense layers", "pool": "pooling layers", "convT": "transposed conv",
+                       "unpool": "unpooling layers", "average": "average layers", "concat": "concat layers"}
+
+
+class LoihiFileWarning(UserWarning):
+    """Something in a netx file that netx itself ignores (so hw_sim does too), but a user should know."""
+
+
+def _warn(reader: "_Reader", message: str) -> None:
+    warnings.warn(LoihiFileWarning(f"{reader.path}: {reader.where}{message}"), stacklevel=4)
+
+
+def _check_fields(reader: "_Reader", group: h5py.Group, allowed: set[str], what: str) -> None:
+    for name in group.keys():
+        if name not in allowed:
+            member = reader.member(group, name)
+            if name == "weight" and isinstance(member, h5py.Group):
+                raise reader.fail("complex weights ('weight/real', 'weight/imag') are not modelled by hw_sim")
+            raise reader.fail(f"field '{name}' is not one hw_sim models in {what} (it reads: "
+                              f"{', '.join(sorted(allowed - {'lava'}))})")
+
+
+def _uniform(reader: "_Reader", group: h5py.Group, name: str, *, default: int | None = None) -> int:
+    """A neuron parameter: one integer, or an array of one repeated value (netx passes arrays on to Lava)."""
+    value = reader.array(group, name, required=default is None)
+    if value is None:
+        return default
+    if value.size == 0 or np.any(value != value.reshape(-1)[0]):
+        raise reader.fail(f"field '{name}' differs between neurons; hw_sim models one value per layer")
+    return int(value.reshape(-1)[0])
+
+
+def _read_neuron_group(reader: "_Reader", group: h5py.Group) -> dict:
+    """netx's CUBA mapping: du = iDecay - 1, dv = vDecay, vth = vThMant (bias exponent 6, set by the caller)."""
+    neuron = reader.member(group, "neuron")
+    if not isinstance(neuron, h5py.Group):
+        raise reader.fail("field 'neuron' is not a group")
+    where = reader.where
+    reader.where += "neuron: "
+    neuron_type = reader.string(neuron, "type")
+    if neuron_type == "SDNN":
+        raise reader.fail("sigma-delta neurons (type 'SDNN') are not modelled by hw_sim (CUBA or LOIHI only)")
+    if "RF" in neuron_type:
+        raise reader.fail(f"resonate-and-fire neurons (type '{neuron_type}') are not modelled by hw_sim "
+                          "(CUBA or LOIHI only)")
+    if neuron_type not in ("CUBA", "LOIHI"):
+        raise reader.fail(f"neuron type '{neuron_type}' is not supported (CUBA or LOIHI)")
+    _check_fields(reader, neuron, NEURON_FIELDS, "a CUBA neuron group")
+    if "weight_exp" in neuron:
+        _warn(reader, "field 'weight_exp' (slayer's normalisation exponent) is ignored by netx 0.6, and so here")
+    # messageBits only widens the spike message; a CUBA neuron still sends 0 or 1, so the sums are unchanged.
+    _uniform(reader, neuron, "messageBits", default=0)
+    params = dict(du=_uniform(reader, neuron, "iDecay") - 1, dv=_uniform(reader, neuron, "vDecay"),
+                  vth=_uniform(reader, neuron, "vThMant"))
+    reader.where = where
+    return params
+
+
+def _netx_delays(reader: "_Reader", group: h5py.Group, weight_shape: tuple[int, int]) -> np.ndarray | None:
+    """A dense layer's ``delay`` read as netx 0.6 builds it: one value for all, one per neuron (axonal, as
+    slayer writes it), one per input, or one per connection; clamped to 62 if any exceeds it (netx warns too)
+    and cast to int (truncation) for Lava's DelayDense, which refuses negative delays."""
+    if "delay" not in group:
+        return None
+    raw = reader.array(group, "delay", required=True, cast=True, integer=False)
+    out, inputs = weight_shape
+    if raw.size and raw.max() > MAX_DELAY:
+        _warn(reader, f"field 'delay' holds {raw.max():g} > {MAX_DELAY}; netx clamps delays to [0, {MAX_DELAY}]")
+        raw = np.clip(raw, 0, MAX_DELAY)
+    if raw.ndim == 0:
+        delays = np.broadcast_to(raw, weight_shape)
+    elif raw.ndim == 1 and raw.size == out:
+        delays = np.repeat(raw.reshape(-1, 1), inputs, axis=1)
+    elif raw.ndim == 1 and raw.size == inputs:
+        delays = np.repeat(raw.reshape(1, -1), out, axis=0)
+    elif raw.shape == weight_shape:
+        delays = raw
+    else:
+        raise reader.fail(f"field 'delay' of shape {raw.shape} fits neither the {out} neurons, the {inputs} "
+                          f"inputs nor the weights {weight_shape} (netx refuses it too)")
+    delays = delays.astype(np.int64)
+    if delays.size and delays.min() < 0:
+        raise reader.fail(f"field 'delay' holds {delays.min()} < 0; Lava's DelayDense refuses negative delays")
+    return delays
+
+
+def _read_dense_netx(reader: "_Reader", group: h5py.Group, kind: str, neurons: CubaNeurons,
+                     readout: bool) -> DenseLayer:
+    """A dense or dense_rec layer exactly as netx 0.6 builds it from the standard fields."""
+    size = neurons.shape[0]
+    weight = reader.array(group, "weight", cast=True)
+    weight_rec = reader.array(group, "weight_rec", cast=True) if kind == "dense_rec" else None
+    for field_name, value in (("weight", weight), ("weight_rec", weight_rec)):
+        if value is not None and (value.ndim not in (1, 2) or value.size == 0 or value.size % size
+                                  or (value.ndim == 2 and value.shape[0] != size)):
+            raise reader.fail(f"field '{field_name}' of shape {value.shape} does not fit {size} neurons")
+    weight = weight.reshape(size, -1)
+    if weight_rec is not None:
+        weight_rec = weight_rec.reshape(size, -1)
+        if weight_rec.shape != (size, size):
+            raise reader.fail(f"field 'weight_rec' must be ({size}, {size}), found {weight_rec.shape}")
+    try:
+        reading, rec_scaled = _netx_dense_reading(weight, weight_rec)
+    except ValueError as error:
+        raise reader.fail(f"field 'weight': {error}")
+    delays = _netx_delays(reader, group, weight.shape)
+    recurrent_delays = None
+    if delays is not None and rec_scaled is not None:
+        if delays.shape != rec_scaled.shape:
+            raise reader.fail(f"field 'delay': netx 0.6 gives the recurrent synapse the same delays, which needs "
+                              f"as many inputs as neurons ({weight.shape[1]} inputs, {size} neurons)")
+        recurrent_delays = delays
+        if reading["weight_exp"] != 0:
+            _warn(reader, f"netx 0.6 drops the weight exponent ({reading['weight_exp']}) of a dense_rec layer with "
+                          "delays; simulated as netx runs it, with exponent 0")
+        reading["weight_exp"] = 0
+    return DenseLayer(**reading, neurons=neurons, recurrent_weights=rec_scaled, readout=readout, delays=delays,
+                      recurrent_delays=recurrent_delays)
+
+
 def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[int, ...],
                 use_lava_groups: bool) -> Layer:
+    _check_fields(reader, group, SYNAPSE_FIELDS[kind], f"a '{kind}' layer")
     shape = reader.shape(group)
+    if kind != "conv":
+        shape = (int(np.prod(shape)),)   # netx: a dense layer has prod(shape) neurons
     lava = (reader.member(group, "lava") if "lava" in group else None) if use_lava_groups else None
     if lava is not None and not isinstance(lava, h5py.Group):
         raise reader.fail("field 'lava' is not a group")
@@ -374,26 +544,25 @@ def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[i
                               bias_exp=reader.array(lava, "bias_exp"))
     else:
         if has_neuron:
-            neuron = reader.member(group, "neuron")
-            if not isinstance(neuron, h5py.Group):
-                raise reader.fail("field 'neuron' is not a group")
-            neuron_type = reader.string(neuron, "type")
-            if neuron_type not in ("CUBA", "LOIHI"):
-                raise reader.fail(f"neuron type '{neuron_type}' is not supported (CUBA or LOIHI)")
-            params = dict(du=reader.scalar(neuron, "iDecay") - 1, dv=reader.scalar(neuron, "vDecay"),
-                          vth=reader.scalar(neuron, "vThMant"))
+            params = _read_neuron_group(reader, group)
         elif kind == "conv":
             raise reader.fail("missing group 'neuron'")
         else:
             params = dict(READOUT_NEURON)
         try:
-            bias = _bias_from_netx(reader.array(group, "bias", required=False), shape)
+            bias = _bias_from_netx(reader.array(group, "bias", required=False, cast=True), shape)
         except ValueError as error:
             raise reader.fail(f"field 'bias': {error}")
         neurons = CubaNeurons.create(shape, **params, bias_mant=bias, bias_exp=NETX_BIAS_EXP)
-    source = lava if lava is not None else group
     if kind == "conv":
-        return ConvLayer(weights=reader.array(source, "weight"), neurons=neurons, input_shape=previous,
+        if "delay" in group:
+            _warn(reader, "field 'delay' of a conv layer is ignored by netx 0.6 (it builds conv synapses without "
+                          "delays), and so here")
+        source = lava if lava is not None else group
+        weights = reader.array(source, "weight", cast=lava is None)
+        if weights.ndim == 5 and weights.shape[4] == 1:   # slayer's trailing time axis
+            weights = weights[..., 0]
+        return ConvLayer(weights=weights, neurons=neurons, input_shape=previous,
                          stride=tuple(reader.array(group, "stride").reshape(-1)),
                          padding=tuple(reader.array(group, "padding").reshape(-1)),
                          dilation=tuple(reader.array(group, "dilation").reshape(-1)),
@@ -405,28 +574,36 @@ def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[i
                           num_weight_bits=reader.scalar(lava, "num_weight_bits"),
                           sign_mode=reader.scalar(lava, "sign_mode"),
                           recurrent_weights=reader.array(lava, "weight_rec", required=kind == "dense_rec"),
-                          readout=bool(reader.scalar(lava, "readout", default=int(readout))))
-    weight = reader.array(group, "weight")
-    weight_rec = reader.array(group, "weight_rec") if kind == "dense_rec" else None
-    if len(shape) != 1:
-        raise reader.fail(f"field 'shape': a dense layer has shape (N,), found {shape}")
-    for field_name, value in (("weight", weight), ("weight_rec", weight_rec)):
-        if value is not None and (value.ndim not in (1, 2) or value.size == 0 or value.size % shape[0]
-                                  or (value.ndim == 2 and value.shape[0] != shape[0])):
-            raise reader.fail(f"field '{field_name}' of shape {value.shape} does not fit {shape[0]} neurons")
-    if weight.ndim == 1:
-        weight = weight.reshape(shape[0], -1)
-    if weight_rec is not None and weight_rec.ndim == 1:
-        weight_rec = weight_rec.reshape(shape[0], -1)
-    try:
-        reading, rec_scaled = _netx_dense_reading(weight, weight_rec)
-    except ValueError as error:
-        raise reader.fail(f"field 'weight': {error}")
-    return DenseLayer(**reading, neurons=neurons, recurrent_weights=rec_scaled, readout=readout)
+                          readout=bool(reader.scalar(lava, "readout", default=int(readout))),
+                          delays=reader.array(lava, "delays", required=False),
+                          recurrent_delays=reader.array(lava, "recurrent_delays", required=False))
+    return _read_dense_netx(reader, group, kind, neurons, readout)
 
 
-def load(path: str | os.PathLike) -> Network:
-    """Read and validate a ``loihi.h5``; any problem is a :class:`LoihiFileError` naming file, layer and field."""
+def resolve_input_shape(given: tuple[int, ...] | None, first_conv_weights: np.ndarray, groups: int) -> tuple[int, int, int]:
+    """A conv-first network's input shape from the user: (C, H, W) as everywhere in hw_sim, or netx's own
+    (W, H, C) order; the channel count from the conv weights tells them apart (and where both ends equal it,
+    the two readings are the same shape)."""
+    channels = int(first_conv_weights.shape[1]) * int(groups)
+    shape = tuple(int(n) for n in given)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be three positive sizes (C, H, W), found {given}")
+    if shape[0] == channels:
+        return shape
+    if shape[2] == channels:
+        return shape[::-1]
+    raise ValueError(f"input_shape {shape} does not hold the first conv layer's {channels} input channels "
+                     "(expected (C, H, W) or netx's (W, H, C))")
+
+
+def load(path: str | os.PathLike, *, input_shape: tuple[int, ...] | None = None) -> Network:
+    """Read and validate a ``loihi.h5`` (ours, or any netx file with CUBA neurons, e.g. slayer's
+    ``export_hdf5``); any problem is a :class:`LoihiFileError` naming file, layer and field.
+
+    ``input_shape`` is needed only when the file has no ``input`` layer and starts with a conv layer, as
+    netx's own ``input_shape`` argument is: (C, H, W), or netx's (W, H, C). Fields that netx ignores but
+    a user should know about give a :class:`LoihiFileWarning`.
+    """
     path = Path(path)
     reader = _Reader(path)
     if not path.is_file():
@@ -442,14 +619,16 @@ def load(path: str | os.PathLike) -> Network:
     except (OSError, RuntimeError, ValueError) as error:
         raise reader.fail(f"not an HDF5 file ({' '.join(str(error).split())})")
     with handle:
-        network = read_network(handle, path)
+        network = read_network(handle, path, input_shape=input_shape)
         try:
             claims_netx_exact = bool(np.asarray(handle.attrs.get("netx_exact", False)).reshape(-1)[0])
         except (IndexError, TypeError, ValueError, OSError, RuntimeError, KeyError):
             raise reader.fail("root attribute 'netx_exact' must be one boolean")
         if claims_netx_exact:
             try:
-                netx_view = read_network(handle, path, use_lava_groups=False)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", LoihiFileWarning)
+                    netx_view = read_network(handle, path, use_lava_groups=False, input_shape=input_shape)
             except LoihiFileError:
                 netx_view = None
             if netx_view is None or not equivalent(network, netx_view):
@@ -457,11 +636,12 @@ def load(path: str | os.PathLike) -> Network:
         return network
 
 
-def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True) -> Network:
+def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True,
+                 input_shape: tuple[int, ...] | None = None) -> Network:
     """Read the layers of an open netx file; ``use_lava_groups=False`` reads it exactly as netx does."""
     reader = _Reader(path)
     try:
-        return _read_network(handle, reader, use_lava_groups)
+        return _read_network(handle, reader, use_lava_groups, input_shape)
     except LoihiFileError:
         raise
     except (KeyError, TypeError, IndexError, OSError, RuntimeError, ValueError) as error:
@@ -469,7 +649,41 @@ def read_network(handle: h5py.File, path: Path, *, use_lava_groups: bool = True)
         raise reader.fail(f"damaged or malformed file ({type(error).__name__}: {' '.join(str(error).split())})")
 
 
-def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool) -> Network:
+def _first_layer_input(reader: _Reader, group: h5py.Group, kind: str, file_shape: tuple[int, ...] | None,
+                       given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The network's input shape, found the way netx finds it: a dense layer takes as many inputs as its
+    weights have columns (whatever an input layer says); a conv layer needs the input layer's shape or
+    the caller's ``input_shape``."""
+    if kind == "conv":
+        if file_shape is not None:
+            if given is not None and tuple(given) not in (file_shape, file_shape[::-1]):
+                raise reader.fail(f"input_shape {tuple(given)} contradicts the file's input layer {file_shape}")
+            if len(file_shape) != 3:
+                raise reader.fail(f"a conv layer needs a (C, H, W) input, the input layer says {file_shape}")
+            return file_shape
+        if given is None:
+            raise reader.fail("the file has no input layer and starts with a conv layer: give the input shape "
+                              "(C, H, W) as netx needs it too (hw_sim.load(path, input_shape=...), sbnn --input-shape)")
+        weights = reader.array(group, "weight", cast=True)
+        try:
+            return resolve_input_shape(given, weights, reader.scalar(group, "groups"))
+        except ValueError as error:
+            raise reader.fail(str(error))
+    weight = reader.array(group, "weight", cast=True)
+    neurons = int(np.prod(reader.shape(group)))
+    if weight.ndim not in (1, 2) or weight.size == 0 or weight.size % neurons:
+        raise reader.fail(f"field 'weight' of shape {weight.shape} does not fit {neurons} neurons")
+    inputs = weight.size // neurons
+    for candidate, what in ((file_shape, "the input layer's shape"), (given, "input_shape")):
+        if candidate is not None and int(np.prod(candidate)) != inputs:
+            raise reader.fail(f"{what} {tuple(candidate)} has {int(np.prod(candidate))} values, but the first "
+                              f"dense layer takes {inputs} inputs")
+    shape = file_shape if file_shape is not None else tuple(given) if given is not None else (inputs,)
+    return shape if len(shape) in (1, 3) else (inputs,)
+
+
+def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool,
+                  given_input_shape: tuple[int, ...] | None) -> Network:
     root = reader.member(handle, "layer") if "layer" in handle else None
     if not isinstance(root, h5py.Group):
         raise reader.fail("missing group 'layer' (not a netx network file)")
@@ -478,6 +692,7 @@ def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool) -> 
         raise reader.fail(f"layer groups must be named 0..N-1, found {sorted(root.keys())[:10]}")
     layers: list[Layer] = []
     input_shape: tuple[int, ...] | None = None
+    file_input_shape: tuple[int, ...] | None = None
     input_message_bits = 0
     flatten_pending = False
     for name in names:
@@ -487,23 +702,32 @@ def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool) -> 
             raise reader.fail("is not a group")
         kind = reader.string(group, "type")
         try:
+            if kind in NOT_MODELLED_LAYERS:
+                raise reader.fail(f"layer type '{kind}' ({NOT_MODELLED_LAYERS[kind]}) is not modelled by hw_sim "
+                                  "(dense, dense_rec, conv, flatten)")
+            if kind not in LAYER_TYPES:
+                raise reader.fail(f"layer type '{kind}' is not supported (dense, dense_rec, conv, flatten)")
             if kind == "input":
                 if name != "0":
                     raise reader.fail("an input layer must come first")
                 if "neuron" in group:
-                    raise reader.fail("input layers with neurons are not supported")
-                input_shape = reader.shape(group)
+                    raise reader.fail("input layers with neurons (slayer's Input block) are not modelled by hw_sim")
+                _check_fields(reader, group, SYNAPSE_FIELDS["input"], "an input layer")
+                file_input_shape = reader.shape(group) if "shape" in group else None
                 input_message_bits = reader.scalar(group, "inputMessageBits", default=0)
                 continue
-            if input_shape is None:
-                raise reader.fail("the first layer must be 'input' with the input shape")
-            previous = layers[-1].shape if layers else input_shape
             if kind == "flatten":
+                _check_fields(reader, group, SYNAPSE_FIELDS["flatten"], "a flatten layer")
+                if layers and len(layers[-1].shape) == 1:
+                    raise reader.fail("a flatten layer after a dense layer (netx 0.6 fails on it)")
                 flatten_pending = True
                 continue
-            if kind not in ("dense", "dense_rec", "conv"):
-                raise reader.fail(f"layer type '{kind}' is not supported (dense, dense_rec, conv, flatten)")
-            if kind != "conv" and len(previous) == 3 and not flatten_pending:
+            if input_shape is None:
+                input_shape = _first_layer_input(reader, group, kind, file_input_shape, given_input_shape)
+            previous = layers[-1].shape if layers else input_shape
+            if kind == "conv" and len(previous) != 3:
+                raise reader.fail(f"a conv layer needs a (C, H, W) input, the previous layer has shape {previous}")
+            if kind != "conv" and layers and len(previous) == 3 and not flatten_pending:
                 raise reader.fail("a dense layer after a conv layer needs a 'flatten' layer before it")
             flatten_pending = False
             layers.append(_read_layer(reader, group, kind, previous, use_lava_groups))
@@ -514,9 +738,10 @@ def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool) -> 
         except (KeyError, TypeError, IndexError, OSError, RuntimeError, ValueError) as error:
             raise reader.fail(f"malformed ({type(error).__name__}: {' '.join(str(error).split())})")
     reader.where = ""
+    if not layers:
+        raise reader.fail("no dense or conv layer")
     try:
-        network = Network(input_shape=input_shape or (), layers=tuple(layers),
-                          input_message_bits=input_message_bits)
+        network = Network(input_shape=input_shape, layers=tuple(layers), input_message_bits=input_message_bits)
     except NetworkError as error:
         raise reader.fail(str(error))
     return network

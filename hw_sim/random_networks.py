@@ -47,14 +47,16 @@ def _dense_weights(rng: np.random.Generator, out: int, inp: int, sign_mode: Sign
 def random_network(seed: int, *, input_shape: tuple[int, ...] = (32,), hidden: tuple[int, ...] = (48,),
                    outputs: int = 10, conv_channels: tuple[int, ...] = (), recurrent: bool = False,
                    bias: bool = True, stress: bool = False, readout: bool = False,
-                   input_message_bits: int = 0, netx_compatible: bool = False) -> Network:
+                   input_message_bits: int = 0, netx_compatible: bool = False, delays: int = 0) -> Network:
     """A random integer network: optional conv layers (3x3, random stride and padding) on a (C, H, W)
     input, dense hidden layers (the first recurrent if asked), then ``outputs`` neurons (a readout
     integrator if ``readout``). Weights, exponents, weight bits, sign modes, decays, thresholds and biases
     are drawn over Lava's ranges; ``stress`` adds extremes (du/dv at their limits, thresholds 0 and
     2^17 - 1, large weight exponents) and makes the last layer a slow integrator of large
     sums, so that u wraps and v saturates. ``netx_compatible`` restricts
-    the draw to what netx can express exactly (weights in [-127, 127], exponent 0, bias exponent 6)."""
+    the draw to what netx can express exactly (weights in [-127, 127], exponent 0, bias exponent 6).
+    ``delays`` > 0 gives every dense synapse (and recurrent synapse) random delays in [0, delays] steps:
+    per neuron, per input or per connection (netx can express all three)."""
     rng = np.random.default_rng(seed)
     layers = []
     shape = tuple(input_shape)
@@ -83,7 +85,10 @@ def random_network(seed: int, *, input_shape: tuple[int, ...] = (32,), hidden: t
             num_weight_bits=8 if netx_compatible else int(rng.integers(1, 9)), sign_mode=sign_mode,
             recurrent_weights=(_dense_weights(rng, width, width, sign_mode)
                                if recurrent and index == 0 and not is_readout else None),
-            readout=is_readout))
+            readout=is_readout, delays=_random_delays(rng, (width, int(np.prod(shape))), delays)))
+        if delays and layers[-1].recurrent_weights is not None:
+            from dataclasses import replace
+            layers[-1] = replace(layers[-1], recurrent_delays=_random_delays(rng, (width, width), delays))
         if netx_compatible:
             layers[-1] = _netx_bias(layers[-1])
         if stress and index == len(widths) - 1 and not is_readout:
@@ -95,6 +100,100 @@ def random_network(seed: int, *, input_shape: tuple[int, ...] = (32,), hidden: t
                                  recurrent_weights=None)
         shape = (width,)
     return Network(input_shape=tuple(input_shape), layers=tuple(layers), input_message_bits=input_message_bits)
+
+
+def _random_delays(rng: np.random.Generator, shape: tuple[int, int], largest: int) -> np.ndarray | None:
+    """Delays in [0, largest]: one per neuron (slayer's axonal delays), one per input, or one per connection."""
+    if largest <= 0:
+        return None
+    form = int(rng.integers(0, 3))
+    if form == 0:
+        return np.repeat(rng.integers(0, largest + 1, size=(shape[0], 1)), shape[1], axis=1)
+    if form == 1:
+        return np.repeat(rng.integers(0, largest + 1, size=(1, shape[1])), shape[0], axis=0)
+    return rng.integers(0, largest + 1, size=shape)
+
+
+def write_slayer_style_file(path, seed: int, *, input_size: int = 24, input_shape: tuple[int, int, int] | None = None,
+                            hidden: tuple[int, ...] = (20,), outputs: int = 8, conv_channels: tuple[int, ...] = (),
+                            recurrent: bool = False, delays: int = 0, input_layer: bool = False,
+                            bias: bool = False, density: float = 0.2) -> None:
+    """A random netx file laid out the way lava-dl's slayer ``Network.export_hdf5`` writes one: no ``input``
+    layer (unless asked), conv blocks first on a (C, H, W) ``input_shape`` when ``conv_channels``, a
+    ``flatten``, dense (``dense_rec`` for the first hidden layer when ``recurrent``) blocks; float32 weights
+    that are even integers in [-256, 254] (slayer's 64 x weight, 8-bit quantised), axonal ``delay`` per
+    neuron in [0, delays], a CUBA ``neuron`` group (iDecay, vDecay, vThMant, refDelay, gradedSpike) and
+    slayer's descriptor fields. Thresholds follow each layer's typical drive so the network is active.
+
+    The file is for testing readers against Intel's netx; it is written directly, not atomically.
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+
+    def string(group, name, value):
+        group.create_dataset(name, (1,), "S10", [value.encode("ascii")])
+
+    def neuron(group, drive):
+        cuba = group.create_group("neuron")
+        cuba.create_dataset("type", data="CUBA", dtype=h5py.string_dtype())
+        cuba.create_dataset("iDecay", data=int(rng.integers(0, 4097)))
+        cuba.create_dataset("vDecay", data=int(rng.integers(0, 4097)))
+        cuba.create_dataset("vThMant", data=int(np.clip(drive * rng.uniform(0.3, 1.5), 1, (1 << 17) - 1)))
+        cuba.create_dataset("refDelay", data=1)
+        cuba.create_dataset("gradedSpike", data=False)
+
+    def weights(shape):
+        return (2 * rng.integers(-128, 128, size=shape)).astype(np.float32)
+
+    with h5py.File(path, "w") as handle:
+        root = handle.create_group("layer")
+        index = 0
+        if input_layer:
+            group = root.create_group(str(index))
+            string(group, "type", "input")
+            group.create_dataset("shape", data=np.array(input_shape or (input_size,)))
+            index += 1
+        shape = tuple(input_shape) if conv_channels else (input_size,)
+        for channels in conv_channels:
+            stride, padding = int(rng.integers(1, 3)), int(rng.integers(0, 2))
+            h, w = conv_output_hw(shape[1:], (3, 3), (stride, stride), (padding, padding), (1, 1))
+            group = root.create_group(str(index))
+            string(group, "type", "conv")
+            group.create_dataset("shape", data=np.array((channels, h, w)))
+            for name, value in (("inChannels", shape[0]), ("outChannels", channels), ("groups", 1)):
+                group.create_dataset(name, data=value)
+            for name, value in (("kernelSize", 3), ("stride", stride), ("padding", padding), ("dilation", 1)):
+                group.create_dataset(name, data=np.array([value, value]))
+            kernel = weights((channels, shape[0], 3, 3))
+            group.create_dataset("weight", data=kernel)
+            neuron(group, _drive(kernel, 1, density) * 2)
+            shape = (channels, h, w)
+            index += 1
+        if len(shape) == 3:
+            group = root.create_group(str(index))
+            string(group, "type", "flatten")
+            group.create_dataset("shape", data=np.array((int(np.prod(shape)), 1, 1)))
+            index += 1
+        for position, width in enumerate(list(hidden) + [outputs]):
+            inputs = int(np.prod(shape))
+            is_recurrent = recurrent and position == 0
+            group = root.create_group(str(index))
+            string(group, "type", "dense_rec" if is_recurrent else "dense")
+            group.create_dataset("shape", data=np.array([width]))
+            group.create_dataset("inFeatures", data=inputs)
+            group.create_dataset("outFeatures", data=width)
+            matrix = weights((width, inputs))
+            group.create_dataset("weight", data=matrix)
+            if is_recurrent:
+                group.create_dataset("weight_rec", data=weights((width, width)) / 4)
+            if bias:
+                group.create_dataset("bias", data=rng.integers(-20, 40, size=width).astype(np.float32))
+            if delays and not is_recurrent:
+                group.create_dataset("delay", data=rng.integers(0, delays + 1, size=width).astype(np.float32))
+            neuron(group, _drive(matrix, 1, density if position == 0 else 0.2) * 2)
+            shape = (width,)
+            index += 1
 
 
 def _netx_bias(layer):

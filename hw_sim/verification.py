@@ -90,7 +90,9 @@ def compare(expected: RunResult, actual: RunResult) -> VerifyReport:
 def verify(network: Network, x: np.ndarray, *, record_states: bool = True, **lava_options) -> VerifyReport:
     """Run ``network`` on ``x`` in hw_sim and in Lava and compare every spike (and u, v) of every layer.
 
-    ``lava_options`` go to :func:`hw_sim.lava.run` (``mode``, ``builder``, ``workers``, ``timeout``).
+    ``lava_options`` go to :func:`hw_sim.lava.run` (``mode``, ``builder``, ``workers``, ``timeout``,
+    ``netx_file``). To judge a user's file, pass ``network=hw_sim.load(path)``, ``builder="netx"`` and
+    ``netx_file=path``: Intel's netx then runs the file itself, not hw_sim's reading of it.
     """
     from . import lava
     from .loihi import run

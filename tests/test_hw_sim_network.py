@@ -87,7 +87,7 @@ def _corrupt(tmp_path, edit):
     (lambda h: (h["layer/3/lava"].__delitem__("weight"), h["layer/3/lava"].create_dataset("weight", data=np.zeros((16, 5)))),
      "dense weights expect 5 inputs"),
     (lambda h: h["layer/2"].__delitem__("type") or h["layer/2"].create_dataset("type", data=np.array([b"pool"])),
-     "layer 2: layer type 'pool' is not supported"),
+     "layer 2: layer type 'pool' (pooling layers) is not modelled by hw_sim"),
     (lambda h: h["layer/3/weight"].__setitem__((0, 0), 7), "claims netx_exact but its netx fields disagree"),
     (lambda h: h.__delitem__("layer"), "missing group 'layer'"),
 ])
@@ -115,8 +115,12 @@ def test_description_validation():
         CubaNeurons.create((3,), du=10, dv=20, vth=100, bias_mant=1 << 15)
     with pytest.raises(NetworkError, match="weights must be integer-valued"):
         DenseLayer(weights=np.full((3, 4), 0.5), neurons=neurons)
-    with pytest.raises(NetworkError, match="num_weight_bits 9 is only valid for mixed-sign"):
-        DenseLayer(weights=np.ones((3, 4)), neurons=neurons, num_weight_bits=9)
+    with pytest.raises(NetworkError, match="delays must lie in"):
+        DenseLayer(weights=np.ones((3, 4)), neurons=neurons, delays=np.full((3, 4), 63))
+    with pytest.raises(NetworkError, match="delays must have the weights' shape"):
+        DenseLayer(weights=np.ones((3, 4)), neurons=neurons, delays=np.ones((3,)))
+    with pytest.raises(NetworkError, match="recurrent_delays need recurrent_weights"):
+        DenseLayer(weights=np.ones((3, 4)), neurons=neurons, recurrent_delays=np.ones((3, 3)))
     with pytest.raises(NetworkError, match="readout layer needs vth = 131072"):
         DenseLayer(weights=np.ones((3, 4)), neurons=neurons, readout=True)
     with pytest.raises(NetworkError, match="layer 1: dense weights expect 4 inputs"):
@@ -196,8 +200,10 @@ def test_float64_and_int64_neuron_paths_agree():
         recurrent = None
         if layer.recurrent_weights is not None:
             from hw_sim.arith import prepare_dense_weights
-            recurrent = prepare_dense_weights(layer.recurrent_weights, layer.effective_sign_mode(layer.recurrent_weights),
-                                              layer.num_weight_bits)
+            from hw_sim.loihi import delay_groups
+            recurrent = delay_groups(prepare_dense_weights(layer.recurrent_weights,
+                                                           layer.effective_sign_mode(layer.recurrent_weights),
+                                                           layer.num_weight_bits), None)
         a = _run_neurons_int(layer, synaptic, recurrent, True)
         b = _run_neurons_float(layer, synaptic, recurrent, True)
         assert a[0].sum() > 0
