@@ -20,6 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+class ExportError(ValueError):
+    """The network cannot be exported as asked: a layer beyond what Loihi or an ONNX step computes exactly,
+    or calibration data the quantiser cannot use. A property of the user's model or data, not a bug, so the
+    command line reports it in one line with exit code 2."""
+
+
 @dataclass(frozen=True, eq=False)
 class FloatLayer:
     """One dense or conv synapse and its CUBA neurons (or a non-spiking readout).

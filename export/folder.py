@@ -7,6 +7,11 @@
     export.json      quantisation report: per layer scale, clipped fraction, weight error, |u|/|v| headroom
     inputs.npy       (optional) the integer test inputs the hardware receives, for verify/simulate
     labels.npy       (optional) their labels
+    .sbnn-export     the marker: which command wrote the folder (and from what), and the files it wrote
+
+The marker is what makes a folder replaceable: :func:`write_export` replaces an existing folder only when
+it is an export folder this tool wrote and holds nothing else (:func:`export_folder_writer`), so ``--out``
+pointing at a user's folder, a run folder or a file is refused before anything is touched.
 
 The quantiser reads the NIR file back (``nir.read``, type-checked) and quantises what it finds, so a
 trained model and a graph imported from another tool take exactly the same path.
@@ -29,13 +34,91 @@ from .onnx_export import export_float_onnx, export_integer_onnx
 from .quantise import QuantisedNetwork, quantise
 
 FILES = ("model.nir", "loihi.h5", "model.onnx", "model_int.onnx", "export.json")
+OPTIONAL_FILES = ("inputs.npy", "labels.npy")
+MARKER = ".sbnn-export"
+MARKER_FORMAT = 1
+
+
+class OutputRefused(ValueError):
+    """``--out`` names something that is not ours to replace; nothing was touched (one line, exit code 2)."""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def export_marker(path: str | os.PathLike) -> dict | None:
+    """The marker of an export folder this tool wrote (``{"written_by": ..., "source": ..., "files": ...}``),
+    or None when ``path`` is not such a folder.
+
+    An export folder is ours when it is a real folder (not a symlink) holding nothing but the files its
+    marker lists and the marker itself. Folders written before the marker existed count when their
+    ``export.json`` (with its ``source``, ``layers`` and ``files`` entries) lists every file they hold;
+    their marker reads ``{"written_by": "an earlier version"}``. A folder into which the user put anything
+    else (notes, results of their own) is not ours any more, so it is never replaced.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return None
+    try:
+        present = {entry.name for entry in os.scandir(path)}
+    except OSError:
+        return None
+    marker = _read_json(path / MARKER) if MARKER in present else None
+    if marker is not None and isinstance(marker.get("files"), list):
+        listed = {str(name) for name in marker["files"]}
+        return marker if present <= listed | {MARKER} else None
+    if MARKER in present:
+        return None
+    report = _read_json(path / "export.json") if "export.json" in present else None
+    if report is None or not {"source", "layers", "files"} <= set(report) or not isinstance(report["files"], list):
+        return None
+    listed = {str(name) for name in report["files"]}
+    if not present <= listed or not listed <= set(FILES + OPTIONAL_FILES):
+        return None
+    return {"written_by": "an earlier version", "source": report["source"], "files": sorted(listed)}
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Raise :class:`OutputRefused` unless writing an export folder at ``path`` loses nothing of the user's:
+    ``path`` does not exist, is a symlink (the link is replaced, its target never touched), or is an
+    export folder this tool wrote (:func:`export_marker`)."""
+    path = Path(path)
+    if not os.path.lexists(path) or path.is_symlink() or export_marker(path) is not None:
+        return
+    if not path.is_dir():
+        raise OutputRefused(f"{path}: exists and is a file, not an export folder; nothing was changed "
+                            f"(choose another --out)")
+    try:
+        names = sorted(entry.name for entry in os.scandir(path))
+    except OSError as error:
+        raise OutputRefused(f"{path}: exists and cannot be listed ({error.strerror}); nothing was changed") from None
+    ours = set(FILES + OPTIONAL_FILES) | {MARKER}
+    foreign = [name for name in names if name not in ours]
+    if foreign and len(foreign) < len(names):   # an export folder the user has put something of theirs into
+        shown = ", ".join(foreign[:3]) + (f", … ({len(foreign)} entries)" if len(foreign) > 3 else "")
+        raise OutputRefused(f"{path}: holds files sbnn did not write ({shown}); nothing was changed "
+                            f"(choose another --out, or move them away)")
+    shown = ", ".join(names[:3]) + (f", … ({len(names)} entries)" if len(names) > 3 else "")
+    raise OutputRefused(f"{path}: exists and is not an export folder written by sbnn (it holds {shown or 'nothing'}); "
+                        f"nothing was changed (choose another --out, or remove it yourself)")
 
 
 def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | os.PathLike, *,
                  test_inputs: np.ndarray | None = None, test_labels: np.ndarray | None = None,
-                 source: dict | None = None, headroom: float = 1.0) -> tuple[Path, QuantisedNetwork, dict]:
-    """Export ``network`` to ``out_dir`` (replacing it whole). Returns (folder, quantised network, report)."""
+                 source: dict | None = None, headroom: float = 1.0,
+                 written_by: str = "sbnn export") -> tuple[Path, QuantisedNetwork, dict]:
+    """Export ``network`` to ``out_dir`` (replacing it whole). Returns (folder, quantised network, report).
+
+    An existing ``out_dir`` is replaced only when :func:`check_replaceable` allows it (else
+    :class:`OutputRefused`, before anything is written). ``written_by`` goes into the marker, so that a
+    later command can tell the pipeline's exports from those made by hand."""
     out_dir = Path(out_dir)
+    check_replaceable(out_dir)
     with atomic_folder(out_dir) as staging:
         write_nir(network, staging / "model.nir")
         from_file, notes = read_nir(staging / "model.nir")
@@ -52,6 +135,10 @@ def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | 
                   "files": list(FILES) + (["inputs.npy"] if test_inputs is not None else [])
                   + (["labels.npy"] if test_labels is not None else [])}
         (staging / "export.json").write_text(json.dumps(report, indent=2, default=_json_default))
+        marker = {"format": MARKER_FORMAT, "written_by": written_by, "source": source or {},
+                  "files": report["files"]}
+        (staging / MARKER).write_text(json.dumps(marker, indent=1, default=_json_default))
+        check_replaceable(out_dir)   # again: a user may have created the folder while we were exporting
     return out_dir, quantised, report
 
 

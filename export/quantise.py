@@ -28,7 +28,7 @@ import hw_sim
 from hw_sim.arith import STATE_MAX
 from hw_sim.network import NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Network
 
-from .float_network import FloatLayer, FloatNetwork
+from .float_network import ExportError, FloatLayer, FloatNetwork
 
 WEIGHT_MAX = 127
 VTH_MAX = (1 << 17) - 1
@@ -81,12 +81,12 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
     """
     calibration = np.asarray(calibration, dtype=np.float64)
     if calibration.ndim != 2 + len(network.input_shape) or calibration.shape[2:] != tuple(network.input_shape):
-        raise ValueError(f"calibration data must have shape (batch, T, {network.input_shape}), found {calibration.shape}")
+        raise ExportError(f"calibration data must have shape (batch, T, {network.input_shape}), found {calibration.shape}")
     if not np.all(np.isfinite(calibration)):
-        raise ValueError("calibration data contains NaN or Inf")
+        raise ExportError("calibration data contains NaN or Inf")
     graded = not _is_binary(calibration)
     if graded and calibration.min() < 0:
-        raise ValueError("graded inputs must be non-negative (Loihi payloads are unsigned); use an on/off encoding")
+        raise ExportError("graded inputs must be non-negative (Loihi payloads are unsigned); use an on/off encoding")
     input_scale = 1.0
     if graded:
         peak = float(calibration.max()) or 1.0
@@ -110,7 +110,7 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
             limits["voltage"] = STATE_MAX / (64.0 * voltage_peak)
         scale = min(limits.values()) / headroom
         if not np.isfinite(scale):
-            raise ValueError(f"layer {index}: all weights are zero and there is no threshold to scale")
+            raise ExportError(f"layer {index}: all weights are zero and there is no threshold to scale")
         weight_scale = scale * input_factor   # input payloads are input_scale times larger
         int_weights = [np.clip(np.rint(w * weight_scale), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64) for w in weights]
         clipped = sum(int((np.abs(np.rint(w * weight_scale)) > WEIGHT_MAX).sum()) for w in weights)

@@ -12,6 +12,9 @@ where ``<pid>`` is the writing process and ``<token>`` eight random hex digits. 
 interrupted by an exception removes its temporary; one killed outright (SIGKILL, power loss, the
 out-of-memory killer) cannot, and :func:`remove_stale` removes it later.
 
+:func:`folder_lock` gives a folder one writer at a time (``fcntl.flock`` on ``.sbnn.lock`` inside it, released
+by the kernel however its holder dies); the renames above keep readers safe without it.
+
 This module uses the standard library only: everything may import it, the Lava worker's environment too.
 """
 
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_folder", "remove_stale", "LEGACY_GRACE_SECONDS"]
+__all__ = ["atomic_path", "atomic_folder", "remove_stale", "LEGACY_GRACE_SECONDS", "folder_lock", "FolderLocked", "LOCK_NAME"]
 
 # Names that earlier versions created, which carry no process id (tempfile's eight characters): removed
 # only when they have not changed for this long, so that an older version writing the same target at this
@@ -240,3 +243,110 @@ def remove_stale(folder: str | os.PathLike, name: str) -> list[Path]:
             continue
         removed.append(path)
     return removed
+
+
+# --------------------------------------------------------------------------------------------------
+# One writer per folder
+
+LOCK_NAME = ".sbnn.lock"
+_HELD: dict[str, int] = {}       # folders this process holds locked (absolute path -> nesting depth)
+_HELD_LOCK = threading.Lock()
+
+
+class FolderLocked(RuntimeError):
+    """Another live process holds the folder's writer lock (see :func:`folder_lock`)."""
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it ("pid 123: sbnn pipeline"), or a neutral phrase when the
+    holder has not written it yet or is gone (the file keeps the last holder's line)."""
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip().splitlines()
+    except OSError:
+        text = []
+    match = re.fullmatch(r"(?P<pid>[1-9][0-9]{0,9})(?: (?P<what>.*))?", text[0]) if text else None
+    if match and _running(int(match["pid"])):
+        return f"process {match['pid']} ({match['what'] or 'sbnn'})"
+    return "another process"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
+    """Hold the exclusive writer lock of ``folder`` (created if missing) for the ``with`` block.
+
+    The lock is ``fcntl.flock`` on ``folder/.sbnn.lock``: the kernel releases it when the holder exits in
+    any way (SIGKILL and the out-of-memory killer included), so a lock can never be left stuck; the file
+    itself may remain and means nothing while nobody holds it. A second writer does not wait: it gets
+    :class:`FolderLocked` at once, naming the holder (its pid and ``what``, which the holder writes into
+    the file). Waiting would let a forgotten pipeline in another terminal stall the second one without a
+    word; refusing says who to wait for. Within one process the lock is re-entrant (the pipeline's stages
+    run under the command's lock).
+
+    When this call created ``folder`` and nothing but the lock file is in it at the end (the command
+    failed before writing), the lock file and the folder are removed again, so a refused or failed command
+    leaves no empty folder behind. Removing a lock file is safe against racing openers because an acquirer
+    checks, once it holds the lock, that the file it locked is still the one at ``folder/.sbnn.lock``, and
+    starts again otherwise.
+
+    flock is advisory and local: it serialises this tool's writers on one machine (NFS gives no such
+    guarantee); other programs may still write the folder.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    key = os.path.abspath(folder)
+    with _HELD_LOCK:
+        if key in _HELD:
+            _HELD[key] += 1
+            nested = True
+        else:
+            nested = False
+    if nested:
+        try:
+            yield folder
+        finally:
+            with _HELD_LOCK:
+                _HELD[key] -= 1
+        return
+    created = not os.path.lexists(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise FolderLocked(f"{folder}: {holder} is writing this folder; wait until it has finished, "
+                               f"or choose another folder") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            same = None
+        mine = os.fstat(fd)
+        if same is not None and (same.st_dev, same.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)   # the file was removed (or replaced) between our open and our lock: take the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}".strip().encode() + b"\n", 0)
+        with _HELD_LOCK:
+            _HELD[key] = 1
+        try:
+            yield folder
+        finally:
+            with _HELD_LOCK:
+                _HELD.pop(key, None)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)   # nobody holds it now; a SIGKILLed holder's line is checked by _holder
+            if created:
+                with contextlib.suppress(OSError):
+                    if [entry.name for entry in os.scandir(folder)] == [LOCK_NAME]:
+                        os.unlink(path)
+                        os.rmdir(folder)
+    finally:
+        os.close(fd)

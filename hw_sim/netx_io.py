@@ -406,6 +406,7 @@ SYNAPSE_FIELDS = {
     "input": {"type", "shape", "inputMessageBits"},
 }
 NEURON_FIELDS = {"type", "iDecay", "vDecay", "vThMant", "refDelay", "gradedSpike", "messageBits", "weight_exp"}
+# refDelay: the Lava LIF has no refractory period and netx does not pass it on; gradedSpike: netx ignores it.
 LAYER_TYPES = ("input", "dense", "dense_rec", "conv", "flatten")
 NOT_MODELLED_LAYERS = {"dense_comp": "complex dense layers", "pool": "pooling layers", "convT": "transposed conv",
                        "unpool": "unpooling layers", "average": "average layers", "concat": "concat layers"}
@@ -457,8 +458,10 @@ def _read_neuron_group(reader: "_Reader", group: h5py.Group) -> dict:
     _check_fields(reader, neuron, NEURON_FIELDS, "a CUBA neuron group")
     if "weight_exp" in neuron:
         _warn(reader, "field 'weight_exp' (slayer's normalisation exponent) is ignored by netx 0.6, and so here")
-    # messageBits only widens the spike message; a CUBA neuron still sends 0 or 1, so the sums are unchanged.
-    _uniform(reader, neuron, "messageBits", default=0)
+    if "messageBits" in neuron:
+        # Graded spikes are not modelled; netx 0.6 itself cannot build it either (its file reader returns the
+        # dataset wrapped as a group, which the next synapse then fails to compare with 0).
+        raise reader.fail("field 'messageBits' (graded spikes) is not modelled by hw_sim, and netx 0.6 fails on it")
     params = dict(du=_uniform(reader, neuron, "iDecay") - 1, dv=_uniform(reader, neuron, "vDecay"),
                   vth=_uniform(reader, neuron, "vThMant"))
     reader.where = where

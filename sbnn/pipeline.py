@@ -58,15 +58,23 @@ def model_sequences(x, model) -> np.ndarray:
     return as_sequence(array, model.input_shape, model.config.static_steps).astype(np.float64)
 
 
+def default_export_folder(run_dir: Path, weights: str, seed: int) -> Path:
+    """``RUN/export`` for the posterior mean, ``RUN/export_sample<seed>`` for a posterior sample."""
+    return run_dir / ("export" if weights == "mean" else f"export_sample{seed}")
+
+
 def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int = 0, out: str | os.PathLike | None = None,
-               loaded=None) -> tuple[Path, dict]:
-    """Export a trained run's posterior mean or the posterior sample of ``seed``; returns (folder, report)."""
+               loaded=None, written_by: str = "sbnn export") -> tuple[Path, dict]:
+    """Export a trained run's posterior mean or the posterior sample of ``seed``; returns (folder, report).
+
+    ``written_by`` is recorded in the folder's marker (:func:`export.folder.export_marker`): the pipeline's
+    exports say ``sbnn pipeline``, so that ``sbnn export`` by hand does not silently replace them."""
     from export.folder import write_export
     from export.from_model import float_network_from_model
 
     run_dir = Path(run_dir)
     config, model, data = loaded or load_run(run_dir)
-    out = Path(out) if out else run_dir / ("export" if weights == "mean" else f"export_sample{seed}")
+    out = Path(out) if out else default_export_folder(run_dir, weights, seed)
     network = float_network_from_model(model, dt=config.export.dt, weights=weights, seed=seed)
     calibration_count = min(config.export.calibration_samples, len(data.x_train))
     calibration = model_sequences(data.x_train[:calibration_count], model)
@@ -75,6 +83,7 @@ def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int =
     test_inputs = _pad_steps(model_sequences(data.x_test[:preview], model), delay)
     folder, _, report = write_export(network, calibration, out, test_inputs=test_inputs,
                                      test_labels=data.y_test[:preview].numpy(), headroom=config.export.headroom,
+                                     written_by=written_by,
                                      source={"run": str(run_dir), "weights": weights,
                                              "seed": seed if weights == "sample" else None,
                                              "calibration_samples": calibration_count,
@@ -305,7 +314,7 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
             progress(f"[2/4] exporting {name} -> {folder}")
             weights = "mean" if name == "mean" else "sample"
             seed = config.export.seed + int(name[len("sample"):]) if weights == "sample" else 0
-            export_run(run_dir, weights=weights, seed=seed, out=folder, loaded=loaded)
+            export_run(run_dir, weights=weights, seed=seed, out=folder, loaded=loaded, written_by="sbnn pipeline")
         else:
             skipped.append(f"export {name}")
     timings["export"] = time.perf_counter() - start

@@ -12,6 +12,9 @@ surrogate gradient; its KL is 0.
 A run folder holds ``config.toml`` (the resolved config), ``checkpoint.pt`` and ``metrics.json``, all
 written atomically (:mod:`hw_sim.atomic`: hidden temporary file, then ``os.replace``) after every epoch, by
 rank 0 only; the temporaries a killed run left are removed when a run starts writing into its folder.
+It also holds ``.sbnn-run``, the marker that lets ``--out`` name it again (:func:`check_run_folder` refuses any
+other non-empty folder, so training never writes over a user's ``config.toml``), and ``.sbnn.lock``:
+``sbnn train`` holds that folder's writer lock (:func:`hw_sim.atomic.folder_lock`) while it trains.
 ``checkpoint.pt`` holds only tensors, dicts, lists, numbers and strings, so it loads with
 ``torch.load(path, weights_only=True)``: the model, optimiser and scheduler states, the RNG states (torch,
 CUDA, numpy, python, the data-order generator), the epoch, the global step, the metrics history and the
@@ -43,6 +46,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import tomllib
@@ -56,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hw_sim.atomic import atomic_path, remove_stale
+from hw_sim.atomic import LOCK_NAME, FolderLocked, atomic_path, folder_lock, remove_stale
 from sbnn.aux_loss import make_penalty, record_activity
 from sbnn.config import ConfigError, RunConfig, TrainConfig, config_from_dict, load_config
 from sbnn.data import DataError, Dataset, load_dataset
@@ -67,6 +71,11 @@ CONFIG_FILE = "config.toml"
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.json"
 RUN_FILES = (CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE)
+RUN_MARKER = ".sbnn-run"   # written into every run folder: what makes a non-empty folder usable as --out
+# What a run folder of an earlier version (no marker) may hold: its files, the pipeline's, export folders,
+# the writer lock and hidden temporaries of atomic writes.
+_LEGACY_RUN_ENTRY = re.compile(r"config\.toml|checkpoint\.pt|metrics\.json|results\.json|report\.html"
+                               r"|export(_sample[0-9]+)?|\.sbnn\.lock|\..+\.(new|old|tmp[0-9]*)")
 CHECKPOINT_FORMAT = 1
 JSON_KEYS: tuple[str, ...] = (
     "test_accuracy_mean", "test_accuracy_noisy", "test_accuracy_ensemble", "epochs", "seconds", "run_dir",
@@ -363,6 +372,36 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") ->
             os.fsync(file.fileno())
 
 
+def check_run_folder(run_dir: str | os.PathLike[str]) -> None:
+    """Raise :class:`RunFolderError` unless ``run_dir`` may be used as a run folder without losing anything.
+
+    Training writes ``config.toml``, ``checkpoint.pt`` and ``metrics.json`` into the folder (and
+    ``--overwrite`` deletes the last two), so a folder that is not a run would lose the user's files of those
+    names: ``--out .`` in a project holding its own ``config.toml``, ``--out ~``. Usable: a folder that does
+    not exist, an empty one (the writer lock aside), one holding :data:`RUN_MARKER` (written into every run
+    folder), or a run folder of an earlier version (``config.toml`` with ``checkpoint.pt`` or
+    ``metrics.json``, and nothing a run does not write). Anything else, a file included, is refused before
+    anything is touched.
+    """
+    run_dir = Path(run_dir)
+    if not os.path.lexists(run_dir):
+        return
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: exists and is not a folder; nothing was changed (choose another --out)")
+    try:
+        names = sorted(entry.name for entry in os.scandir(run_dir))
+    except OSError as error:
+        raise RunFolderError(f"{run_dir}: cannot be listed ({error.strerror}); nothing was changed") from None
+    if RUN_MARKER in names or not [name for name in names if name != LOCK_NAME]:
+        return
+    if (CONFIG_FILE in names and (CHECKPOINT_FILE in names or METRICS_FILE in names)
+            and all(_LEGACY_RUN_ENTRY.fullmatch(name) for name in names)):
+        return
+    shown = ", ".join(names[:3]) + (f", … ({len(names)} entries)" if len(names) > 3 else "")
+    raise RunFolderError(f"{run_dir}: exists and is not an sbnn run folder (it holds {shown}); nothing was changed "
+                         f"(choose a new --out)")
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Remove the hidden temporaries that a killed run left beside its files (:func:`hw_sim.atomic.remove_stale`)."""
     for name in RUN_FILES:
@@ -572,6 +611,7 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
     train_config = config.train
     log: Callable[[str], None] = (lambda text: print(text, flush=True)) if verbose else (lambda text: None)
     checkpoint_path = run_dir / CHECKPOINT_FILE
+    check_run_folder(run_dir)
 
     checkpoint = None
     if checkpoint_path.exists() and overwrite and not resume:
@@ -629,6 +669,9 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
     if group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(run_dir)
+        if not (run_dir / RUN_MARKER).is_file():
+            _atomic_write(run_dir / RUN_MARKER, lambda file: file.write('{"format": 1, "written_by": "sbnn train"}\n'),
+                          mode="w")
         _atomic_write(run_dir / CONFIG_FILE, lambda file: file.write(config.to_toml()), mode="w")
         if checkpoint is not None:
             # metrics.json is written just after the checkpoint, so a run killed between the two has it one
@@ -823,8 +866,11 @@ def run_train_command(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else default_run_dir(args.config)
-        summary = train(config, run_dir, resume=args.resume, json_mode=args.json, overwrite=args.overwrite)
-    except (ConfigError, DataError, RunFolderError) as error:
+        check_run_folder(run_dir)
+        # One writer per run folder; the ranks of one torchrun job are one writer, represented by rank 0.
+        with folder_lock(run_dir, "sbnn train") if ProcessGroup.from_environment().is_main else nullcontext():
+            summary = train(config, run_dir, resume=args.resume, json_mode=args.json, overwrite=args.overwrite)
+    except (ConfigError, DataError, RunFolderError, FolderLocked) as error:
         print(f"sbnn train: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingError as error:
@@ -859,10 +905,12 @@ __all__ = [
     "JSON_KEYS",
     "METRICS_FILE",
     "ProcessGroup",
+    "RUN_MARKER",
     "RunFolderError",
     "TrainingData",
     "TrainingError",
     "add_train_command",
+    "check_run_folder",
     "epoch_shard",
     "kl_weight_at",
     "learning_rate_factor",

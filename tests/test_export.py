@@ -196,7 +196,7 @@ def test_export_folder_is_complete_and_replaced_whole(tmp_path):
                                              test_labels=np.array([0, 1]), source={"test": True})
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(["model.nir", "loihi.h5", "model.onnx", "model_int.onnx", "export.json", "inputs.npy",
-                            "labels.npy"])
+                            "labels.npy", ".sbnn-export"])
     assert hw_sim.load(folder / "loihi.h5") == quantised.network
     assert json.loads((folder / "export.json").read_text())["netx_exact"] is True
     # a failing re-export leaves the previous folder untouched

@@ -39,6 +39,8 @@ from sbnn.train import load_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_FILES = ("model.nir", "loihi.h5", "model.onnx", "model_int.onnx", "export.json", "inputs.npy", "labels.npy")
 HIDDEN_LEFTOVER = re.compile(r"^\..+\.(new|old|tmp\d*)$")
+OWN_HIDDEN = {".sbnn.lock", ".sbnn-run"}   # the run folder's writer lock and marker: not leftovers
+EXPORT_MARKER = ".sbnn-export"              # an export folder's marker
 
 CONFIG = """
 [data]
@@ -181,13 +183,15 @@ def assert_run_folder_valid(run: Path) -> list[str]:
     leftovers = []
     for path in sorted(run.rglob("*")):
         relative = path.relative_to(run)
+        if str(relative) in OWN_HIDDEN or (len(relative.parts) == 2 and relative.name == EXPORT_MARKER):
+            continue
         if any(part.startswith(".") for part in relative.parts):
             assert HIDDEN_LEFTOVER.match(relative.parts[0]), f"unexpected hidden entry {relative}"
             leftovers.append(relative.parts[0])
             continue
         if path.is_dir():
             assert path.name.startswith("export"), path
-            assert sorted(p.name for p in path.iterdir()) == sorted(EXPORT_FILES), f"incomplete {path}"
+            assert sorted(p.name for p in path.iterdir()) == sorted(EXPORT_FILES + (EXPORT_MARKER,)), f"incomplete {path}"
         else:
             assert_valid_file(path)
     return sorted(set(leftovers))
