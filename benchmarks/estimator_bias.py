@@ -1,4 +1,4 @@
-"""Estimator bias against exact gradients, and whether an auxiliary penalty lowers it (METHOD.md §3, §5).
+"""Estimator bias against exact gradients, and whether an auxiliary penalty lowers it (docs/method.md#aux-loss, #diagnostics).
 
 (a) The ``sbnn bias --tiny`` table: every estimator's bias and variance on the built-in enumerable
     problems (linear, quadratic, quadratic with rarely-firing units, two-layer network).

@@ -4,7 +4,9 @@
     loihi.h5         the quantised integer network (lava-dl netx layout; hw_sim.load reads it)
     model.onnx       one float time step with explicit state
     model_int.onnx   one integer Loihi time step, bit-exact with hw_sim
-    export.json      quantisation report: per layer scale, clipped fraction, weight error, |u|/|v| headroom
+    export.json      quantisation report: per layer scale, what was clipped or clamped, weight error, |u|/|v|
+                     headroom, the hardware-vs-float accuracy check, warnings, and the provenance (hashes of
+                     the checkpoint and calibration data, settings, code version)
     inputs.npy       (optional) the integer test inputs the hardware receives, for verify/simulate
     labels.npy       (optional) their labels
     .sbnn-export     the marker: which command wrote the folder (and from what), and the files it wrote
@@ -31,7 +33,8 @@ from hw_sim.atomic import atomic_folder
 from .float_network import FloatNetwork
 from .nir_io import read_nir, write_nir
 from .onnx_export import export_float_onnx, export_integer_onnx
-from .quantise import QuantisedNetwork, quantise
+from .provenance import EXPORT_SOURCES, array_sha256, code_version, git_describe
+from .quantise import ACCURACY_MARGIN, QuantisedNetwork, quantise
 
 FILES = ("model.nir", "loihi.h5", "model.onnx", "model_int.onnx", "export.json")
 OPTIONAL_FILES = ("inputs.npy", "labels.npy")
@@ -108,21 +111,46 @@ def check_replaceable(path: str | os.PathLike) -> None:
                         f"nothing was changed (choose another --out, or remove it yourself)")
 
 
+def export_provenance(*, calibration: np.ndarray, test_inputs: np.ndarray | None = None,
+                      headroom: float = 1.0, accuracy_margin: float = ACCURACY_MARGIN, **inputs) -> dict:
+    """What shaped an export, as recorded in ``export.json["provenance"]["inputs"]``: the hashes of the
+    calibration and stored test inputs, the quantiser's settings, the code version, and the caller's
+    ``inputs`` (the checkpoint's hash, weights mode, seed, ...). Two exports with equal ``inputs`` are the
+    same export, which is how ``sbnn pipeline`` decides that one is up to date (:mod:`export.provenance`)."""
+    return {**inputs, "headroom": float(headroom), "accuracy_margin": float(accuracy_margin),
+            "calibration_shape": list(np.shape(calibration)), "calibration_sha256": array_sha256(calibration),
+            "test_inputs_sha256": array_sha256(test_inputs), "code": code_version(EXPORT_SOURCES)}
+
+
 def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | os.PathLike, *,
                  test_inputs: np.ndarray | None = None, test_labels: np.ndarray | None = None,
                  source: dict | None = None, headroom: float = 1.0,
-                 written_by: str = "sbnn export") -> tuple[Path, QuantisedNetwork, dict]:
+                 written_by: str = "sbnn export", calibration_labels: np.ndarray | None = None,
+                 accuracy_margin: float = ACCURACY_MARGIN, provenance: dict | None = None,
+                 provenance_notes: dict | None = None) -> tuple[Path, QuantisedNetwork, dict]:
     """Export ``network`` to ``out_dir`` (replacing it whole). Returns (folder, quantised network, report).
 
     An existing ``out_dir`` is replaced only when :func:`check_replaceable` allows it (else
     :class:`OutputRefused`, before anything is written). ``written_by`` goes into the marker, so that a
-    later command can tell the pipeline's exports from those made by hand."""
+    later command can tell the pipeline's exports from those made by hand. ``provenance`` (the caller's
+    part of :func:`export_provenance`, e.g. the checkpoint's hash) and ``provenance_notes`` (recorded for
+    the reader, never compared: the whole ``[export]`` section, ``git describe``) go into ``export.json``.
+    ``export.json`` is strict JSON: a NaN or infinity anywhere is an :class:`ExportError`, nothing written."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
+    inputs = export_provenance(calibration=calibration, test_inputs=test_inputs, headroom=headroom,
+                               accuracy_margin=accuracy_margin, **(provenance or {}))
     with atomic_folder(out_dir) as staging:
         write_nir(network, staging / "model.nir")
         from_file, notes = read_nir(staging / "model.nir")
-        quantised = quantise(from_file, calibration, headroom=headroom)
+        quantised = quantise(from_file, calibration, headroom=headroom, labels=calibration_labels,
+                             accuracy_margin=accuracy_margin)
+        if test_inputs is not None:
+            clipping = quantised.input_clipping(test_inputs)
+            if clipping["clipped"]:
+                quantised.warnings.append(f"inputs.npy: {clipping['clipped']} of {clipping['nonzero']} non-zero "
+                                          f"inputs lie above the calibration data's largest input and are "
+                                          f"clipped to the largest payload")
         hw_sim.save(quantised.network, staging / "loihi.h5")
         export_float_onnx(from_file, staging / "model.onnx")
         export_integer_onnx(quantised.network, staging / "model_int.onnx")
@@ -133,13 +161,23 @@ def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | 
         report = {"source": source or {}, "dt": from_file.dt, "notes": notes,
                   "logit_scale": float(network.metadata.get("logit_scale", 1.0)), **quantised.report(),
                   "files": list(FILES) + (["inputs.npy"] if test_inputs is not None else [])
-                  + (["labels.npy"] if test_labels is not None else [])}
-        (staging / "export.json").write_text(json.dumps(report, indent=2, default=_json_default))
+                  + (["labels.npy"] if test_labels is not None else []),
+                  "provenance": {"inputs": inputs, "notes": {**(provenance_notes or {}), "git": git_describe()}}}
+        (staging / "export.json").write_text(strict_json(report, indent=2))
         marker = {"format": MARKER_FORMAT, "written_by": written_by, "source": source or {},
                   "files": report["files"]}
-        (staging / MARKER).write_text(json.dumps(marker, indent=1, default=_json_default))
+        (staging / MARKER).write_text(strict_json(marker, indent=1))
         check_replaceable(out_dir)   # again: a user may have created the folder while we were exporting
     return out_dir, quantised, report
+
+
+def strict_json(document, **options) -> str:
+    """``document`` as strict JSON (``allow_nan=False``): a NaN or infinity is an :class:`ExportError`
+    naming the field, so that no file sbnn writes holds a bare ``NaN`` that strict parsers refuse."""
+    from .quantise import _check_finite
+
+    _check_finite(document, "export.json")
+    return json.dumps(document, allow_nan=False, default=_json_default, **options)
 
 
 def _json_default(value):

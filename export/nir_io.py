@@ -1,4 +1,4 @@
-"""NIR ↔ :class:`~export.float_network.FloatNetwork` (NIR 1.0.8; LOIHI.md §3).
+"""NIR ↔ :class:`~export.float_network.FloatNetwork` (NIR 1.0.8; docs/formats.md#nir).
 
 NIR is continuous-time and carries no dt; we store ``dt`` (seconds) in the graph's and every node's
 metadata, and use the forward-Euler conventions snnTorch and norse agree on, with r = τ_mem/dt and

@@ -1,4 +1,4 @@
-"""ONNX export: one time step with explicit state inputs and outputs (LOIHI.md §6, pattern (a)).
+"""ONNX export: one time step with explicit state inputs and outputs (docs/formats.md#onnx).
 
 ``model.onnx``  — the float network (:class:`~export.float_network.FloatNetwork`), float32:
                   inputs ``x`` (batch, *input_shape) and per layer ``i{k}``, ``v{k}`` (and ``s{k}`` for a

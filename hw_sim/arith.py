@@ -1,4 +1,4 @@
-"""Loihi / Lava fixed-point arithmetic helpers (LOIHI.md §1), vectorised over numpy int64 arrays.
+"""Loihi / Lava fixed-point arithmetic helpers (docs/loihi.md#arithmetic), vectorised over numpy int64 arrays.
 
 Every function here has a slow scalar reference in the tests. All inputs and outputs are integer arrays;
 products are formed in int64 as Lava does.

@@ -1,4 +1,4 @@
-"""Run the unmodified lava-nc 0.10.0 wheel on Python 3.11 (LOIHI.md §7).
+"""Run the unmodified lava-nc 0.10.0 wheel on Python 3.11 (docs/loihi.md#lava-on-python-311).
 
 Python 3.11 rejects a dataclass field whose default is an instance of an unhashable class. lava-nc 0.10.0
 has such defaults (``ByteEncoder()``) in exactly one module, ``lava.magma.compiler.var_model``. Instead of

@@ -147,7 +147,7 @@ def build_from_netx(path: Path, network: Network, period: int | None) -> Built:
 
 def _import_netx() -> None:
     """netx imports slayer, whose package __init__ imports cv2 and torchvision for object detection, which
-    netx never uses and which are not installed (LOIHI.md §5): stand-ins let the import complete."""
+    netx never uses and which are not installed (docs/netx.md): stand-ins let the import complete."""
     from unittest import mock
 
     for name in ("cv2", "torchvision", "torchvision.ops", "torchvision.transforms", "torchvision.io",

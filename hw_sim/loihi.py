@@ -1,4 +1,4 @@
-"""The bit-exact, batched numpy simulator of a :class:`~hw_sim.network.Network` (LOIHI.md §1).
+"""The bit-exact, batched numpy simulator of a :class:`~hw_sim.network.Network` (docs/loihi.md).
 
 It computes exactly what Lava's ``fixed_pt`` models compute, with Lava's timing: input column t is what
 the source sends at Lava step t + 1, each synapse layer adds one step of delay, and
@@ -132,7 +132,7 @@ def conv_synaptic_input(layer: ConvLayer, inputs: np.ndarray, max_abs_input: int
 
 def neuron_step(neurons: CubaNeurons, bias: np.ndarray, u: np.ndarray, v: np.ndarray,
                 a_in: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One Lava bit-accurate LIF step (LOIHI.md §1.2) in int64, with Lava's int32 arithmetic for
+    """One Lava bit-accurate LIF step (docs/loihi.md#arithmetic) in int64, with Lava's int32 arithmetic for
     ``decayed u + (a_in << 6)``. Returns (u, v, spikes) with v already reset."""
     decayed = decay_toward_zero(u, DECAY_UNITY - (neurons.du + CURRENT_DECAY_OFFSET))
     u = wrap_current(wrap_int32(wrap_int32(decayed) + wrap_int32(a_in << STATE_SHIFT)))

@@ -27,10 +27,11 @@ import numpy as np
 
 from .arith import STATE_MAX, SignMode, effective_bias, infer_sign_mode
 
-# Ranges that Lava's CPU models accept (LOIHI.md §1; bias_mant is stored as int16 by the LIF model).
+# Ranges that Lava's CPU models accept (docs/loihi.md; bias_mant is stored as int16 by the LIF model).
 DU_RANGE = (-1, 4095)            # du = -1 is netx's "no current decay" integrator (iDecay = 0)
 DV_RANGE = (0, 4096)
-VTH_RANGE = (0, 1 << 17)         # 2^17 is netx's never-firing readout threshold
+VTH_RANGE = (-(1 << 31), (1 << 31) - 1)   # Lava's LIF holds vth in int32 and does not enforce its 17 bits
+                                          # (slayer's Affine readout writes 2^18 - 1; any vth >= 2^17 never fires)
 BIAS_MANT_RANGE = (-(1 << 15), (1 << 15) - 1)
 BIAS_EXP_RANGE = (-16, 16)
 WEIGHT_EXP_RANGE = (-8, 8)
@@ -147,7 +148,7 @@ class DenseLayer:
     ``recurrent_delays`` (out, out), integers in [0, MAX_DELAY] steps, make the synapse Lava's DelayDense:
     a spike crossing a connection of delay d arrives d steps after the usual one-step synaptic delay, and the
     weight exponent's shift (floor) applies to each delay group's sum separately. ``readout`` marks a non-spiking
-    output layer whose membrane v is the result: its threshold must be 2^17, which no v can exceed
+    output layer whose membrane v is the result: its threshold must be at least 2^17, which no v can exceed
     (netx's own readout, a dense layer without a neuron group, is du = -1, dv = 4096, vth = 2^17).
     """
 
@@ -192,8 +193,8 @@ class DenseLayer:
                 raise NetworkError(f"{name} must have the weights' shape {matrix.shape}, found {delays.shape}")
             # All-zero delays are a plain Dense (Lava's DelayDense then computes exactly what Dense does).
             object.__setattr__(self, name, _frozen_array(delays) if np.any(delays) else None)
-        if self.readout and (self.neurons.vth != NEVER_FIRES or self.recurrent_weights is not None):
-            raise NetworkError(f"a readout layer needs vth = {NEVER_FIRES} (never fires) and no recurrence")
+        if self.readout and (self.neurons.vth < NEVER_FIRES or self.recurrent_weights is not None):
+            raise NetworkError(f"a readout layer needs vth >= {NEVER_FIRES} (never fires) and no recurrence")
 
     def effective_sign_mode(self, weights: np.ndarray | None = None) -> SignMode:
         """The sign mode Lava uses for ``weights`` (default: the feed-forward weights)."""

@@ -421,11 +421,10 @@ def _warn(reader: "_Reader", message: str) -> None:
 
 
 def _check_fields(reader: "_Reader", group: h5py.Group, allowed: set[str], what: str) -> None:
+    if "weight" in group and isinstance(reader.member(group, "weight"), h5py.Group):
+        raise reader.fail("complex weights ('weight/real', 'weight/imag') are not modelled by hw_sim")
     for name in group.keys():
         if name not in allowed:
-            member = reader.member(group, name)
-            if name == "weight" and isinstance(member, h5py.Group):
-                raise reader.fail("complex weights ('weight/real', 'weight/imag') are not modelled by hw_sim")
             raise reader.fail(f"field '{name}' is not one hw_sim models in {what} (it reads: "
                               f"{', '.join(sorted(allowed - {'lava'}))})")
 
@@ -532,7 +531,6 @@ def _read_dense_netx(reader: "_Reader", group: h5py.Group, kind: str, neurons: C
 
 def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[int, ...],
                 use_lava_groups: bool) -> Layer:
-    _check_fields(reader, group, SYNAPSE_FIELDS[kind], f"a '{kind}' layer")
     shape = reader.shape(group)
     if kind != "conv":
         shape = (int(np.prod(shape)),)   # netx: a dense layer has prod(shape) neurons
@@ -570,7 +568,7 @@ def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[i
                          padding=tuple(reader.array(group, "padding").reshape(-1)),
                          dilation=tuple(reader.array(group, "dilation").reshape(-1)),
                          groups=reader.scalar(group, "groups"))
-    readout = not has_neuron or neurons.vth == NEVER_FIRES
+    readout = not has_neuron or neurons.vth >= NEVER_FIRES
     if lava is not None:
         return DenseLayer(weights=reader.array(lava, "weight"), neurons=neurons,
                           weight_exp=reader.scalar(lava, "weight_exp"),
@@ -710,17 +708,17 @@ def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool,
                                   "(dense, dense_rec, conv, flatten)")
             if kind not in LAYER_TYPES:
                 raise reader.fail(f"layer type '{kind}' is not supported (dense, dense_rec, conv, flatten)")
+            if not (kind == "input" and "neuron" in group):
+                _check_fields(reader, group, SYNAPSE_FIELDS[kind], f"layers of type '{kind}'")
             if kind == "input":
                 if name != "0":
                     raise reader.fail("an input layer must come first")
                 if "neuron" in group:
                     raise reader.fail("input layers with neurons (slayer's Input block) are not modelled by hw_sim")
-                _check_fields(reader, group, SYNAPSE_FIELDS["input"], "an input layer")
                 file_input_shape = reader.shape(group) if "shape" in group else None
                 input_message_bits = reader.scalar(group, "inputMessageBits", default=0)
                 continue
             if kind == "flatten":
-                _check_fields(reader, group, SYNAPSE_FIELDS["flatten"], "a flatten layer")
                 if layers and len(layers[-1].shape) == 1:
                     raise reader.fail("a flatten layer after a dense layer (netx 0.6 fails on it)")
                 flatten_pending = True

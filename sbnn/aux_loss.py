@@ -1,4 +1,4 @@
-"""Bias-minimising auxiliary losses (METHOD.md §3), pluggable and weighted.
+"""Bias-minimising auxiliary losses (docs/method.md#aux-loss), pluggable and weighted.
 
 After importance weighting, what is left of an estimator's bias comes from the curvature of the
 downstream loss in a single unit's flip.  A flip of unit ``i`` moves the standardised margin of a unit

@@ -135,7 +135,7 @@ def command_verify(args: argparse.Namespace) -> int:
 
 
 def command_simulate(args: argparse.Namespace) -> int:
-    """Run an export on one backend: hw_sim, Lava, or the float model from model.nir ("torch" in DESIGN.md:
+    """Run an export on one backend: hw_sim, Lava, or the float model from model.nir (backend "torch":
     float arithmetic, no per-layer delay). With labels.npy beside the inputs, prints the accuracy too."""
     import hw_sim
 
@@ -272,22 +272,32 @@ def command_import(args: argparse.Namespace) -> int:
         written = (marker.get("source") or {}).get("model") or marker.get("written_by")
         raise UserError(f"{out}: holds the export of {written}, not of {origin}; nothing was changed "
                         f"(give --out to write elsewhere, or --force to replace it)")
+    from export.provenance import file_sha256
+
+    # What shaped this export, recorded in export.json: the graph file's bytes and how it was calibrated.
+    provenance = {"nir_sha256": file_sha256(model), "dt": args.dt,
+                  "calibration_source": ({"file_sha256": file_sha256(Path(args.calibration))} if args.calibration else
+                                  {"seed": args.seed, "density": args.density, "samples": args.samples,
+                                   "steps": args.steps})}
     with folder_lock(out.parent, "sbnn import"):
         try:
             folder, quantised, report = write_export(network, calibration, out, test_inputs=calibration[:8],
                                                      source={"nir": str(model), "model": origin, "calibration": source},
-                                                     written_by="sbnn import")
+                                                     written_by="sbnn import", provenance=provenance)
         except OutputRefused:
             raise
         except ValueError as error:   # what the quantiser cannot map in this graph
             raise UserError(f"{model}: {error}")
     if args.json:
         print(json.dumps({"export": str(folder), "netx_exact": report["netx_exact"], "layers": len(report["layers"]),
-                          "warnings": report["warnings"], "notes": notes}))
+                          "saturation_total": report["saturation_total"], "accuracy_check": report["accuracy_check"],
+                          "warnings": report["warnings"], "notes": notes}, allow_nan=False))
     else:
         print(f"{model} -> {folder} ({len(report['layers'])} layers, netx-exact: {report['netx_exact']}, dt {report['dt']:g} s)")
-        for line in notes + report["warnings"]:
+        for line in notes:
             print(f"  note: {line}")
+        for warning in report["warnings"]:
+            print(f"  warning: {warning}")
     return EXIT_OK
 
 
@@ -317,16 +327,21 @@ def command_export(args: argparse.Namespace) -> int:
             raise UserError(str(error))
     summary = {"export": str(folder), "weights": args.weights, "seed": args.seed if args.weights == "sample" else None,
                "netx_exact": report["netx_exact"], "warnings": report["warnings"],
+               "saturation_total": report["saturation_total"], "accuracy_check": report["accuracy_check"],
                "layers": [{k: layer[k] for k in ("scale", "clipped_fraction", "relative_weight_error",
-                                                  "headroom_u", "headroom_v")} for layer in report["layers"]]}
+                                                  "headroom_u", "headroom_v", "saturation")}
+                          for layer in report["layers"]]}
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps(summary, allow_nan=False))
     else:
         print(f"{run} ({args.weights}) -> {folder}: model.nir, loihi.h5 (netx-exact: {report['netx_exact']}), "
               f"model.onnx, model_int.onnx, export.json")
         for k, layer in enumerate(summary["layers"]):
             print(f"  layer {k}: scale {layer['scale']:.4g}, clipped {layer['clipped_fraction']:.2%}, "
                   f"weight error {layer['relative_weight_error']:.2%}")
+        check = report["accuracy_check"]
+        print(f"  calibration data ({check['samples']} samples, scored on {check['scored_on']}): hardware "
+              f"{check['hardware_accuracy']:.2%}, float {check['float_accuracy']:.2%}")
         for warning in report["warnings"]:
             print(f"  warning: {warning}")
     return EXIT_OK
@@ -349,7 +364,9 @@ def command_pipeline(args: argparse.Namespace) -> int:
         summary = run_pipeline(config, run_dir, force=args.force, quiet=args.json,
                                progress=(lambda message: None) if args.json else print)
     if args.json:
-        print(json.dumps(summary, default=float))
+        from .pipeline import finite_for_json
+
+        print(json.dumps(finite_for_json(summary), allow_nan=False))
     else:
         print(format_summary(summary))
     verify = summary.get("verify")

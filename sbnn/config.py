@@ -15,7 +15,7 @@ values, so ``--set model.hidden=[64,32]``; a value that is not valid TOML is tak
 :meth:`RunConfig.to_toml` writes the fully resolved configuration, which loads again to the same
 :class:`RunConfig` (a run folder keeps it as ``config.toml``).
 
-Two places for the estimator.  The stable name is ``[train] estimator`` (DESIGN.md); ``[model]
+Two places for the estimator.  The stable name, which scripts rely on, is ``[train] estimator``; ``[model]
 estimator`` (the :class:`~sbnn.models.ModelConfig` field) is accepted too, but not both.  Either way
 it is a method name (``"agr"``, ``"iwst"``, ...; the method's default settings, see
 :data:`ESTIMATOR_DEFAULTS`) or a table of :class:`~sbnn.estimators.EstimatorConfig` fields.  The
@@ -176,6 +176,8 @@ class ExportConfig:
         headroom: factor on the calibrated range (>= 1 leaves room above what calibration saw).
         dt: seconds per time step, written to the NIR metadata.
         seed: seeds the posterior samples and the calibration subset.
+        accuracy_margin: an export whose hardware accuracy on the calibration data falls more than this
+            (a fraction: 0.05 = 5 points) below the float model's is flagged with a warning.
     """
 
     weights: str = "mean"
@@ -184,6 +186,7 @@ class ExportConfig:
     headroom: float = 1.0
     dt: float = 0.001
     seed: int = 0
+    accuracy_margin: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -442,6 +445,7 @@ _EXPORT_CHECKS: dict[str, Check] = {
     "headroom": _number(0.0, open_minimum=True),
     "dt": _number(0.0, open_minimum=True),
     "seed": _integer(0),
+    "accuracy_margin": _number(0.0, maximum=1.0),
 }
 
 _PIPELINE_CHECKS: dict[str, Check] = {

@@ -1,4 +1,4 @@
-"""Exact-gradient diagnostics of the gradient estimators (METHOD.md §5, ``sbnn bias``).
+"""Exact-gradient diagnostics of the gradient estimators (docs/method.md#diagnostics, ``sbnn bias``).
 
 A network of noisy binary units small enough to enumerate every joint state (at most
 :data:`MAX_ENUMERATED_UNITS` stochastic units) has an exactly computable expected loss

@@ -1,4 +1,4 @@
-"""Gradient estimators for noisy binary units (METHOD.md §1–2).
+"""Gradient estimators for noisy binary units (docs/method.md#noisy-units, #estimators).
 
 A unit with standardised margin ``z`` (dimensionless: the margin divided by the unit's noise scale)
 fires ``b = 1[z + eps > 0]``, where ``eps`` is standard symmetric noise with CDF ``F`` and density ``f``:
@@ -171,7 +171,7 @@ def _check_arguments(
 def importance_probability(
     p1: Tensor, *, p: float | Tensor | None = None, lam: float | None = None
 ) -> Tensor:
-    """The ``p`` of IW-ST(p), the single place it is defined (METHOD.md §2).
+    """The ``p`` of IW-ST(p), the single place it is defined (docs/method.md#iwst).
 
     Args:
         p1: firing probabilities ``P1``, any shape.
@@ -309,7 +309,7 @@ _LOGISTIC_SERIES_RADIUS = 1.0
 
 
 def _logistic_agr_g1_unit_tau(z: Tensor) -> Tensor:
-    """``g_1(z)`` for logistic noise and logistic relaxation at ``tau = 1`` (METHOD.md §2).
+    """``g_1(z)`` for logistic noise and logistic relaxation at ``tau = 1`` (docs/method.md#agr).
 
     With ``A = e^z``: ``g_1 = [1 + 2A - 3A^2 + 2(1+A)^2 ln((1+A)/2)] / [2(A-1)^3]``.  For ``z > 0`` the same
     expression is evaluated with ``B = e^-z`` (numerator and denominator multiplied by ``B^3``) so
@@ -638,7 +638,7 @@ def sample(
     k: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Sample noisy binary units and attach a gradient estimator (METHOD.md §2).
+    """Sample noisy binary units and attach a gradient estimator (docs/method.md#estimators).
 
     Args:
         z: standardised margins (margin over noise scale, dimensionless), any shape, floating point.

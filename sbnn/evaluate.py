@@ -1,4 +1,4 @@
-"""Test-time predictions of an SBNN and the metrics computed from them (METHOD.md §4).
+"""Test-time predictions of an SBNN and the metrics computed from them (docs/method.md#test-time).
 
 Three ways to predict, each returning class probabilities ``(N, num_classes)`` on the CPU:
 

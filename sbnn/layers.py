@@ -1,4 +1,4 @@
-"""Bayesian layers and stochastic neurons of the SBNN (METHOD.md §4).
+"""Bayesian layers and stochastic neurons of the SBNN (docs/method.md#sbnn).
 
 Weights have a factorised Gaussian posterior ``q(w) = N(mu, sigma^2)``, ``sigma = softplus(rho)``, and a
 Gaussian prior ``N(0, prior_std^2)``.  Every mode-aware module has a ``mode``:

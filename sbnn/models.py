@@ -22,7 +22,7 @@ Kinds (``ModelConfig.kind``):
                 lets 20+ layers train).  Not exportable: Loihi/netx has no residual adds.
 
 Every model ends in the same readout: a Bayesian dense layer into a non-spiking CUBA integrator; the
-logits are the integrator's membrane voltage averaged over the time steps (METHOD.md §4).
+logits are the integrator's membrane voltage averaged over the time steps (docs/method.md#readout).
 
 Time.  Inputs are either sequences ``(batch, T, *input_shape)`` (spikes or counts, time second) or static
 ``(batch, *input_shape)`` (features, images).  A static input is presented unchanged for

@@ -1,7 +1,7 @@
 """``sbnn export`` and ``sbnn pipeline``: from a trained run to verified deployments and a report.
 
-Stages of ``sbnn pipeline CONFIG.toml`` (each skips when its outputs exist and are newer than its inputs;
-``--force`` redoes all):
+Stages of ``sbnn pipeline CONFIG.toml`` (each skips when its outputs exist and were made from exactly the
+inputs it would use now; ``--force`` redoes all):
 
 1. **train** — :func:`sbnn.train.train` into the run folder.
 2. **export** — the posterior mean to ``export/`` and K posterior samples to ``export_sample{k}/``
@@ -11,6 +11,15 @@ Stages of ``sbnn pipeline CONFIG.toml`` (each skips when its outputs exist and a
    ``pipeline.lava_samples`` test samples, verified against hw_sim spike for spike (u and v included);
    energy proxies of every export; float-model accuracies for comparison. Written to ``results.json``.
 4. **report** — ``report.html``.
+
+"Exactly the inputs" is judged by content, never by file times (:mod:`export.provenance`): each
+``export.json`` records the sha256 of ``checkpoint.pt``, the export settings (headroom, calibration
+samples, dt, weights mode, seed, accuracy margin, stored test samples), the hashes of the calibration and
+test inputs and labels, and the code version; ``results.json`` records the hashes of every ``export.json``
+and ``loihi.h5`` it summarises, of the checkpoint and the test data, and the evaluation settings;
+``report.html`` records the hash of ``results.json``. A stage re-runs when any of these differs, so
+changing ``export.headroom`` re-exports, re-evaluates and re-reports, and an unchanged rerun skips all
+(after loading the data once to hash the calibration inputs). A copied run folder stays up to date.
 
 A Lava run that fails (missing environment, worker crash, ``pipeline.lava_timeout`` exceeded) does not stop
 the pipeline: ``results.json`` and the summary carry its one-line ``lava_error`` (``verify`` and the Lava
@@ -63,31 +72,70 @@ def default_export_folder(run_dir: Path, weights: str, seed: int) -> Path:
     return run_dir / ("export" if weights == "mean" else f"export_sample{seed}")
 
 
+def _export_plan(run_dir: Path, config, model, data, *, weights: str, seed: int,
+                 checkpoint_sha256: str | None = None) -> dict:
+    """Everything one export of the run is made from, and ``inputs``: what its ``export.json`` records as
+    its provenance (:func:`export.folder.export_provenance`), so that the pipeline can tell whether an
+    existing export was made from exactly these."""
+    from export.folder import export_provenance
+    from export.from_model import float_network_from_model
+    from export.provenance import array_sha256, file_sha256
+
+    network = float_network_from_model(model, dt=config.export.dt, weights=weights, seed=seed)
+    calibration_count = min(config.export.calibration_samples, len(data.x_train))
+    calibration = model_sequences(data.x_train[:calibration_count], model)
+    calibration_labels = data.y_train[:calibration_count].numpy()
+    preview = min(config.pipeline.lava_samples, len(data.x_test))
+    delay = len(network.layers)
+    test_inputs = _pad_steps(model_sequences(data.x_test[:preview], model), delay)
+    test_labels = data.y_test[:preview].numpy()
+    provenance = {"checkpoint_sha256": checkpoint_sha256 or file_sha256(run_dir / "checkpoint.pt"),
+                  "weights": weights, "seed": seed if weights == "sample" else None,
+                  "calibration_samples": calibration_count, "dt": float(config.export.dt), "test_samples": preview,
+                  "calibration_labels_sha256": array_sha256(calibration_labels),
+                  "test_labels_sha256": array_sha256(test_labels)}
+    settings = dict(headroom=config.export.headroom, accuracy_margin=config.export.accuracy_margin)
+    inputs = export_provenance(calibration=calibration, test_inputs=test_inputs, **settings, **provenance)
+    return {"network": network, "calibration": calibration, "calibration_labels": calibration_labels,
+            "test_inputs": test_inputs, "test_labels": test_labels, "provenance": provenance, "settings": settings,
+            "inputs": json.loads(json.dumps(inputs)),   # as export.json will hold them
+            "source": {"run": str(run_dir), "weights": weights, "seed": seed if weights == "sample" else None,
+                       "calibration_samples": calibration_count,
+                       "inputs": f"first {preview} test samples, {delay} zero steps appended"}}
+
+
+def recorded_export_inputs(folder: Path) -> dict | None:
+    """The provenance ``inputs`` an export folder's ``export.json`` records, or None when the folder is
+    incomplete, unreadable or of a version that recorded none (then it is out of date)."""
+    if not (folder / "loihi.h5").is_file():
+        return None
+    try:
+        report = json.loads((folder / "export.json").read_text())
+        inputs = report["provenance"]["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return inputs if isinstance(inputs, dict) else None
+
+
 def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int = 0, out: str | os.PathLike | None = None,
-               loaded=None, written_by: str = "sbnn export") -> tuple[Path, dict]:
+               loaded=None, written_by: str = "sbnn export", plan: dict | None = None) -> tuple[Path, dict]:
     """Export a trained run's posterior mean or the posterior sample of ``seed``; returns (folder, report).
 
     ``written_by`` is recorded in the folder's marker (:func:`export.folder.export_marker`): the pipeline's
-    exports say ``sbnn pipeline``, so that ``sbnn export`` by hand does not silently replace them."""
+    exports say ``sbnn pipeline``, so that ``sbnn export`` by hand does not silently replace them.
+    ``export.json`` records the provenance (:func:`_export_plan`); ``plan`` reuses one already made."""
+    from dataclasses import asdict
+
     from export.folder import write_export
-    from export.from_model import float_network_from_model
 
     run_dir = Path(run_dir)
     config, model, data = loaded or load_run(run_dir)
     out = Path(out) if out else default_export_folder(run_dir, weights, seed)
-    network = float_network_from_model(model, dt=config.export.dt, weights=weights, seed=seed)
-    calibration_count = min(config.export.calibration_samples, len(data.x_train))
-    calibration = model_sequences(data.x_train[:calibration_count], model)
-    preview = min(config.pipeline.lava_samples, len(data.x_test))
-    delay = len(network.layers)
-    test_inputs = _pad_steps(model_sequences(data.x_test[:preview], model), delay)
-    folder, _, report = write_export(network, calibration, out, test_inputs=test_inputs,
-                                     test_labels=data.y_test[:preview].numpy(), headroom=config.export.headroom,
-                                     written_by=written_by,
-                                     source={"run": str(run_dir), "weights": weights,
-                                             "seed": seed if weights == "sample" else None,
-                                             "calibration_samples": calibration_count,
-                                             "inputs": f"first {preview} test samples, {delay} zero steps appended"})
+    plan = plan or _export_plan(run_dir, config, model, data, weights=weights, seed=seed)
+    folder, _, report = write_export(plan["network"], plan["calibration"], out, test_inputs=plan["test_inputs"],
+                                     test_labels=plan["test_labels"], calibration_labels=plan["calibration_labels"],
+                                     written_by=written_by, source=plan["source"], provenance=plan["provenance"],
+                                     provenance_notes={"export_config": asdict(config.export)}, **plan["settings"])
     return folder, report
 
 
@@ -145,6 +193,19 @@ def _rates_and_raster(folder: Path, x: np.ndarray, limit: int = 256) -> tuple[li
     return rates, raster
 
 
+def export_saturation(report: dict) -> dict:
+    """What an export.json says the quantiser clipped or clamped, summed over layers per kind (weights,
+    bias_mantissa, threshold, du, dv) plus the graded inputs (input_rounded_to_zero, input_clipped)."""
+    totals: dict[str, int] = {}
+    for layer in report.get("layers", []):
+        for kind, count in (layer.get("saturation") or {}).items():
+            totals[kind] = totals.get(kind, 0) + int(count)
+    inputs = report.get("input_saturation") or {}
+    totals["input_rounded_to_zero"] = int(inputs.get("rounded_to_zero", 0))
+    totals["input_clipped"] = int(inputs.get("clipped", 0))
+    return totals
+
+
 def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str, Path]]) -> dict:
     """Accuracy, verification, energy and the report's series for the exported networks."""
     import hw_sim
@@ -177,7 +238,9 @@ def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str
         energy = energy_report(network, energy_inputs)
         exports.append({"name": name, "dir": str(folder), "accuracy_hw": accuracy(probabilities, labels),
                         "energy_uj": energy["energy_uj"], "synops": energy["synops_per_inference"],
-                        "netx_exact": report["netx_exact"], "warnings": report["warnings"], "_energy": energy})
+                        "netx_exact": report["netx_exact"], "saturation": export_saturation(report),
+                        "accuracy_check": report.get("accuracy_check"), "warnings": report["warnings"],
+                        "_energy": energy})
         if name != "mean":
             hw_probabilities.append(probabilities)
     timings["hw_sim"] = time.perf_counter() - start
@@ -240,19 +303,51 @@ def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 
-def _newer(outputs: list[Path], inputs: list[Path]) -> bool:
-    """All outputs exist and each is newer than every existing input."""
-    if not all(path.exists() for path in outputs):
-        return False
-    newest_input = max((path.stat().st_mtime for path in inputs if path.exists()), default=0.0)
-    return all(path.stat().st_mtime >= newest_input for path in outputs)
+def finite_for_json(value):
+    """NaN and infinities as null (e.g. a metric of a diverged model), so that every JSON file sbnn writes is
+    strict JSON; numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {key: finite_for_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_for_json(item) for item in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _write_json(path: Path, document: dict) -> None:
     from hw_sim.atomic import atomic_path
 
     with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(document, indent=1, default=float))
+        temporary.write_text(json.dumps(finite_for_json(document), indent=1, allow_nan=False))
+
+
+def _results_inputs(config, data, folders: list[tuple[str, Path]], checkpoint_sha256: str) -> dict:
+    """What ``results.json`` is computed from: the exports it summarises (hashes of their ``export.json`` and
+    ``loihi.h5``), the checkpoint (float accuracies), the test data, the evaluation settings and the code."""
+    from export.provenance import RESULTS_SOURCES, array_sha256, code_version, file_sha256
+
+    exports = {name: {"export_json_sha256": file_sha256(folder / "export.json"),
+                      "loihi_h5_sha256": file_sha256(folder / "loihi.h5")} for name, folder in folders}
+    settings = {"eval_samples": config.train.eval_samples, "eval_seed": config.train.eval_seed,
+                "posterior_samples": config.export.posterior_samples, "export_seed": config.export.seed,
+                "lava_samples": config.pipeline.lava_samples}
+    numpy = lambda x: x.numpy() if hasattr(x, "numpy") else np.asarray(x)  # noqa: E731
+    test_data = {"x_sha256": array_sha256(numpy(data.x_test)), "y_sha256": array_sha256(numpy(data.y_test))}
+    inputs = {"checkpoint_sha256": checkpoint_sha256, "exports": exports, "settings": settings,
+              "test_data": test_data, "code": code_version(RESULTS_SOURCES)}
+    return json.loads(json.dumps(inputs))
+
+
+def _recorded(path: Path) -> dict | None:
+    """``provenance.inputs`` of a results.json, or None when it is missing, unreadable or has none."""
+    try:
+        inputs = json.loads(path.read_text())["provenance"]["inputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return inputs if isinstance(inputs, dict) else None
 
 
 def _remove_stale_temporaries(run_dir: Path, export_names: list[str]) -> None:
@@ -284,7 +379,7 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
     """Train, export, evaluate (hw_sim, Lava, energy) and report. Returns the summary dict.
 
     ``quiet`` keeps stdout free for ``--json`` (training prints nothing either)."""
-    from .report import write_report
+    from .report import recorded_report_inputs, write_report
     from .train import train
 
     run_dir = Path(run_dir)
@@ -305,32 +400,35 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
     timings["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    checkpoint = run_dir / "checkpoint.pt"
-    loaded = None
+    from export.provenance import REPORT_SOURCES, code_version, file_sha256
+
+    # Whether a stage is up to date is judged by what its outputs were made from (hashes recorded in
+    # export.json, results.json and report.html), not by file times.
+    checkpoint_sha256 = file_sha256(run_dir / "checkpoint.pt")
+    loaded = load_run(run_dir)   # the calibration inputs have to be made (and hashed) to compare them
     for name, folder in folders:
-        if force or not _newer([folder / "export.json", folder / "loihi.h5"], [checkpoint]):
-            if loaded is None:
-                loaded = load_run(run_dir)
+        weights = "mean" if name == "mean" else "sample"
+        seed = config.export.seed + int(name[len("sample"):]) if weights == "sample" else 0
+        plan = _export_plan(run_dir, *loaded, weights=weights, seed=seed, checkpoint_sha256=checkpoint_sha256)
+        if force or recorded_export_inputs(folder) != plan["inputs"]:
             progress(f"[2/4] exporting {name} -> {folder}")
-            weights = "mean" if name == "mean" else "sample"
-            seed = config.export.seed + int(name[len("sample"):]) if weights == "sample" else 0
-            export_run(run_dir, weights=weights, seed=seed, out=folder, loaded=loaded, written_by="sbnn pipeline")
+            export_run(run_dir, weights=weights, seed=seed, out=folder, loaded=loaded, written_by="sbnn pipeline",
+                       plan=plan)
         else:
             skipped.append(f"export {name}")
     timings["export"] = time.perf_counter() - start
 
     start = time.perf_counter()
     results_path = run_dir / "results.json"
-    exported = [folder / "loihi.h5" for _, folder in folders]
-    if force or not _newer([results_path], exported + [checkpoint]):
-        if loaded is None:
-            loaded = load_run(run_dir)
+    results_inputs = _results_inputs(loaded[0], loaded[2], folders, checkpoint_sha256)
+    if force or _recorded(results_path) != results_inputs:
         progress(f"[3/4] evaluating {len(folders)} exports in hw_sim, the posterior mean in Lava, energy")
         results = evaluate_exports(run_dir, *loaded, folders)
+        results["provenance"] = {"inputs": results_inputs}
         _write_json(results_path, results)
     else:
         skipped.append("evaluate")
-        results = json.loads(results_path.read_text())
+    results = json.loads(results_path.read_text())
     timings["evaluate"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -338,10 +436,11 @@ def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, pro
     metrics = json.loads((run_dir / "metrics.json").read_text())
     document = {**results, "name": Path(config.source).stem, "run_dir": str(run_dir),
                 "training": {"history": metrics.get("history", []), "summary": metrics.get("summary", {})}}
-    if force or not _newer([report_path], [results_path, checkpoint]):   # metrics.json changes with every run
+    report_inputs = {"results_sha256": file_sha256(results_path), "code": code_version(REPORT_SOURCES)}
+    if force or recorded_report_inputs(report_path) != report_inputs:   # metrics.json changes with every run
         progress("[4/4] writing the report")
         document["timings"] = {**timings, **{f"evaluate: {k}": v for k, v in results.get("evaluation_timings", {}).items()}}
-        write_report(document, report_path)
+        write_report(document, report_path, provenance=report_inputs)
     else:
         skipped.append("report")
     timings["report"] = time.perf_counter() - start
@@ -374,6 +473,9 @@ def format_summary(summary: dict) -> str:
                      f"({verify['spikes_compared']} spikes, {verify['states_compared']} u/v values)")
     elif summary.get("lava_error"):
         lines.append(f"Lava: {summary['lava_error']}")
+    for entry in summary.get("exports", []):
+        for warning in entry.get("warnings", []):
+            lines.append(f"warning: export {entry['name']}: {warning}")
     energy = summary["energy"]["energy_uj"]
     lines.append(f"energy per inference: Loihi {energy['loihi']:.4g} µJ, equivalent ANN (45 nm fp32) "
                  f"{energy['ann_mac_45nm']:.4g} µJ")

@@ -1,7 +1,9 @@
 """``report.html``: one self-contained page (images embedded as PNG data URIs) from a pipeline result.
 
 The page shows, in order: the summary (verification verdict, accuracy on the float model and on the
-hardware model), the accuracy table, the energy table with per-layer bars, accuracy against energy per
+hardware model), the accuracy table, the exported networks (with what the quantiser clipped or clamped,
+the hardware-vs-float accuracy check on the calibration data, and every export warning), the energy
+table with per-layer bars, accuracy against energy per
 exported network, training curves, a spike raster of one test sample per layer, firing rates per layer,
 the reliability diagram of the ensemble, and the predictive entropy of the hardware ensemble on correct
 and wrong test samples.
@@ -14,6 +16,7 @@ import html
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +150,45 @@ def _plots(result: dict) -> dict[str, str]:
     return figures
 
 
-def render(result: dict) -> str:
-    """The HTML page for a pipeline result dict (see :mod:`sbnn.pipeline`)."""
+def _saturation_text(saturation: dict | None) -> str:
+    """``3 weights, 1 threshold`` (non-zero counts only), ``none``, or ``—`` for an export that records none."""
+    if saturation is None:
+        return "—"
+    counts = [f"{count} {kind.replace('_', ' ')}" for kind, count in saturation.items() if count]
+    return ", ".join(counts) or "none"
+
+
+def _accuracy_check_text(check: dict | None) -> str:
+    if not check:
+        return "—"
+    text = f"{check['hardware_accuracy']:.1%} vs {check['float_accuracy']:.1%} ({check['samples']} samples)"
+    return text + (" FLAGGED" if check.get("flagged") else "")
+
+
+PROVENANCE_META = re.compile(r'<meta name="sbnn-provenance" content="([^"]*)">')
+
+
+def recorded_report_inputs(path: str | os.PathLike) -> dict | None:
+    """The inputs a ``report.html`` records it was made from (see :func:`write_report`), or None."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            head = file.read(1 << 16)
+        found = PROVENANCE_META.search(head)
+        inputs = json.loads(html.unescape(found.group(1))) if found else None
+    except (OSError, ValueError):
+        return None
+    return inputs if isinstance(inputs, dict) else None
+
+
+def render(result: dict, provenance: dict | None = None) -> str:
+    """The HTML page for a pipeline result dict (see :mod:`sbnn.pipeline`); ``provenance`` (what the
+    page was made from) goes into a ``<meta name="sbnn-provenance">`` tag, read back by the pipeline."""
     figures = _plots(result)
     accuracy = result.get("accuracy", {})
     verify = result.get("verify") or {}
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sbnn report — {html.escape(result.get('name', ''))}</title>",
+    meta = ("" if provenance is None else
+            f'<meta name="sbnn-provenance" content="{html.escape(json.dumps(provenance, allow_nan=False), quote=True)}">')
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'>{meta}<title>sbnn report — {html.escape(result.get('name', ''))}</title>",
              f"<style>{STYLE}</style></head><body>",
              f"<h1>sbnn report: {html.escape(result.get('name', ''))}</h1>",
              f"<p class='note'>run folder {html.escape(str(result.get('run_dir', '')))}</p>"]
@@ -180,9 +216,20 @@ def render(result: dict) -> str:
     exports = result.get("exports", [])
     if exports:
         parts.append("<h2>Exported networks</h2>")
-        parts.append(_table(["export", "hw_sim accuracy", "Loihi µJ / inference", "synops / inference", "netx-exact"],
+        parts.append(_table(["export", "hw_sim accuracy", "Loihi µJ / inference", "synops / inference", "netx-exact",
+                             "clipped / clamped", "calibration: hardware vs float"],
                             [[e["name"], e.get("accuracy_hw"), (e.get("energy_uj") or {}).get("loihi"),
-                              e.get("synops"), str(e.get("netx_exact"))] for e in exports]))
+                              e.get("synops"), str(e.get("netx_exact")), _saturation_text(e.get("saturation")),
+                              _accuracy_check_text(e.get("accuracy_check"))] for e in exports]))
+        warnings = [(e["name"], w) for e in exports for w in e.get("warnings", [])]
+        if warnings:
+            # Saturation and accuracy loss are shown, never only counted: each warning of each export.
+            parts.append("<p class='bad'>Export warnings</p><ul>" + "".join(
+                f"<li>{html.escape(name)}: {html.escape(str(w))}</li>" for name, w in warnings) + "</ul>")
+        else:
+            parts.append("<p class='note'>No export warnings: nothing was clipped or clamped, every layer's u and v "
+                         "kept 2× headroom on the calibration data, and the hardware kept the float model's "
+                         "accuracy within the margin.</p>")
     energy = result.get("energy", {}).get("mean")
     if energy:
         parts.append("<h2>Energy (posterior mean export, per inference)</h2>")
@@ -212,11 +259,11 @@ def render(result: dict) -> str:
     return "\n".join(parts)
 
 
-def write_report(result: dict, path: str | os.PathLike) -> Path:
-    """Render and write ``report.html`` atomically."""
+def write_report(result: dict, path: str | os.PathLike, *, provenance: dict | None = None) -> Path:
+    """Render and write ``report.html`` atomically; ``provenance`` is recorded in the page (see :func:`render`)."""
     from hw_sim.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as temporary:
-        temporary.write_text(render(result), encoding="utf-8")
+        temporary.write_text(render(result, provenance), encoding="utf-8")
     return path

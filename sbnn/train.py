@@ -1,6 +1,6 @@
 """Training from a run configuration: ``sbnn train CONFIG.toml [--out RUN] [--set key=value ...] [--resume]``.
 
-The loss of method ``sbnn`` is the negative ELBO of METHOD.md §4 plus the auxiliary penalty::
+The loss of method ``sbnn`` is the negative ELBO of docs/method.md#loss plus the auxiliary penalty::
 
     loss = NLL(batch) + beta_t * KL(q || p) / N_train + aux
 

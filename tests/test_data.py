@@ -648,7 +648,7 @@ def test_randman_classes_are_learnable_and_options() -> None:
     data = make_randman(num_classes=4, num_units=30, steps=100, intrinsic_dim=1, samples_per_class=100, seed=0)
     times_train, times_test = data.x_train.argmax(axis=1), data.x_test.argmax(axis=1)
     classifier = LogisticRegression(max_iter=2000).fit(times_train, data.y_train)
-    assert classifier.score(times_test, data.y_test) >= 0.9  # DATA.md: d = 1 is linearly separable
+    assert classifier.score(times_test, data.y_test) >= 0.9  # docs/data.md#randman: d = 1 is linearly separable
 
     double = make_randman(num_classes=2, num_units=5, steps=200, samples_per_class=10, spikes_per_unit=2)
     counts = double.x_train.sum(axis=1)

@@ -1,4 +1,4 @@
-"""Tests of sbnn.estimators against METHOD.md §2 and exact identities."""
+"""Tests of sbnn.estimators against docs/method.md#estimators and exact identities."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ torch.set_num_threads(1)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 F64 = torch.float64
 
-# METHOD.md §2: (z, tau, P1, f, g_1, g_0) for Gaussian noise.
+# docs/method.md#test-vectors: (z, tau, P1, f, g_1, g_0) for Gaussian noise.
 GAUSS_VECTORS = [
     (0.5, 0.5, 0.691462, 0.352065, 0.274777, 0.430646),
     (-2.0, 2.0, 0.022750, 0.053991, 0.193552, 0.117872),
@@ -55,7 +55,7 @@ def _grad_of_sample(
 
 
 # ---------------------------------------------------------------------------------------------------
-# METHOD.md test vectors
+# docs/method.md#test-vectors
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -86,7 +86,7 @@ def test_logistic_unit_tau_closed_form_matches_quadrature_and_series():
     # float32 keeps the precision across the series/closed-form switch at |z| = 1.
     closed32 = estimators._logistic_agr_g1_unit_tau(z.float()).double()
     torch.testing.assert_close(closed32, closed, rtol=1e-5, atol=0)
-    # Series given in METHOD.md near z = 0.
+    # Series given in docs/method.md#agr near z = 0.
     small = torch.tensor([-0.05, 0.0, 0.02], dtype=F64)
     series = 1 / 6 - small / 48 - small**2 / 160 - small**3 / 2880
     torch.testing.assert_close(estimators._logistic_agr_g1_unit_tau(small), series, rtol=1e-7, atol=0)

@@ -208,8 +208,8 @@ def test_export_folder_is_complete_and_replaced_whole(tmp_path):
 
 
 def test_our_nir_in_norse_reproduces_our_float_spikes(tmp_path):
-    """norse.from_nir on our model.nir (norse drops CubaLI readouts and misreads v_leak in CubaLIF, LOIHI.md
-    §4, so the comparison uses a spiking output layer and no bias)."""
+    """norse.from_nir on our model.nir (norse drops CubaLI readouts and misreads v_leak in CubaLIF,
+    docs/formats.md#norse, so the comparison uses a spiking output layer and no bias)."""
     import torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -228,7 +228,7 @@ def test_our_nir_in_norse_reproduces_our_float_spikes(tmp_path):
 
 
 def test_norse_to_nir_time_constants_are_caught(tmp_path):
-    """norse.to_nir writes τ = dt·τ (LOIHI.md §4, gotcha 4): importing it must fail loudly, not deploy."""
+    """norse.to_nir writes τ = dt·τ (docs/formats.md#norse): importing it must fail loudly, not deploy."""
     import torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

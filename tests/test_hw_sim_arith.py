@@ -1,4 +1,4 @@
-"""The fixed-point helpers against slow scalar references written from LOIHI.md §1."""
+"""The fixed-point helpers against slow scalar references written from docs/loihi.md#arithmetic."""
 
 import numpy as np
 from hypothesis import given, settings
@@ -86,7 +86,7 @@ def test_bias_is_mantissa_shifted_by_exponent(mant, exp):
 def test_neuron_step_matches_scalar_recipe(u, v, a_in, du, dv, vth, bias):
     neurons = CubaNeurons.create((1,), du=du, dv=dv, vth=vth, bias_mant=bias)
     new_u, new_v, spike = neuron_step(neurons, neurons.bias, np.array([u]), np.array([v]), np.array([a_in]))
-    # LOIHI.md §1.6 recipe (int32 arithmetic does not overflow for these ranges)
+    # docs/loihi.md#arithmetic recipe (int32 arithmetic does not overflow for these ranges)
     ref_u = scalar_trunc_decay(u, 4095 - du) + (a_in << 6)
     ref_u = ref_u - (1 << 24) if ref_u > (1 << 23) else ref_u + (1 << 24) if ref_u <= -(1 << 23) else ref_u
     ref_v = min(max(scalar_trunc_decay(v, 4096 - dv) + ref_u + bias, -(1 << 23) + 1), (1 << 23) - 1)

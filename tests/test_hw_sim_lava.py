@@ -64,7 +64,7 @@ def test_random_parameter_sweep_is_active_and_exact():
 
 
 def test_concatenated_samples_equal_fresh_runs():
-    """Lava's batching by concatenation with staggered LIFReset (LOIHI.md §2) is exact without bias."""
+    """Lava's batching by concatenation with staggered LIFReset (docs/loihi.md#batching) is exact without bias."""
     network = random_network(35, hidden=(32, 16), bias=False)
     assert choose_mode(network) == "concat"
     x = random_input(35, network, 6, 15, density=0.4)

@@ -121,7 +121,7 @@ def test_description_validation():
         DenseLayer(weights=np.ones((3, 4)), neurons=neurons, delays=np.ones((3,)))
     with pytest.raises(NetworkError, match="recurrent_delays need recurrent_weights"):
         DenseLayer(weights=np.ones((3, 4)), neurons=neurons, recurrent_delays=np.ones((3, 3)))
-    with pytest.raises(NetworkError, match="readout layer needs vth = 131072"):
+    with pytest.raises(NetworkError, match="readout layer needs vth >= 131072"):
         DenseLayer(weights=np.ones((3, 4)), neurons=neurons, readout=True)
     with pytest.raises(NetworkError, match="layer 1: dense weights expect 4 inputs"):
         Network(input_shape=(4,), layers=(DenseLayer(weights=np.ones((3, 4)), neurons=neurons),

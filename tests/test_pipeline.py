@@ -68,6 +68,12 @@ def test_pipeline_produces_every_stage(finished_run):
     for export in ("export", "export_sample0", "export_sample1"):
         for name in ("model.nir", "loihi.h5", "model.onnx", "model_int.onnx", "export.json"):
             assert (run / export / name).is_file(), f"{export}/{name}"
+    for path in run.rglob("*.json"):   # strict JSON: no NaN or Infinity, which json.loads would accept
+        json.loads(path.read_text(), parse_constant=lambda constant: pytest.fail(f"{path} holds {constant}"))
+    report = json.loads((run / "export" / "export.json").read_text())
+    assert all("saturation" in layer and layer["max_abs_u"] > 0 for layer in report["layers"])
+    assert report["accuracy_check"]["scored_on"] == "labels" and report["accuracy_check"]["samples"] == 16
+    assert summary["exports"][0]["saturation"]["bias_mantissa"] == 0 and "accuracy_check" in summary["exports"][0]
     assert summary["verify"]["bit_exact"] is True and summary["verify"]["samples"] == 2
     accuracy = summary["accuracy"]
     assert accuracy["hw_mean"] > 1 / 3 and accuracy["float_mean"] > 1 / 3
@@ -87,12 +93,33 @@ def test_second_run_skips_every_stage_and_force_redoes_them(finished_run):
     skipped = json.loads(done.stdout)["skipped"]
     assert skipped == ["train", "export mean", "export sample0", "export sample1", "evaluate", "report"]
     assert report.stat().st_mtime == before
-    # a newer checkpoint makes the exports (and everything after them) stale, but not the training
+    # up to date is judged by content, not file times: a touched checkpoint changes nothing
     checkpoint = folder / "run" / "checkpoint.pt"
     os.utime(checkpoint, (time.time() + 5, time.time() + 5))
     done = run_sbnn("pipeline", config, "--out", folder / "run", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["skipped"] == ["train"]
+    assert json.loads(done.stdout)["skipped"] == skipped
+    # a changed [export] setting re-exports every export (recorded in export.json), re-evaluates, re-reports
+    exports = ("export", "export_sample0", "export_sample1")
+    recorded = {name: json.loads((folder / "run" / name / "export.json").read_text())["provenance"]["inputs"]
+                for name in exports}
+    assert all(inputs["headroom"] == 1.0 and len(inputs["checkpoint_sha256"]) == 64 for inputs in recorded.values())
+    done = run_sbnn("pipeline", config, "--out", folder / "run", "--json", "--set", "export.headroom=1.5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not {"export mean", "export sample0", "export sample1", "evaluate", "report"} & set(json.loads(done.stdout)["skipped"])
+    for name in exports:
+        inputs = json.loads((folder / "run" / name / "export.json").read_text())["provenance"]["inputs"]
+        assert inputs["headroom"] == 1.5 and inputs["checkpoint_sha256"] == recorded[name]["checkpoint_sha256"]
+    results = json.loads((folder / "run" / "results.json").read_text())["provenance"]["inputs"]
+    assert set(results["exports"]) == {"mean", "sample0", "sample1"}
+    # the same setting again: nothing to do
+    done = run_sbnn("pipeline", config, "--out", folder / "run", "--json", "--set", "export.headroom=1.5")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["skipped"] == skipped
+    # --force redoes every stage
+    done = run_sbnn("pipeline", config, "--out", folder / "run", "--json", "--set", "export.headroom=1.5", "--force")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["skipped"] == []
 
 
 def test_export_command_and_the_exported_network(finished_run):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hw_sim.atomic import LOCK_NAME
 from sbnn.config import load_config
 from sbnn.evaluate import (
     accuracy,
@@ -32,6 +33,7 @@ from sbnn.train import (
     CONFIG_FILE,
     JSON_KEYS,
     METRICS_FILE,
+    RUN_MARKER,
     TrainingError,
     kl_weight_at,
     learning_rate_factor,
@@ -120,7 +122,9 @@ def test_json_output_and_run_folder(tmp_path, capsys):
     for key in ("test_accuracy_mean", "test_accuracy_noisy", "test_accuracy_ensemble"):
         assert 0.0 <= summary[key] <= 1.0
 
-    assert sorted(p.name for p in run_dir.iterdir()) == sorted([CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE])
+    # the run marker and the (released) writer lock are sbnn's own bookkeeping
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted([CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE,
+                                                                 RUN_MARKER, LOCK_NAME])
     assert load_config(run_dir / CONFIG_FILE).to_dict() == load_config(config_path).to_dict()
 
     checkpoint = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
@@ -225,7 +229,8 @@ def test_resume_after_sigkill_reaches_the_same_weights(tmp_path, capsys):
     assert main([str(config_path), "--out", str(interrupted), "--resume", "--json", "--set", overrides[0]]) == 0
     assert json.loads(capsys.readouterr().out)["epochs"] == epochs
     # the killed process's hidden temporaries are gone too
-    assert sorted(p.name for p in interrupted.iterdir()) == sorted([CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE])
+    assert sorted(p.name for p in interrupted.iterdir()) == sorted([CONFIG_FILE, CHECKPOINT_FILE, METRICS_FILE,
+                                                                     RUN_MARKER, LOCK_NAME])
     _assert_same_weights(_weights(interrupted), _weights(reference))
     resumed = load_checkpoint(checkpoint_path)
     expected = load_checkpoint(reference / CHECKPOINT_FILE)

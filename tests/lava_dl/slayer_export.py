@@ -5,7 +5,8 @@ blocks, slayer's 8-bit weight quantisation, delays set to random whole steps aft
 which is when slayer creates them):
 
 - ``dense_delays.h5``: Dense 20->16 (axonal delays 0..4) -> Dense 16->12 (delays 0..4) -> Dense 12->6;
-- ``recurrent_delays.h5``: Dense 20->16 -> Recurrent 16->16 (delays 0..3) -> Dense 16->6;
+- ``recurrent_delays.h5``: Dense 20->16 -> Recurrent 16->16 (delays 0..3) -> Affine 16->6 (slayer's
+  non-spiking readout: a CUBA group with threshold 2^18 - 1, beyond the 17 bits Lava declares);
 - ``conv_first.h5``: Conv 2->4 (3x3, stride 2, padding 1, with slayer delays, which netx ignores) on a
   2x10x12 input -> Flatten -> Dense 120->10 (delays 0..3) -> Dense 10->5.
 
@@ -67,7 +68,7 @@ def main(out: Path) -> None:
         "recurrent_delays.h5": build("recurrent_delays", [
             cuba.Dense(NEURON, 20, 16, weight_scale=2),
             cuba.Recurrent(NEURON, 16, 16, weight_scale=2, delay=True),
-            cuba.Dense(NEURON, 16, 6, weight_scale=2)], (20,), {1: 3}),
+            cuba.Affine(NEURON, 16, 6, weight_scale=2)], (20,), {1: 3}),
         "conv_first.h5": build("conv_first", [
             cuba.Conv(NEURON, 2, 4, 3, stride=2, padding=1, weight_scale=2, delay=True),
             cuba.Flatten(),
