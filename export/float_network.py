@@ -151,16 +151,15 @@ def from_loihi(network) -> FloatNetwork:
     Units are a_in units (u/64 and v/64). Exact for dense synapses whose weight exponent shift is
     linear (the float model cannot represent the floor of a negative exponent on the summed input).
     """
-    from hw_sim.arith import CURRENT_DECAY_OFFSET, DECAY_UNITY, prepare_dense_weights
+    from hw_sim.arith import STATE_SHIFT, du_to_alpha, dv_to_beta, prepare_dense_weights
     from hw_sim.network import ConvLayer
 
     layers = []
     for layer in network.layers:
         neurons = layer.neurons
-        common = dict(alpha=(DECAY_UNITY - neurons.du - CURRENT_DECAY_OFFSET) / DECAY_UNITY,
-                      beta=(DECAY_UNITY - neurons.dv) / DECAY_UNITY,
+        common = dict(alpha=du_to_alpha(neurons.du), beta=dv_to_beta(neurons.dv),
                       threshold=None if getattr(layer, "readout", False) else float(neurons.vth),
-                      bias=neurons.bias.astype(np.float64) / 64.0)
+                      bias=neurons.bias.astype(np.float64) / (1 << STATE_SHIFT))
         if isinstance(layer, ConvLayer):
             layers.append(FloatLayer(kind="conv", weight=layer.weights.astype(np.float64), input_shape=layer.input_shape,
                                      stride=layer.stride, padding=layer.padding, dilation=layer.dilation,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw_sim.arith import CURRENT_DECAY_OFFSET, DECAY_UNITY, STATE_SHIFT, prepare_dense_weights
+from hw_sim.arith import STATE_MAX, STATE_SHIFT, current_factor, prepare_dense_weights, voltage_factor
 from hw_sim.atomic import atomic_path
 from hw_sim.loihi import exact_matmul_dtype
 from hw_sim.network import ConvLayer, DenseLayer, Network
@@ -195,11 +195,11 @@ class IntegerStep(nn.Module):
                 a_in = _wrap(a_in + (recurrent_buffer[:, 0] if recurrent_buffer.dim() == 3 else recurrent_buffer), 32)
                 position += 1
             neurons = layer.neurons
-            decayed = _wrap(_trunc_decay(u, DECAY_UNITY - neurons.du - CURRENT_DECAY_OFFSET), 32)
+            decayed = _wrap(_trunc_decay(u, current_factor(neurons.du)), 32)
             u = _wrap(decayed + _wrap(a_in * (1 << STATE_SHIFT), 32), 32)
-            half, full = 1 << 23, 1 << 24
+            half, full = STATE_MAX + 1, 2 * (STATE_MAX + 1)
             u = torch.where(u > half, u - full, torch.where(u <= -half, u + full, u))
-            v = _trunc_decay(v, DECAY_UNITY - neurons.dv) + u + getattr(self, f"bias{k}")
+            v = _trunc_decay(v, voltage_factor(neurons.dv)) + u + getattr(self, f"bias{k}")
             v = torch.clamp(v, -(half - 1), half - 1)
             fired = v > (neurons.vth << STATE_SHIFT)
             v = torch.where(fired, torch.zeros_like(v), v)

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import hw_sim
-from hw_sim.arith import STATE_MAX
-from hw_sim.network import NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Network
+from hw_sim.arith import STATE_MAX, STATE_SHIFT, alpha_to_du, beta_to_dv
+from hw_sim.network import DU_RANGE, DV_RANGE, NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Network
 
 from .float_network import ExportError, FloatLayer, FloatNetwork
 
@@ -99,12 +99,12 @@ def _clamp(value: int, low: int, high: int) -> tuple[int, int]:
 
 def _decay_to_du(alpha: float) -> tuple[int, int]:
     """Lava's du for the current decay α, and whether it had to be clamped to [-1, 4095]."""
-    return _clamp(round(4096 * (1.0 - alpha)) - 1, -1, 4095)
+    return _clamp(alpha_to_du(alpha), *DU_RANGE)
 
 
 def _decay_to_dv(beta: float) -> tuple[int, int]:
     """Lava's dv for the voltage decay β, and whether it had to be clamped to [0, 4096]."""
-    return _clamp(round(4096 * (1.0 - beta)), 0, 4096)
+    return _clamp(beta_to_dv(beta), *DV_RANGE)
 
 
 def _is_binary(x: np.ndarray) -> bool:
@@ -156,9 +156,9 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
             raise ExportError(f"layer {index}: the float model's current or voltage overflows on the calibration "
                               f"data (|I| {current_peak:.3g}, |V| {voltage_peak:.3g}); check the data for outliers")
         if current_peak > 0:
-            limits["current"] = STATE_MAX / (64.0 * current_peak)
+            limits["current"] = STATE_MAX / ((1 << STATE_SHIFT) * current_peak)
         if voltage_peak > 0:
-            limits["voltage"] = STATE_MAX / (64.0 * voltage_peak)
+            limits["voltage"] = STATE_MAX / ((1 << STATE_SHIFT) * voltage_peak)
         scale = min(limits.values()) / headroom
         if not np.isfinite(scale):
             raise ExportError(f"layer {index}: all weights are zero and there is no threshold to scale")
@@ -278,7 +278,7 @@ def _measure_headroom(result: QuantisedNetwork, calibration: np.ndarray):
     outcome = result.network.run(result.encode_input(_padded(calibration, latency)), record_states=True)
     for entry, u, v in zip(result.layers, outcome.u, outcome.v):
         max_u, max_v = int(np.abs(u).max(initial=0)), int(np.abs(v).max(initial=0))
-        limit = 1 << 23
+        limit = STATE_MAX + 1
         entry.update(max_abs_u=max_u, max_abs_v=max_v, state_limit=limit,
                      headroom_u=limit / max_u if max_u else None, headroom_v=limit / max_v if max_v else None)
         for name, peak in (("u", max_u), ("v", max_v)):

@@ -18,6 +18,36 @@ STATE_MAX = (1 << (STATE_BITS - 1)) - 1
 CURRENT_DECAY_OFFSET = 1        # Lava's hidden +1 on du (ds_offset); dv has none
 
 
+def current_factor(du: int) -> int:
+    """The integer Lava multiplies u by each step, before the 12-bit shift: 4096 - (du + 1)."""
+    return DECAY_UNITY - du - CURRENT_DECAY_OFFSET
+
+
+def voltage_factor(dv: int) -> int:
+    """The integer Lava multiplies v by each step, before the 12-bit shift: 4096 - dv (no offset)."""
+    return DECAY_UNITY - dv
+
+
+def du_to_alpha(du: int) -> float:
+    """The float current decay α (per-step multiplier) of Lava's du: (4095 - du)/4096."""
+    return current_factor(du) / DECAY_UNITY
+
+
+def dv_to_beta(dv: int) -> float:
+    """The float voltage decay β of Lava's dv: (4096 - dv)/4096."""
+    return voltage_factor(dv) / DECAY_UNITY
+
+
+def alpha_to_du(alpha: float) -> int:
+    """The nearest du for a float current decay α (inverse of :func:`du_to_alpha`; not range-checked)."""
+    return round(DECAY_UNITY * (1.0 - alpha)) - CURRENT_DECAY_OFFSET
+
+
+def beta_to_dv(beta: float) -> int:
+    """The nearest dv for a float voltage decay β (inverse of :func:`dv_to_beta`; not range-checked)."""
+    return round(DECAY_UNITY * (1.0 - beta))
+
+
 class SignMode(IntEnum):
     """Lava's synapse sign modes (same integer codes as ``lava.utils.weightutils.SignMode``)."""
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arith import (CURRENT_DECAY_OFFSET, DECAY_UNITY, STATE_MAX, STATE_SHIFT, decay_toward_zero, prepare_dense_weights, saturate_voltage, shift_by_exponent,
+from .arith import (STATE_MAX, STATE_SHIFT, current_factor, decay_toward_zero, du_to_alpha, dv_to_beta, prepare_dense_weights,
+                    saturate_voltage, shift_by_exponent, voltage_factor,
                     wrap_current, wrap_signed)
 from .network import ConvLayer, CubaNeurons, DenseLayer, Network, NetworkError, RunResult
 
@@ -134,9 +135,9 @@ def neuron_step(neurons: CubaNeurons, bias: np.ndarray, u: np.ndarray, v: np.nda
                 a_in: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One Lava bit-accurate LIF step (docs/loihi.md#arithmetic) in int64, with Lava's int32 arithmetic for
     ``decayed u + (a_in << 6)``. Returns (u, v, spikes) with v already reset."""
-    decayed = decay_toward_zero(u, DECAY_UNITY - (neurons.du + CURRENT_DECAY_OFFSET))
+    decayed = decay_toward_zero(u, current_factor(neurons.du))
     u = wrap_current(wrap_int32(wrap_int32(decayed) + wrap_int32(a_in << STATE_SHIFT)))
-    v = saturate_voltage(decay_toward_zero(v, DECAY_UNITY - neurons.dv) + u + bias)
+    v = saturate_voltage(decay_toward_zero(v, voltage_factor(neurons.dv)) + u + bias)
     spikes = v > (neurons.vth << STATE_SHIFT)
     v = np.where(spikes, 0, v)
     return u, v, spikes
@@ -226,8 +227,7 @@ def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_groups: RecurrentG
     neurons = layer.neurons
     shape = (batch, *layer.shape)
     drive = np.moveaxis(synaptic, 1, 0).astype(np.float64) * (1 << STATE_SHIFT)   # (T, B, ...): a_in << 6
-    current_factor = (DECAY_UNITY - neurons.du - CURRENT_DECAY_OFFSET) / DECAY_UNITY
-    voltage_factor = (DECAY_UNITY - neurons.dv) / DECAY_UNITY
+    current_decay, voltage_decay = du_to_alpha(neurons.du), dv_to_beta(neurons.dv)
     bias = np.broadcast_to(neurons.bias.astype(np.float64), shape)
     threshold = float(neurons.vth << STATE_SHIFT)
     half, full, limit = float(1 << 23), float(1 << 24), float(STATE_MAX)
@@ -241,7 +241,7 @@ def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_groups: RecurrentG
     vs = np.zeros((steps, *shape)) if record_states else None
     fired = np.zeros(shape, dtype=bool)
     for t in range(steps):
-        np.multiply(u, current_factor, out=u)
+        np.multiply(u, current_decay, out=u)
         np.trunc(u, out=u)
         if t > 0:
             u += drive[t - 1]
@@ -252,7 +252,7 @@ def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_groups: RecurrentG
             u[u > half] -= full
         if u.min(initial=0.0) <= -half:
             u[u <= -half] += full
-        np.multiply(v, voltage_factor, out=v)
+        np.multiply(v, voltage_decay, out=v)
         np.trunc(v, out=v)
         v += u
         v += bias
