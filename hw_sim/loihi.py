@@ -151,6 +151,28 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     neurons see zero input at the first step.
     """
     batch, steps = inputs.shape[:2]
+    if isinstance(layer, ConvLayer):
+        a_in_bound = min(synaptic_bound(layer.weights, max_abs_input), 1 << 23)
+    else:
+        weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
+        # Each delay group's shift may floor by one more: bound + the number of groups.
+        groups = len(delay_groups(weights, layer.delays))
+        a_in_bound = min(synaptic_bound(weights, max_abs_input, layer.weight_exp) + groups, INT32_LIMIT)
+    recurrent_groups = None
+    if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
+        recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
+                                                  layer.effective_sign_mode(layer.recurrent_weights),
+                                                  layer.num_weight_bits)
+        recurrent_groups = delay_groups(recurrent_weights, layer.recurrent_delays)
+        a_in_bound += synaptic_bound(recurrent_weights, 1, layer.weight_exp) + len(recurrent_groups)
+    float_neurons = (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT
+
+    if (float_neurons and isinstance(layer, DenseLayer) and layer.delays is None
+            and exact_matmul_dtype(weights, max_abs_input) == np.float32):
+        # No int32 wrap can occur, and every sum is an integer below 2^24, so float32 holds the synaptic
+        # drive exactly (scaling by powers of two and flooring keep it exact): no integer round trip.
+        drive = _float32_drive(layer, weights, inputs.reshape(batch, steps, -1), max_abs_input)
+        return _run_neurons_float(layer, None, recurrent_groups, record_states, drive=drive)
     rows = inputs.reshape(batch * steps, *inputs.shape[2:])
     if isinstance(layer, ConvLayer):
         synaptic = conv_synaptic_input(layer, rows, max_abs_input)
@@ -159,24 +181,32 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     else:
         synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
-    if isinstance(layer, ConvLayer):
-        a_in_bound = min(synaptic_bound(layer.weights, max_abs_input), 1 << 23)
-    else:
-        weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
-        # Each delay group's shift may floor by one more: bound + the number of groups.
-        groups = len(delay_groups(weights, layer.delays))
-        a_in_bound = min(synaptic_bound(weights, max_abs_input, layer.weight_exp) + groups, INT32_LIMIT)
-
-    recurrent_groups = None
-    if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
-        recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
-                                                  layer.effective_sign_mode(layer.recurrent_weights),
-                                                  layer.num_weight_bits)
-        recurrent_groups = delay_groups(recurrent_weights, layer.recurrent_delays)
-        a_in_bound += synaptic_bound(recurrent_weights, 1, layer.weight_exp) + len(recurrent_groups)
-    if (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT:
+    if float_neurons:
         return _run_neurons_float(layer, synaptic, recurrent_groups, record_states)
     return _run_neurons_int(layer, synaptic, recurrent_groups, record_states)
+
+
+def _float32_drive(layer: DenseLayer, weights: np.ndarray, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
+    """``a_in << 6`` for all steps, time-major (T, B, out) float32, from one float32 product.
+
+    Exact when every |Σ W s| < 2^24 (checked by the caller): the product is then an exact integer, and
+    multiplying by powers of two (the weight exponent, then 64) and flooring stay exact in float32.
+    """
+    batch, steps = inputs.shape[:2]
+    rows = np.ascontiguousarray(inputs.transpose(1, 0, 2)).reshape(steps * batch, -1)
+    matrix = np.ascontiguousarray(weights.T, dtype=np.float32)
+    if max_abs_input <= 1 and rows.size and np.count_nonzero(rows) < SPARSE_DENSITY * rows.size:
+        from scipy import sparse
+        product = np.asarray(sparse.csr_matrix(rows.astype(np.float32)) @ matrix)
+    else:
+        product = rows.astype(np.float32) @ matrix
+    if layer.weight_exp > 0:
+        product *= np.float32(2.0 ** layer.weight_exp)
+    elif layer.weight_exp < 0:
+        product *= np.float32(2.0 ** layer.weight_exp)
+        np.floor(product, out=product)
+    product *= np.float32(1 << STATE_SHIFT)
+    return product.reshape(steps, batch, *layer.shape)
 
 
 RecurrentGroups = list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
@@ -215,18 +245,20 @@ def _run_neurons_int(layer, synaptic: np.ndarray, recurrent_groups: RecurrentGro
     return spikes, us, vs
 
 
-def _run_neurons_float(layer, synaptic: np.ndarray, recurrent_groups: RecurrentGroups | None,
-                       record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _run_neurons_float(layer, synaptic: np.ndarray | None, recurrent_groups: RecurrentGroups | None,
+                       record_states: bool, drive: np.ndarray | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The same recursion in float64, exact because every value is an integer below 2^53.
 
     Valid when no int32 wrap can occur (checked by the caller). ``trunc(u · f)`` with f = factor/4096 is
     exactly Lava's ``sign(p)·(|p| >> 12)``: u·factor < 2^36 and the division by 4096 are exact in float64.
     Arrays are time-major so each step touches contiguous memory.
     """
-    batch, steps = synaptic.shape[:2]
+    if drive is None:
+        drive = np.moveaxis(synaptic, 1, 0).astype(np.float64) * (1 << STATE_SHIFT)   # (T, B, ...): a_in << 6
+    steps, batch = drive.shape[:2]
     neurons = layer.neurons
     shape = (batch, *layer.shape)
-    drive = np.moveaxis(synaptic, 1, 0).astype(np.float64) * (1 << STATE_SHIFT)   # (T, B, ...): a_in << 6
     current_decay, voltage_decay = du_to_alpha(neurons.du), dv_to_beta(neurons.dv)
     bias = np.broadcast_to(neurons.bias.astype(np.float64), shape)
     threshold = float(neurons.vth << STATE_SHIFT)

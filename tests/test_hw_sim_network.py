@@ -208,3 +208,23 @@ def test_float64_and_int64_neuron_paths_agree():
         b = _run_neurons_float(layer, synaptic, recurrent, True)
         assert a[0].sum() > 0
         assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def test_float32_drive_path_equals_the_integer_path():
+    """run() takes the float32 drive (no integer round trip) wherever the bounds allow; the int64 recursion
+    on the integer synaptic sums must give the same spikes, u and v (sparse and dense inputs, exponents)."""
+    from hw_sim.loihi import _run_neurons_int, dense_synaptic_input
+    checked = 0
+    for seed, density in ((3, 0.01), (4, 0.3), (9, 0.05), (10, 0.5)):
+        network = random_network(seed, hidden=(40, 20), bias=seed % 2 == 0)
+        x = random_input(seed, network, 3, 30, density=density)
+        result = network.run(x, record_states=True)
+        layer_input = x
+        for k, layer in enumerate(network.layers):
+            synaptic = dense_synaptic_input(layer, layer_input.reshape(90, -1), 1).reshape(3, 30, -1)
+            spikes, us, vs = _run_neurons_int(layer, synaptic, None, True)
+            assert np.array_equal(spikes, result.spikes[k]) and np.array_equal(us, result.u[k])
+            assert np.array_equal(vs, result.v[k])
+            checked += int(spikes.sum())
+            layer_input = spikes
+    assert checked > 0
