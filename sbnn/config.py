@@ -37,12 +37,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from sbnn.aux_loss import DEFAULT_PENALTY, DEFAULT_PENALTY_WEIGHT, PENALTIES
-from sbnn.data import DATASETS, ENCODINGS
-# Dataset options each loader accepts as extra [data] keys (load_dataset(**options)): the loader's own
-# table, so there is no second copy to drift.  The loader validates their values when the data loads.
-from sbnn.data import _OPTIONS as DATA_OPTIONS
-from sbnn.estimators import METHODS, EstimatorConfig
-from sbnn.layers import DEFAULT_ESTIMATOR
+# The data sets, their options (extra [data] keys) and whether they take a path come from sbnn.data's
+# registry, so there is no second copy to drift.  The loader validates option values when the data loads.
+from sbnn.data import ENCODINGS, dataset_loader, dataset_names
+from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig, estimator_names, get_estimator
 from sbnn.models import ModelConfig
 
 SECTIONS: tuple[str, ...] = ("data", "model", "train", "export", "pipeline")
@@ -51,16 +49,27 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "none")
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 EXPORT_WEIGHTS: tuple[str, ...] = ("mean", "sample")
-BUILT_IN_DATASETS: tuple[str, ...] = ("digits", "randman")
 
-# What a bare method name means for the estimator (the settings a method cannot do without).
-ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {
-    "st": {},
-    "iwst": {"p": 0.5},
-    "agr": {"tau": 1.0},
-    "relaxed": {"tau": 1.0},
-    "gr_mc": {"tau": 1.0, "k": 8},
-}
+
+
+class _EstimatorDefaults(Mapping[str, dict[str, Any]]):
+    """Read-only view of the registered estimators' ``config_defaults`` (see :mod:`sbnn.estimators`)."""
+
+    def __getitem__(self, method: str) -> dict[str, Any]:
+        if method not in estimator_names():
+            raise KeyError(method)
+        return get_estimator(method).defaults_for({})
+
+    def __iter__(self):
+        return iter(estimator_names())
+
+    def __len__(self) -> int:
+        return len(estimator_names())
+
+
+# What a bare method name means for the estimator (the settings a method cannot do without), e.g.
+# ESTIMATOR_DEFAULTS["iwst"] == {"p": 0.5}; each estimator class declares its own.
+ESTIMATOR_DEFAULTS: Mapping[str, dict[str, Any]] = _EstimatorDefaults()
 
 # ModelConfig fields that are not [model] keys (see the module docstring).
 _MODEL_FIELDS_NOT_KEYS = ("surrogate", "estimator")
@@ -342,8 +351,10 @@ def _number(minimum: float | None = None, *, open_minimum: bool = False, maximum
     return check
 
 
-def _choice(options: tuple[str, ...]) -> Check:
+def _choice(choices: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Check:
+    """One of ``choices`` (a tuple, or a function giving it when checked: a registry's names)."""
     def check(value: Any) -> str:
+        options = choices() if callable(choices) else choices
         if not isinstance(value, str):
             raise _KeyError(f"must be one of {', '.join(options)} (a string), got {_show(value)}")
         if value not in options:
@@ -375,24 +386,22 @@ def _parse_estimator(value: Any) -> EstimatorConfig:
     """A method name or a table of :class:`EstimatorConfig` fields -> the validated config."""
     if isinstance(value, EstimatorConfig):
         return value
+    methods = estimator_names()
     if isinstance(value, str):
-        if value not in METHODS:
-            raise _KeyError(f"must be one of {', '.join(METHODS)} or a table of estimator settings, got {value!r}")
-        settings: dict[str, Any] = {"method": value, **ESTIMATOR_DEFAULTS[value]}
+        if value not in methods:
+            raise _KeyError(f"must be one of {', '.join(methods)} or a table of estimator settings, got {value!r}")
+        settings: dict[str, Any] = {"method": value, **get_estimator(value).defaults_for({})}
     elif isinstance(value, dict):
         known = {f.name for f in fields(EstimatorConfig)}
         unknown = sorted(set(value) - known)
         if unknown:
             raise _KeyError(f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
         method = value.get("method", DEFAULT_ESTIMATOR.method)
-        if not isinstance(method, str) or method not in METHODS:
-            raise _KeyError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        if not isinstance(method, str) or method not in methods:
+            raise _KeyError(f"method must be one of {', '.join(methods)}, got {method!r}")
         # A table names what it changes; the method's own defaults fill what it needs and leaves out
         # (IW-ST's p and lam are alternatives: p = 1/2 only when neither is given).
-        defaults = dict(ESTIMATOR_DEFAULTS[method])
-        if method == "iwst" and "lam" in value:
-            defaults.pop("p")
-        settings = {**defaults, **value, "method": method}
+        settings = {**get_estimator(method).defaults_for(value), **value, "method": method}
     else:
         raise _KeyError(f"must be a method name or a table of estimator settings, got {_show(value)}")
     try:
@@ -402,7 +411,7 @@ def _parse_estimator(value: Any) -> EstimatorConfig:
 
 
 _DATA_CHECKS: dict[str, Check] = {
-    "name": _choice(DATASETS),
+    "name": _choice(dataset_names),
     "path": _path,
     "steps": _integer(1),
     "encoding": _choice(("none",) + tuple(ENCODINGS)),
@@ -494,9 +503,10 @@ def _build_data(source: str, raw: dict[str, Any]) -> DataConfig:
             raise _error(source, "data.root", "give either data.path or data.root (the same setting), not both")
         raw["path"] = raw.pop("root")
     if "name" not in raw:
-        raise _error(source, "data.name", f"missing (one of {', '.join(DATASETS)})")
+        raise _error(source, "data.name", f"missing (one of {', '.join(dataset_names())})")
     name = _check_section(source, "data", {"name": raw["name"]}, _DATA_CHECKS)["name"]
-    option_names = DATA_OPTIONS.get(name, ())
+    loader = dataset_loader(name)
+    option_names = loader.options
     options = {}
     for key in [k for k in raw if k not in _DATA_CHECKS]:
         value = raw.pop(key)
@@ -509,11 +519,10 @@ def _build_data(source: str, raw: dict[str, Any]) -> DataConfig:
             raise _error(source, f"data.{key}", f"must be a number, string or boolean, got {_show(value)}")
         options[key] = value
     values = _check_section(source, "data", raw, _DATA_CHECKS)
-    if name in BUILT_IN_DATASETS and "path" in values:
+    if not loader.needs_path and "path" in values:
         raise _error(source, "data.path", f"dataset {name!r} is built in and takes no path")
-    if name not in BUILT_IN_DATASETS and "path" not in values:
-        what = "the .npz file" if name == "npz" else "the folder holding its original files"
-        raise _error(source, "data.path", f"missing: dataset {name!r} needs path = {what}")
+    if loader.needs_path and "path" not in values:
+        raise _error(source, "data.path", f"missing: dataset {name!r} needs path = {loader.path_help}")
     return DataConfig(**values, options=options)
 
 

@@ -24,13 +24,12 @@ Reported per estimator and problem:
 ``relative_variance``  ``tr Cov(g_hat) / ||g||^2`` (one sample's squared error relative to the signal).
 
 Entry points: :func:`tiny_problems`, :func:`exact_gradient`, :func:`estimator_gradients`,
-:func:`bias_table`, :func:`format_table`, and the command line piece :func:`add_bias_command`.
+:func:`bias_table`, :func:`format_table`, :func:`estimator_from_config`; the command line ``sbnn bias`` is
+:mod:`sbnn.cli.bias`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from sbnn.estimators import EstimatorConfig, log_unit_probabilities
+from sbnn.estimators import SETTINGS, EstimatorConfig, log_unit_probabilities
 from sbnn.layers import BayesianLayer, BayesLinear, Mode, NoisyBinaryUnits, standardised_margin
 
 MAX_ENUMERATED_UNITS = 16
@@ -423,10 +422,7 @@ def bias_table(
                 "estimator": estimator_label(config),
                 "method": config.method,
                 "noise": config.noise,
-                "tau": config.tau,
-                "p": config.p,
-                "lam": config.lam,
-                "k": config.k,
+                **{setting: getattr(config, setting) for setting in SETTINGS},   # tau, p, lam, k
                 "samples": estimate.samples,
                 "exact_loss": exact_loss,
                 "gradient_norm": float(exact.norm()),
@@ -455,7 +451,7 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Command line: sbnn bias
+# Run configurations (what ``sbnn bias CONFIG.toml``, :mod:`sbnn.cli.bias`, measures)
 # ----------------------------------------------------------------------------------------------------
 
 def estimator_from_config(path: str | Path) -> EstimatorConfig:
@@ -470,75 +466,11 @@ def estimator_from_config(path: str | Path) -> EstimatorConfig:
     return load_config(path).train.estimator
 
 
-def add_bias_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``sbnn bias CONFIG.toml | --tiny [--samples N] [--seed N] [--json]``; returns its parser.
-
-    The handler is stored as ``handler`` in the parsed namespace (``args.handler(args) -> exit code``).
-    """
-    parser = subparsers.add_parser(
-        "bias", help="estimator bias and variance against exact gradients on enumerable networks",
-        description="Compare each gradient estimator's mean and spread with the exact gradient of tiny "
-                    "networks whose every binary state is enumerated.",
-    )
-    parser.add_argument("config", nargs="?",
-                        help="run configuration (TOML) whose [train] estimator is measured beside ST and IW-ST(1/2)")
-    parser.add_argument("--tiny", action="store_true", help="the built-in tiny problems with the default estimators")
-    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
-                        help=f"sampled gradients per estimator and problem (default {DEFAULT_SAMPLES})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the problems and of the samples (default 0)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=handler)
-    return parser
-
-
-def handler(args: argparse.Namespace) -> int:
-    """Run ``sbnn bias``; prints the table (or JSON) and returns the exit code 0.
-
-    Raises:
-        ValueError: bad input (neither or both of CONFIG and --tiny, bad sample count, bad config).
-    """
-    if (args.config is None) == (not args.tiny):
-        raise ValueError("sbnn bias: give either CONFIG.toml or --tiny (exactly one)")
-    if args.samples < 2:
-        raise ValueError(f"--samples must be >= 2, got {args.samples}")
-    configs = list(DEFAULT_CONFIGS)
-    source = "tiny"
-    if args.config is not None:
-        configured = estimator_from_config(args.config)
-        source = str(args.config)
-        # The configured estimator beside the two references it interpolates between.
-        configs = [EstimatorConfig("st"), EstimatorConfig("iwst", p=0.5)]
-        if configured not in configs:
-            configs.append(configured)
-    problems = tiny_problems(args.seed)
-    rows = bias_table(problems, configs, args.samples, args.seed)
-    if args.json:
-        print(json.dumps({
-            "rows": rows,
-            "samples": args.samples,
-            "seed": args.seed,
-            "source": source,
-            "problems": [
-                {"name": p.name, "description": p.description, "units": p.unit_counts,
-                 "parameters": sum(t.numel() for t in p.parameters)}
-                for p in problems
-            ],
-        }))
-    else:
-        for problem in problems:
-            print(f"{problem.name}: {problem.description}; units {problem.unit_counts}")
-        print(f"{args.samples} samples per estimator, seed {args.seed}; "
-              f"rel.bias = ||E[g_hat] - g|| / ||g||, '± MC se' its Monte-Carlo noise floor\n")
-        print(format_table(rows))
-    return 0
-
-
 __all__ = [
     "DEFAULT_CONFIGS",
     "MAX_ENUMERATED_UNITS",
     "EnumerableProblem",
     "GradientEstimate",
-    "add_bias_command",
     "all_states",
     "bias_table",
     "compare_gradients",
@@ -547,7 +479,6 @@ __all__ = [
     "estimator_label",
     "exact_gradient",
     "format_table",
-    "handler",
     "linear_problem",
     "network_problem",
     "quadratic_problem",

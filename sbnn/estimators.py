@@ -17,6 +17,10 @@ estimator of that derivative, ``db/dz := g_b``:
 ``"gr_mc"``    Gumbel–Rao Monte Carlo: hard forward, backward the relaxed Jacobian at ``tau`` averaged over
                ``k`` noise draws conditioned on the sampled ``b``.
 
+Each method is one :class:`Estimator` subclass, registered by name (:func:`register_estimator`); the
+name is the only dispatch, and adding a method is one class plus one registration line
+(docs/extending.md#estimator).  :data:`DEFAULT_ESTIMATOR` (AGR, ``tau = 1``) is the one default.
+
 ``tau`` is measured in units of the noise scale.  The derivative formulas are evaluated in log space, or
 (Gaussian AGR of the sampled outcome, the training hot path) as erfc ratios with Mills ratios in the far
 tail, so they are finite (no NaN, no Inf) for ``|z| <= 40`` and ``1e-3 <= tau <= 1e3`` in float32 and
@@ -29,7 +33,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +44,12 @@ from torch.special import erfc, log_ndtr, ndtri
 Method = Literal["st", "iwst", "agr", "relaxed", "gr_mc"]
 NoiseKind = Literal["gauss", "logistic"]
 
+# The built-in methods; estimator_names() lists every registered one (register_estimator).
 METHODS: tuple[str, ...] = ("st", "iwst", "agr", "relaxed", "gr_mc")
 NOISE_KINDS: tuple[str, ...] = ("gauss", "logistic")
+# An estimator's settings: the EstimatorConfig fields besides method and noise.
+SETTINGS: tuple[str, ...] = ("tau", "p", "lam", "k")
 
-_METHODS_NEEDING_TAU = ("agr", "relaxed", "gr_mc")
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
 _SQRT_HALF = math.sqrt(0.5)
@@ -122,6 +129,12 @@ def _check_unit_interval(name: str, value: float | Tensor) -> None:
         raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
 
 
+def _only(flag: str) -> str:
+    """``only 'x' does`` / ``only ('x', 'y') do``: the registered methods that take a setting."""
+    names = tuple(name for name, estimator in _REGISTRY.items() if getattr(estimator, flag))
+    return f"only {names[0]!r} does" if len(names) == 1 else f"only {names} do"
+
+
 def _check_arguments(
     method: str,
     noise: str,
@@ -130,11 +143,16 @@ def _check_arguments(
     lam: float | None,
     k: int | None,
 ) -> None:
-    """Raise ``ValueError`` for an unknown method or noise, or a missing, unused or out-of-range setting."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    """Raise ``ValueError`` for an unknown method or noise, or a missing, unused or out-of-range setting.
+
+    Each setting has one meaning whichever estimator takes it (see :class:`Estimator`); what an estimator
+    takes is declared by its ``takes_*`` flags.
+    """
+    estimator = _REGISTRY.get(method) if isinstance(method, str) else None
+    if estimator is None:
+        raise ValueError(f"unknown method {method!r}; expected one of {estimator_names()}")
     _check_noise(noise)
-    if method in _METHODS_NEEDING_TAU:
+    if estimator.takes_tau:
         if tau is None:
             raise ValueError(f"method {method!r} needs a temperature tau > 0")
         if isinstance(tau, bool) or not isinstance(tau, (int, float)):
@@ -142,10 +160,10 @@ def _check_arguments(
         if not 0.0 < tau < math.inf:  # (comparisons, unlike math.isfinite, trace under torch.compile)
             raise ValueError(f"tau must be finite and > 0, got {tau!r}")
     elif tau is not None:
-        raise ValueError(f"method {method!r} takes no tau (only {_METHODS_NEEDING_TAU} do)")
-    if method == "iwst":
+        raise ValueError(f"method {method!r} takes no tau ({_only('takes_tau')})")
+    if estimator.takes_p_or_lam:
         if (p is None) == (lam is None):
-            raise ValueError("method 'iwst' needs exactly one of p (fixed) or lam (mixing form)")
+            raise ValueError(f"method {method!r} needs exactly one of p (fixed) or lam (mixing form)")
         if p is not None:
             _check_unit_interval("p", p)
         else:
@@ -153,14 +171,14 @@ def _check_arguments(
             if isinstance(lam, Tensor):
                 raise ValueError("lam must be a number, not a tensor")
     elif p is not None or lam is not None:
-        raise ValueError(f"method {method!r} takes no p or lam (only 'iwst' does)")
-    if method == "gr_mc":
+        raise ValueError(f"method {method!r} takes no p or lam ({_only('takes_p_or_lam')})")
+    if estimator.takes_k:
         if k is None:
-            raise ValueError("method 'gr_mc' needs the number of conditional noise draws k >= 1")
+            raise ValueError(f"method {method!r} needs the number of conditional noise draws k >= 1")
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
     elif k is not None:
-        raise ValueError(f"method {method!r} takes no k (only 'gr_mc' does)")
+        raise ValueError(f"method {method!r} takes no k ({_only('takes_k')})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -430,45 +448,6 @@ def _logistic_agr_derivatives(z: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     return _logistic_agr_g1_quadrature(z, tau), _logistic_agr_g1_quadrature(-z, tau)
 
 
-def conditional_derivatives(
-    z: Tensor,
-    method: Method,
-    *,
-    noise: NoiseKind = "gauss",
-    tau: float | None = None,
-    p: float | Tensor | None = None,
-    lam: float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The backward ``db/dz`` a deterministic-backward estimator uses for each outcome.
-
-    Args:
-        z: standardised margins, any shape.
-        method: ``"st"``, ``"iwst"`` or ``"agr"`` (the methods whose backward is a function of ``(z, b)``).
-        noise, tau, p, lam: as in :func:`sample`.
-
-    Returns:
-        ``(g_1, g_0)`` of ``z``'s shape: the derivative used when the sample is 1, and when it is 0.
-        The estimator's mean is ``P1 * g_1 * L'(1) + P0 * g_0 * L'(0)``.
-    """
-    if method not in ("st", "iwst", "agr"):
-        raise ValueError(f"conditional_derivatives supports 'st', 'iwst' and 'agr', not {method!r}")
-    _check_arguments(method, noise, tau, p, lam, None)
-    return _conditional_derivatives(z, method, noise, tau, p, lam)
-
-
-def _conditional_derivatives(
-    z: Tensor, method: str, noise: str, tau: float | None, p: float | Tensor | None, lam: float | None
-) -> tuple[Tensor, Tensor]:
-    if method == "st":
-        _, density = unit_probabilities(z, noise)
-        return density, density
-    if method == "iwst":
-        return _iwst_derivatives(z, noise, p, lam)
-    if noise == "gauss":
-        return _gauss_agr_derivatives(z, tau)
-    return _logistic_agr_derivatives(z, tau)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Gumbel–Rao Monte Carlo
 # ----------------------------------------------------------------------------------------------------
@@ -514,7 +493,7 @@ def _gr_mc_derivative(
 
 
 # ----------------------------------------------------------------------------------------------------
-# The autograd function and the public entry points
+# The estimators, one class each, and their registry
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -522,16 +501,246 @@ def _fired(b: Tensor) -> Tensor:
     return b if b.dtype == torch.bool else b > 0.5
 
 
+class Estimator:
+    """One gradient estimator of noisy binary units, known to the rest of sbnn by its ``name``.
+
+    To add one (docs/extending.md#estimator): subclass, set ``name`` and the ``takes_*`` flags, implement
+    :meth:`conditional_derivatives` (or :meth:`outcome_derivative` when the backward is not a function of
+    ``(z, b)`` alone, or :meth:`soft_sample` for a soft forward), and register an instance with
+    :func:`register_estimator`.  From then on :func:`sample`, :class:`EstimatorConfig`, every layer, the
+    run configs (``[train] estimator = "<name>"``) and ``sbnn bias`` accept it.
+
+    The methods receive the validated :class:`EstimatorConfig`.  Its settings have one meaning and one
+    check each, whichever estimator takes them (:func:`_check_arguments`); an estimator refuses those it
+    does not take:
+
+    * ``takes_tau``: needs ``tau``, a relaxation temperature, finite and > 0, in units of the noise scale;
+    * ``takes_p_or_lam``: needs exactly one of IW-ST's ``p`` in [0, 1] (number or tensor) or ``lam`` in
+      [0, 1] (see :func:`importance_probability`);
+    * ``takes_k``: needs ``k``, a number of noise draws, an integer >= 1.
+
+    A setting of a new kind is one more :class:`EstimatorConfig` field and one more rule there.
+    """
+
+    name: ClassVar[str]
+    takes_tau: ClassVar[bool] = False
+    takes_p_or_lam: ClassVar[bool] = False
+    takes_k: ClassVar[bool] = False
+    # Hard forward b = 1[z + eps > 0] with the backward g_b; False: soft_sample is the forward and its
+    # autograd gradient the backward (no derivative of a hard outcome).
+    hard: ClassVar[bool] = True
+    # The backward is a function of (z, b) alone, so conditional_derivatives gives the pair (g_1, g_0).
+    conditional: ClassVar[bool] = True
+    # What the bare name means in a run config (the settings it cannot do without).
+    config_defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})
+
+    def defaults_for(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The config defaults that fill in a settings table which names ``given`` (a bare name: ``{}``)."""
+        return dict(self.config_defaults)
+
+    def conditional_derivatives(self, z: Tensor, config: EstimatorConfig) -> tuple[Tensor, Tensor]:
+        """``(g_1, g_0)`` of ``z``'s shape: the backward after a 1 and after a 0 (``conditional`` ones)."""
+        raise NotImplementedError(f"estimator {self.name!r} has no conditional derivatives")
+
+    def outcome_derivative(
+        self, z: Tensor, b: Tensor, config: EstimatorConfig, generator: torch.Generator | None
+    ) -> Tensor:
+        """``g_b`` for the drawn outcomes ``b`` (0./1. or bool, ``z``'s shape); ``hard`` estimators only."""
+        g1, g0 = self.conditional_derivatives(z, config)
+        return torch.where(_fired(b), g1, g0)
+
+    def soft_sample(self, z: Tensor, noise_sample: Tensor, config: EstimatorConfig) -> Tensor:
+        """The soft forward of an estimator that is not ``hard``, differentiable by autograd."""
+        raise NotImplementedError(f"estimator {self.name!r} has a hard forward")
+
+
+class StraightThrough(Estimator):
+    """``"st"``: ``g_1 = g_0 = f(z)`` (docs/method.md#estimators)."""
+
+    name = "st"
+
+    def conditional_derivatives(self, z: Tensor, config: EstimatorConfig) -> tuple[Tensor, Tensor]:  # noqa: D102
+        _, density = unit_probabilities(z, config.noise)
+        return density, density
+
+
+class ImportanceWeightedST(Estimator):
+    """``"iwst"``: ``g_1 = f p/P1``, ``g_0 = f (1 - p)/P0`` (docs/method.md#iwst)."""
+
+    name = "iwst"
+    takes_p_or_lam = True
+    config_defaults = MappingProxyType({"p": 0.5})
+
+    def defaults_for(self, given: Mapping[str, Any]) -> dict[str, Any]:  # noqa: D102
+        # p and lam are alternatives: p = 1/2 only when neither is given.
+        return {} if "lam" in given else dict(self.config_defaults)
+
+    def conditional_derivatives(self, z: Tensor, config: EstimatorConfig) -> tuple[Tensor, Tensor]:  # noqa: D102
+        return _iwst_derivatives(z, config.noise, config.p, config.lam)
+
+
+class AnalyticalGumbelRao(Estimator):
+    """``"agr"``: ``g_b = E[dF((z+eps)/tau)/dz | b]`` in closed form (docs/method.md#agr)."""
+
+    name = "agr"
+    takes_tau = True
+    config_defaults = MappingProxyType({"tau": 1.0})
+
+    def conditional_derivatives(self, z: Tensor, config: EstimatorConfig) -> tuple[Tensor, Tensor]:  # noqa: D102
+        if config.noise == "gauss":
+            return _gauss_agr_derivatives(z, config.tau)
+        return _logistic_agr_derivatives(z, config.tau)
+
+    def outcome_derivative(
+        self, z: Tensor, b: Tensor, config: EstimatorConfig, generator: torch.Generator | None
+    ) -> Tensor:  # noqa: D102
+        if config.noise == "gauss":  # the training hot path (docs/method.md#numerics)
+            return _gauss_agr_derivative_of_outcome(z, b, config.tau)
+        return super().outcome_derivative(z, b, config, generator)
+
+
+class Relaxed(Estimator):
+    """``"relaxed"``: the soft forward ``F((z + eps)/tau)`` with its exact gradient."""
+
+    name = "relaxed"
+    takes_tau = True
+    hard = False
+    conditional = False
+    config_defaults = MappingProxyType({"tau": 1.0})
+
+    def soft_sample(self, z: Tensor, noise_sample: Tensor, config: EstimatorConfig) -> Tensor:  # noqa: D102
+        relaxed_input = (z + noise_sample) / config.tau
+        return _gauss_cdf(relaxed_input) if config.noise == "gauss" else torch.sigmoid(relaxed_input)
+
+
+class GumbelRaoMonteCarlo(Estimator):
+    """``"gr_mc"``: the relaxed Jacobian averaged over ``k`` noise draws given ``b`` (a check of AGR)."""
+
+    name = "gr_mc"
+    takes_tau = True
+    takes_k = True
+    conditional = False
+    config_defaults = MappingProxyType({"tau": 1.0, "k": 8})
+
+    def outcome_derivative(
+        self, z: Tensor, b: Tensor, config: EstimatorConfig, generator: torch.Generator | None
+    ) -> Tensor:  # noqa: D102
+        return _gr_mc_derivative(z, b, config.noise, config.tau, config.k, generator)
+
+
+_REGISTRY: dict[str, Estimator] = {}
+
+
+def register_estimator(estimator: Estimator, *, replace: bool = False) -> Estimator:
+    """Make ``estimator`` known by its ``name`` to :func:`sample`, :class:`EstimatorConfig`, the layers and
+    the run configs.  Returns it.  A name already taken is refused unless ``replace``."""
+    if not isinstance(estimator, Estimator):
+        raise TypeError(f"register an Estimator instance, got {estimator!r}")
+    name = getattr(estimator, "name", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"an estimator's name must be an identifier, got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"estimator {name!r} is registered already")
+    if not estimator.hard and estimator.conditional:
+        raise ValueError(f"estimator {name!r}: a soft forward has no conditional derivatives (conditional = False)")
+    _REGISTRY[name] = estimator
+    return estimator
+
+
+def unregister_estimator(name: str) -> None:
+    """Forget a registered estimator (the built-in ones stay)."""
+    if name in METHODS:
+        raise ValueError(f"estimator {name!r} is built in")
+    _REGISTRY.pop(name, None)
+
+
+def get_estimator(name: str) -> Estimator:
+    """The registered estimator called ``name``."""
+    estimator = _REGISTRY.get(name) if isinstance(name, str) else None
+    if estimator is None:
+        raise ValueError(f"unknown method {name!r}; expected one of {estimator_names()}")
+    return estimator
+
+
+def estimator_names() -> tuple[str, ...]:
+    """The names of the registered estimators, the built-in ones (:data:`METHODS`) first."""
+    return tuple(_REGISTRY)
+
+
+for _estimator in (StraightThrough(), ImportanceWeightedST(), AnalyticalGumbelRao(), Relaxed(),
+                   GumbelRaoMonteCarlo()):
+    register_estimator(_estimator)
+del _estimator
+
+
+# ----------------------------------------------------------------------------------------------------
+# The autograd function and the public entry points
+# ----------------------------------------------------------------------------------------------------
+
+
+class _HardSampleWithEstimator(torch.autograd.Function):
+    """Forward ``1[z + eps > 0]``; backward ``grad * g_b`` with ``g_b`` computed (and saved) in forward.
+
+    Saving ``g_b`` costs one tensor, the same as saving ``z``, and keeps backward a single multiply.
+    """
+
+    @staticmethod
+    def forward(ctx, z, noise_sample, config, generator):  # noqa: D102
+        b = (z + noise_sample > 0).to(z.dtype)
+        derivative = _REGISTRY[config.method].outcome_derivative(z, b, config, generator)
+        ctx.save_for_backward(derivative)
+        return b
+
+    @staticmethod
+    def backward(ctx, grad_b):  # noqa: D102
+        (derivative,) = ctx.saved_tensors
+        return grad_b * derivative, None, None, None
+
+
+def _and_list(names: tuple[str, ...]) -> str:
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def conditional_derivatives(
+    z: Tensor,
+    method: Method,
+    *,
+    noise: NoiseKind = "gauss",
+    tau: float | None = None,
+    p: float | Tensor | None = None,
+    lam: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The backward ``db/dz`` a deterministic-backward estimator uses for each outcome.
+
+    Args:
+        z: standardised margins, any shape.
+        method: ``"st"``, ``"iwst"`` or ``"agr"`` (the methods whose backward is a function of ``(z, b)``;
+            registered ones with ``conditional = True`` too).
+        noise, tau, p, lam: as in :func:`sample`.
+
+    Returns:
+        ``(g_1, g_0)`` of ``z``'s shape: the derivative used when the sample is 1, and when it is 0.
+        The estimator's mean is ``P1 * g_1 * L'(1) + P0 * g_0 * L'(0)``.
+    """
+    supported = tuple(name for name, estimator in _REGISTRY.items() if estimator.conditional)
+    if method not in supported:
+        raise ValueError(f"conditional_derivatives supports {_and_list(supported)}, not {method!r}")
+    config = EstimatorConfig(method, noise, tau, p, lam, None)
+    return _REGISTRY[method].conditional_derivatives(z, config)
+
+
 def _outcome_derivative(
-    z: Tensor, b: Tensor, method: str, noise: str, tau: float | None, p: float | Tensor | None,
-    lam: float | None, k: int | None, generator: torch.Generator | None,
+    config: EstimatorConfig, z: Tensor, b: Tensor, generator: torch.Generator | None
 ) -> Tensor:
-    if method == "gr_mc":
-        return _gr_mc_derivative(z, b, noise, tau, k, generator)
-    if method == "agr" and noise == "gauss":
-        return _gauss_agr_derivative_of_outcome(z, b, tau)
-    g1, g0 = _conditional_derivatives(z, method, noise, tau, p, lam)
-    return torch.where(_fired(b), g1, g0)
+    estimator = _REGISTRY[config.method]
+    if not estimator.hard:
+        raise ValueError(
+            f"method {config.method!r} has a soft forward, so it has no derivative of a hard outcome"
+        )
+    if b.shape != z.shape:
+        raise ValueError(f"b has shape {tuple(b.shape)}, z has {tuple(z.shape)}")
+    return estimator.outcome_derivative(z, b, config, generator)
 
 
 def outcome_derivative(
@@ -552,31 +761,7 @@ def outcome_derivative(
     (0./1. or bool, ``z``'s shape) were drawn as ``1[z + eps > 0]``, and the result is ``g_b`` elementwise, of
     ``z``'s shape.  ``"relaxed"`` has no hard outcome and is refused; ``"gr_mc"`` draws from ``generator``.
     """
-    _check_arguments(method, noise, tau, p, lam, k)
-    if method == "relaxed":
-        raise ValueError("method 'relaxed' has a soft forward, so it has no derivative of a hard outcome")
-    if b.shape != z.shape:
-        raise ValueError(f"b has shape {tuple(b.shape)}, z has {tuple(z.shape)}")
-    return _outcome_derivative(z, b, method, noise, tau, p, lam, k, generator)
-
-
-class _HardSampleWithEstimator(torch.autograd.Function):
-    """Forward ``1[z + eps > 0]``; backward ``grad * g_b`` with ``g_b`` computed (and saved) in forward.
-
-    Saving ``g_b`` costs one tensor, the same as saving ``z``, and keeps backward a single multiply.
-    """
-
-    @staticmethod
-    def forward(ctx, z, noise_sample, method, noise, tau, p, lam, k, generator):  # noqa: D102
-        b = (z + noise_sample > 0).to(z.dtype)
-        derivative = _outcome_derivative(z, b, method, noise, tau, p, lam, k, generator)
-        ctx.save_for_backward(derivative)
-        return b
-
-    @staticmethod
-    def backward(ctx, grad_b):  # noqa: D102
-        (derivative,) = ctx.saved_tensors
-        return grad_b * derivative, None, None, None, None, None, None, None, None
+    return _outcome_derivative(EstimatorConfig(method, noise, tau, p, lam, k), z, b, generator)
 
 
 def draw_noise(
@@ -594,6 +779,28 @@ def draw_noise(
     uniform = torch.rand(shape, generator=generator, dtype=dtype, device=device)
     uniform = uniform.clamp_min(torch.finfo(dtype).tiny)
     return torch.log(uniform) - torch.log1p(-uniform)
+
+
+def _sample_given_noise(
+    config: EstimatorConfig, z: Tensor, noise_sample: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    if not z.is_floating_point():
+        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+    if noise_sample.shape != z.shape:
+        raise ValueError(f"noise_sample has shape {tuple(noise_sample.shape)}, z has {tuple(z.shape)}")
+    estimator = _REGISTRY[config.method]
+    if not estimator.hard:
+        return estimator.soft_sample(z, noise_sample, config)
+    if not z.requires_grad:
+        return (z + noise_sample > 0).to(z.dtype)
+    return _HardSampleWithEstimator.apply(z, noise_sample, config, generator)
+
+
+def _sample(config: EstimatorConfig, z: Tensor, generator: torch.Generator | None) -> Tensor:
+    if not z.is_floating_point():
+        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+    noise_sample = draw_noise(z.shape, config.noise, dtype=z.dtype, device=z.device, generator=generator)
+    return _sample_given_noise(config, z, noise_sample, generator)
 
 
 def sample_given_noise(
@@ -614,17 +821,7 @@ def sample_given_noise(
     potential ``m + s * noise_sample`` forward.  ``noise_sample`` must have ``z``'s shape and be drawn
     from ``noise``'s standard distribution; ``generator`` then only feeds ``"gr_mc"``'s conditional draws.
     """
-    _check_arguments(method, noise, tau, p, lam, k)
-    if not z.is_floating_point():
-        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
-    if noise_sample.shape != z.shape:
-        raise ValueError(f"noise_sample has shape {tuple(noise_sample.shape)}, z has {tuple(z.shape)}")
-    if method == "relaxed":
-        relaxed_input = (z + noise_sample) / tau
-        return _gauss_cdf(relaxed_input) if noise == "gauss" else torch.sigmoid(relaxed_input)
-    if not z.requires_grad:
-        return (z + noise_sample > 0).to(z.dtype)
-    return _HardSampleWithEstimator.apply(z, noise_sample, method, noise, tau, p, lam, k, generator)
+    return _sample_given_noise(EstimatorConfig(method, noise, tau, p, lam, k), z, noise_sample, generator)
 
 
 def sample(
@@ -642,7 +839,8 @@ def sample(
 
     Args:
         z: standardised margins (margin over noise scale, dimensionless), any shape, floating point.
-        method: ``"st"``, ``"iwst"``, ``"agr"``, ``"relaxed"`` or ``"gr_mc"``.
+        method: ``"st"``, ``"iwst"``, ``"agr"``, ``"relaxed"`` or ``"gr_mc"`` (or a registered name, see
+            :func:`register_estimator`).
         noise: ``"gauss"`` (probit units) or ``"logistic"``.
         tau: relaxation temperature in units of the noise scale; required by ``"agr"``, ``"relaxed"`` and
             ``"gr_mc"``, refused by the others.
@@ -661,20 +859,17 @@ def sample(
         ValueError: unknown method or noise, missing or unused settings, ``tau <= 0``, ``p`` or ``lam``
             outside [0, 1], ``k < 1``.
     """
-    _check_arguments(method, noise, tau, p, lam, k)
-    if not z.is_floating_point():
-        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
-    noise_sample = draw_noise(z.shape, noise, dtype=z.dtype, device=z.device, generator=generator)
-    return sample_given_noise(
-        z, noise_sample, method, noise=noise, tau=tau, p=p, lam=lam, k=k, generator=generator
-    )
+    return _sample(EstimatorConfig(method, noise, tau, p, lam, k), z, generator)
 
 
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """A validated choice of estimator and its settings, to hand to layers (see :func:`sample`)."""
+    """A validated choice of estimator and its settings, to hand to layers (see :func:`sample`).
 
-    method: Method = "st"
+    ``method`` has no default: the one default estimator is :data:`DEFAULT_ESTIMATOR`.
+    """
+
+    method: Method
     noise: NoiseKind = "gauss"
     tau: float | None = None
     p: float | None = None
@@ -684,40 +879,53 @@ class EstimatorConfig:
     def __post_init__(self) -> None:
         _check_arguments(self.method, self.noise, self.tau, self.p, self.lam, self.k)
 
+    @property
+    def estimator(self) -> Estimator:
+        """The registered :class:`Estimator` of ``method``."""
+        return get_estimator(self.method)
+
+    @property
+    def hard(self) -> bool:
+        """Whether the forward is the hard sample (every method but ``"relaxed"``)."""
+        return get_estimator(self.method).hard
+
     def sample(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """:func:`sample` with these settings."""
-        return sample(
-            z, self.method, noise=self.noise, tau=self.tau, p=self.p, lam=self.lam, k=self.k,
-            generator=generator,
-        )
+        return _sample(self, z, generator)
 
     def sample_given_noise(
         self, z: Tensor, noise_sample: Tensor, generator: torch.Generator | None = None
     ) -> Tensor:
         """:func:`sample_given_noise` with these settings."""
-        return sample_given_noise(
-            z, noise_sample, self.method, noise=self.noise, tau=self.tau, p=self.p, lam=self.lam,
-            k=self.k, generator=generator,
-        )
+        return _sample_given_noise(self, z, noise_sample, generator)
 
     def outcome_derivative(self, z: Tensor, b: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """:func:`outcome_derivative` with these settings."""
-        return outcome_derivative(
-            z, b, self.method, noise=self.noise, tau=self.tau, p=self.p, lam=self.lam, k=self.k,
-            generator=generator,
-        )
+        return _outcome_derivative(self, z, b, generator)
+
+
+# The one default estimator: of the layers, of ModelConfig and of the run configs' [train] estimator (and
+# the method of an estimator table that names none).  docs/method.md#agr.
+DEFAULT_ESTIMATOR = EstimatorConfig("agr", noise="gauss", tau=1.0)
 
 
 __all__ = [
+    "DEFAULT_ESTIMATOR",
     "METHODS",
     "NOISE_KINDS",
+    "SETTINGS",
+    "Estimator",
     "EstimatorConfig",
     "conditional_derivatives",
     "draw_noise",
+    "estimator_names",
+    "get_estimator",
     "importance_probability",
     "log_unit_probabilities",
     "outcome_derivative",
+    "register_estimator",
     "sample",
     "sample_given_noise",
     "unit_probabilities",
+    "unregister_estimator",
 ]

@@ -37,9 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sbnn.estimators import EstimatorConfig, draw_noise
-
-DEFAULT_ESTIMATOR = EstimatorConfig(method="agr", noise="gauss", tau=1.0)
+from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig, draw_noise
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1007,7 +1005,7 @@ class CubaLif(ModeAware):
         if noisy:
             # All steps' standard normal draws at once: one call, and the same noise whichever path runs.
             unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-            if self.estimator.method != "relaxed":
+            if self.estimator.hard:  # (a soft forward has no derivative of a hard outcome to fuse)
                 return self._run_fused(mean, variance, state, unit_noise, generator, record_voltage)
         previous_spikes = torch.zeros_like(mean[:, 0])
         spikes_trace, voltage_trace = [], []

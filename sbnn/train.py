@@ -40,7 +40,6 @@ files while the others wait.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -60,9 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hw_sim.atomic import LOCK_NAME, FolderLocked, atomic_path, folder_lock, remove_stale
+from hw_sim.atomic import LOCK_NAME, atomic_path, remove_stale
 from sbnn.aux_loss import make_penalty, record_activity
-from sbnn.config import ConfigError, RunConfig, TrainConfig, config_from_dict, load_config
+from sbnn.config import ConfigError, RunConfig, TrainConfig, config_from_dict
 from sbnn.data import DataError, Dataset, load_dataset
 from sbnn.evaluate import evaluate_split
 from sbnn.models import SbnnModel, build_model
@@ -80,7 +79,6 @@ CHECKPOINT_FORMAT = 1
 JSON_KEYS: tuple[str, ...] = (
     "test_accuracy_mean", "test_accuracy_noisy", "test_accuracy_ensemble", "epochs", "seconds", "run_dir",
 )
-EXIT_OK, EXIT_TRAINING_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 # Keys that may differ between a checkpoint's config and the config of the run that resumes it.
 _RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("train", "threads"), ("train", "eval_batch_size")}
@@ -835,20 +833,8 @@ def load_trained_model(run_dir: str | os.PathLike[str], map_location: str | torc
 
 
 # ----------------------------------------------------------------------------------------------------
-# Command line
+# Run folder names and the command line entry
 # ----------------------------------------------------------------------------------------------------
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run configuration (TOML), e.g. examples/quickstart.toml")
-    parser.add_argument("--out", help="run folder (default runs/<config name>)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, parsed as TOML (e.g. --set train.epochs=2); repeatable")
-    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in a run folder that holds a previous run (deletes its checkpoint)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="override train.device")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
 
 
 def default_run_dir(source: str | os.PathLike[str]) -> Path:
@@ -858,45 +844,12 @@ def default_run_dir(source: str | os.PathLike[str]) -> Path:
     return Path("runs") / (stem or "run")
 
 
-def run_train_command(args: argparse.Namespace) -> int:
-    """Handler of ``sbnn train``: returns the exit code (0 ok, 1 training failed, 2 bad input)."""
-    overrides = list(args.set)
-    if args.device:
-        overrides.append(f"train.device={json.dumps(args.device)}")
-    try:
-        config = load_config(args.config, overrides)
-        run_dir = Path(args.out) if args.out else default_run_dir(args.config)
-        check_run_folder(run_dir)
-        # One writer per run folder; the ranks of one torchrun job are one writer, represented by rank 0.
-        with folder_lock(run_dir, "sbnn train") if ProcessGroup.from_environment().is_main else nullcontext():
-            summary = train(config, run_dir, resume=args.resume, json_mode=args.json, overwrite=args.overwrite)
-    except (ConfigError, DataError, RunFolderError, FolderLocked) as error:
-        print(f"sbnn train: {' '.join(str(error).splitlines())}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except TrainingError as error:
-        print(f"sbnn train: {' '.join(str(error).splitlines())}", file=sys.stderr)
-        return EXIT_TRAINING_FAILED
-    if args.json and ProcessGroup.from_environment().is_main:
-        print(json.dumps(_json_safe(summary), allow_nan=False), flush=True)
-    return EXIT_OK
-
-
-def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``train`` on a subparsers object; its ``handler(args)`` returns the exit code."""
-    parser = subparsers.add_parser(
-        "train", help="train an SBNN (or the surrogate baseline) from a TOML config",
-        description="Train from a TOML run configuration; writes config.toml, checkpoint.pt and metrics.json.",
-    )
-    _add_arguments(parser)
-    parser.set_defaults(handler=run_train_command)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sbnn.train CONFIG.toml [...]``: the same as ``sbnn train``."""
-    parser = argparse.ArgumentParser(prog="sbnn train", description="Train from a TOML run configuration.")
-    _add_arguments(parser)
-    return run_train_command(parser.parse_args(argv))
+    """``python -m sbnn.train CONFIG.toml [...]`` (what ``torchrun -m sbnn.train`` starts): the same as ``sbnn
+    train``, whose arguments and exit codes are :mod:`sbnn.cli.train`'s."""
+    from sbnn.cli.train import main as train_command
+
+    return train_command(argv)
 
 
 __all__ = [
@@ -909,8 +862,8 @@ __all__ = [
     "RunFolderError",
     "TrainingData",
     "TrainingError",
-    "add_train_command",
     "check_run_folder",
+    "default_run_dir",
     "epoch_shard",
     "kl_weight_at",
     "learning_rate_factor",
@@ -918,7 +871,6 @@ __all__ = [
     "load_trained_model",
     "load_training_data",
     "main",
-    "run_train_command",
     "train",
 ]
 

@@ -99,7 +99,7 @@ def test_wrong_types_are_named(tmp_path, override, key, reason):
         ("train.schedule=linear", "train.schedule", "cosine"),
         ("train.device=tpu", "train.device", "cpu, cuda"),
         ("train.aux_penalty=l2", "train.aux_penalty", "weight_noise_ratio"),
-        ("data.name=mnist", "data.name", "digits"),
+        ("data.name=emnist", "data.name", "digits"),
         ("data.encoding=morse", "data.encoding", "rate"),
         ("model.kind=cnn", "model.kind", "bnn"),
         ("model.threshold=0", "model.threshold", "> 0"),
@@ -239,6 +239,9 @@ EXAMPLE_SHAPES = {
     "shd.toml": ((700,), 20),
     "dvs_gesture.toml": ((2, 32, 32), 11),
     "cifar10_resnet.toml": ((3, 32, 32), 10),
+    "mnist_bnn.toml": ((1, 28, 28), 10),
+    "mnist_snn.toml": ((1, 28, 28), 10),
+    "mnist_conv_snn.toml": ((1, 28, 28), 10),
 }
 
 

@@ -715,8 +715,8 @@ def test_direct_encoder_repeats_features() -> None:
 
 
 def test_load_dataset_argument_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
-        load_dataset("mnist")
+    with pytest.raises(ValueError, match="unknown dataset 'emnist'"):
+        load_dataset("emnist")
     with pytest.raises(ValueError, match="unknown option.*num_units"):
         load_dataset("digits", num_units=3)
     with pytest.raises(ValueError, match="already spike trains"):

@@ -13,7 +13,6 @@ import torch
 from sbnn.diagnostics import (
     DEFAULT_CONFIGS,
     EnumerableProblem,
-    add_bias_command,
     all_states,
     bias_table,
     compare_gradients,
@@ -25,6 +24,7 @@ from sbnn.diagnostics import (
     network_problem,
     quadratic_problem,
 )
+from sbnn.cli.bias import add_bias_command
 from sbnn.estimators import EstimatorConfig
 from sbnn.layers import BayesLinear, NoisyBinaryUnits
 

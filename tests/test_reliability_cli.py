@@ -134,8 +134,13 @@ def test_malicious_checkpoint_is_refused_and_never_runs(trained_run, tmp_path):
         with pytest.raises(RunFolderError):
             load_trained_model(folder)
         commands.append(["export", folder])
-    # and a checkpoint that a resumed training would load
-    commands.append(["train", trained_run / "tiny.toml", "--out", tmp_path / "run0", "--resume"])
+    # and a checkpoint that a resumed training would load (its own folder: the commands run at once, and
+    # two writers on one run folder are refused by its writer lock before either reads the checkpoint)
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    for name in ("config.toml", "checkpoint.pt"):
+        (resume / name).write_bytes((tmp_path / "run0" / name).read_bytes())
+    commands.append(["train", trained_run / "tiny.toml", "--out", resume, "--resume"])
     for done in sbnn_commands(commands, tmp_path):
         assert_bad_input(done, "checkpoint.pt")
     assert not marker.exists()

@@ -13,13 +13,18 @@ Array conventions (all numpy):
 
 Entry point: :func:`load_dataset`. Every problem with a file raises :class:`DataError`, whose one-line
 message names the file and what was expected.
+
+Each data set is one :class:`DatasetLoader` in one registry (:func:`register_dataset`): its loader
+function, its options, whether it reads a path, whether it is always spike trains. ``load_dataset`` and the
+run configs' ``[data]`` checks read the registry, so adding a data set is one module plus one
+registration line (docs/extending.md#dataset).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -74,6 +79,73 @@ class Dataset:
         return self.steps is not None
 
 
+@dataclass(frozen=True)
+class DatasetLoader:
+    """How :func:`load_dataset` loads one data set (registered with :func:`register_dataset`).
+
+    ``load`` is called as ``load([path], [steps=...], [seed=...], **options)``: the path (positional) when
+    ``needs_path``, ``steps`` when ``spike_steps`` is set, ``seed`` when ``seeded``, and the user's
+    options, each one of ``options``.  It returns a :class:`Dataset`.
+
+    Attributes:
+        name: the ``data.name`` of run configs and the name given to :func:`load_dataset`.
+        load: the loader function.
+        options: the keyword options it accepts (extra ``[data]`` keys), besides path/steps/encoding/seed.
+        needs_path: it reads files from a folder or file the user names (``data.path``); else it is built
+            in and refuses a path.
+        path_help: what the path is, for the message when it is missing.
+        spike_steps: set for loaders that always return spike trains: the number of time steps when
+            none is asked for (``steps`` is then passed on and encodings are refused).  ``None``: static
+            features, or a file that decides; ``load_dataset`` then encodes features on request and
+            checks the steps of spike trains.
+        seeded: it takes ``seed`` (random splits or generation).
+    """
+
+    name: str
+    load: Callable[..., Dataset]
+    options: tuple[str, ...] = ()
+    needs_path: bool = False
+    path_help: str = "the folder holding its original files"
+    spike_steps: int | None = None
+    seeded: bool = False
+
+
+_REGISTRY: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(loader: DatasetLoader, *, replace: bool = False) -> DatasetLoader:
+    """Make a data set known to :func:`load_dataset` and the run configs by ``loader.name``; returns it.
+    A name already taken is refused unless ``replace``."""
+    if not isinstance(loader, DatasetLoader):
+        raise TypeError(f"register a DatasetLoader, got {loader!r}")
+    if not loader.name.isidentifier():
+        raise ValueError(f"a data set's name must be an identifier, got {loader.name!r}")
+    if loader.name in _REGISTRY and not replace:
+        raise ValueError(f"data set {loader.name!r} is registered already")
+    _REGISTRY[loader.name] = loader
+    return loader
+
+
+def unregister_dataset(name: str) -> None:
+    """Forget a registered data set (the built-in ones stay)."""
+    if name in DATASETS:
+        raise ValueError(f"data set {name!r} is built in")
+    _REGISTRY.pop(name, None)
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The registered data sets' names, the built-in ones (:data:`DATASETS`) first."""
+    return tuple(_REGISTRY)
+
+
+def dataset_loader(name: str) -> DatasetLoader:
+    """The registered :class:`DatasetLoader` called ``name``."""
+    loader = _REGISTRY.get(name) if isinstance(name, str) else None
+    if loader is None:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
+    return loader
+
+
 # The submodules import DataError and Dataset from this package, so they must be defined first.
 from sbnn.data._validation import require_positive_int  # noqa: E402
 from sbnn.data.builtin import load_digits, make_randman  # noqa: E402
@@ -91,30 +163,27 @@ from sbnn.data.encoders import (  # noqa: E402
     on_off_encode,
     rate_encode,
 )
+from sbnn.data.mnist import load_mnist  # noqa: E402
 from sbnn.data.npz import load_npz  # noqa: E402
 from sbnn.data.safe_pickle import restricted_pickle_load  # noqa: E402
 from sbnn.data.shd import load_shd  # noqa: E402
 
-DATASETS = ("digits", "randman", "shd", "dvs_gesture", "cifar10", "npz")
 DEFAULT_ENCODING_STEPS = 25
 
-# Options each loader accepts through load_dataset(**options), besides path/steps/encoding/seed.
-_OPTIONS: dict[str, tuple[str, ...]] = {
-    "digits": ("test_fraction",),
-    "randman": (
-        "num_classes",
-        "num_units",
-        "intrinsic_dim",
-        "samples_per_class",
-        "spikes_per_unit",
-        "alpha",
-        "test_fraction",
-    ),
-    "shd": ("max_time", "binary"),
-    "dvs_gesture": ("downsample", "duration_us", "binary"),
-    "cifar10": (),
-    "npz": ("num_classes",),
-}
+# The built-in data sets, one line each.
+register_dataset(DatasetLoader("digits", load_digits, options=("test_fraction",), seeded=True))
+register_dataset(DatasetLoader("randman", make_randman, options=(
+    "num_classes", "num_units", "intrinsic_dim", "samples_per_class", "spikes_per_unit", "alpha", "test_fraction",
+), spike_steps=100, seeded=True))
+register_dataset(DatasetLoader("shd", load_shd, options=("max_time", "binary"), needs_path=True, spike_steps=100))
+register_dataset(DatasetLoader("dvs_gesture", load_dvs_gesture, options=("downsample", "duration_us", "binary"),
+                               needs_path=True, spike_steps=20))
+register_dataset(DatasetLoader("cifar10", load_cifar10, needs_path=True))
+register_dataset(DatasetLoader("npz", load_npz, options=("num_classes",), needs_path=True, path_help="the .npz file"))
+register_dataset(DatasetLoader("mnist", load_mnist, options=("validation", "file")))
+
+# The built-in data sets (dataset_names() lists the registered ones, these and any added since).
+DATASETS: tuple[str, ...] = dataset_names()
 
 
 def load_dataset(
@@ -129,7 +198,8 @@ def load_dataset(
     """Load a dataset by name.
 
     Args:
-        name: one of ``digits``, ``randman``, ``shd``, ``dvs_gesture``, ``cifar10``, ``npz``.
+        name: one of ``digits``, ``randman``, ``shd``, ``dvs_gesture``, ``cifar10``, ``npz``, or a name
+            registered since (:func:`register_dataset`).
         path: folder with the original files (``shd``: ``shd_train.h5``/``shd_test.h5``;
             ``dvs_gesture``: IBM's ``DvsGesture`` folder; ``cifar10``: the folder holding
             ``cifar-10-batches-py`` or that folder itself) or the ``.npz`` file; None for built-in data.
@@ -152,11 +222,10 @@ def load_dataset(
         DataError: a file is missing or malformed.
         ValueError: an unknown name, option or an invalid combination of arguments.
     """
-    if name not in _OPTIONS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    unknown = sorted(set(options) - set(_OPTIONS[name]))
+    loader = dataset_loader(name)
+    unknown = sorted(set(options) - set(loader.options))
     if unknown:
-        allowed = ", ".join(_OPTIONS[name]) or "none"
+        allowed = ", ".join(loader.options) or "none"
         raise ValueError(f"unknown option(s) for dataset {name!r}: {', '.join(unknown)} (allowed: {allowed})")
     if encoding == "none":
         encoding = None
@@ -164,36 +233,28 @@ def load_dataset(
         raise ValueError(f"unknown encoding {encoding!r}; choose one of none, {', '.join(ENCODINGS)}")
     if steps is not None:
         require_positive_int("steps", steps)
-    needs_path = name in ("shd", "dvs_gesture", "cifar10", "npz")
-    if needs_path and path is None:
+    if loader.needs_path and path is None:
         raise ValueError(f"dataset {name!r} needs path= (the folder or file holding its original files)")
-    if not needs_path and path is not None:
+    if not loader.needs_path and path is not None:
         raise ValueError(f"dataset {name!r} is built in and takes no path (got {os.fspath(path)!r})")
 
     try:
-        return _load(name, path, steps, encoding, seed, options)
+        return _load(loader, path, steps, encoding, seed, options)
     except MemoryError as error:
         # sizes from a config or a file that do not fit: a one-line error, not a traceback
         raise DataError(f"{name}: the data set does not fit in memory ({' '.join(str(error).split())})") from None
 
 
-def _load(name: str, path: Any, steps: int | None, encoding: str | None, seed: int, options: dict[str, Any]) -> Dataset:
-    if name == "randman":
+def _load(loader: DatasetLoader, path: Any, steps: int | None, encoding: str | None, seed: int,
+          options: dict[str, Any]) -> Dataset:
+    name = loader.name
+    arguments = (path,) if loader.needs_path else ()
+    keywords: dict[str, Any] = {"seed": seed} if loader.seeded else {}
+    if loader.spike_steps is not None:
         _reject_encoding(name, encoding)
-        dataset = make_randman(steps=100 if steps is None else steps, seed=seed, **options)
-    elif name == "shd":
-        _reject_encoding(name, encoding)
-        dataset = load_shd(path, steps=100 if steps is None else steps, **options)  # type: ignore[arg-type]
-    elif name == "dvs_gesture":
-        _reject_encoding(name, encoding)
-        dataset = load_dvs_gesture(path, steps=20 if steps is None else steps, **options)  # type: ignore[arg-type]
+        dataset = loader.load(*arguments, steps=loader.spike_steps if steps is None else steps, **keywords, **options)
     else:
-        if name == "digits":
-            dataset = load_digits(seed=seed, **options)
-        elif name == "cifar10":
-            dataset = load_cifar10(path)  # type: ignore[arg-type]
-        else:
-            dataset = load_npz(path, **options)  # type: ignore[arg-type]
+        dataset = loader.load(*arguments, **keywords, **options)
         if dataset.is_spiking:
             _reject_encoding(name, encoding)
             if steps is not None and steps != dataset.steps:
@@ -237,6 +298,11 @@ __all__ = [
     "ENCODINGS",
     "DataError",
     "Dataset",
+    "DatasetLoader",
+    "dataset_loader",
+    "dataset_names",
+    "register_dataset",
+    "unregister_dataset",
     "direct_encode",
     "encode",
     "encode_dataset",

@@ -100,7 +100,13 @@ def restricted_pickle_load(path: str | os.PathLike[str], *, encoding: str = "byt
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected {expected}")
-    data = path.read_bytes()
+    return restricted_pickle_loads(path.read_bytes(), path, encoding=encoding, expected=expected)
+
+
+def restricted_pickle_loads(data: bytes, source: str | os.PathLike[str], *, encoding: str = "bytes",
+                            expected: str = "a pickle") -> Any:
+    """:func:`restricted_pickle_load` of bytes already read (e.g. decompressed); ``source`` names them in errors."""
+    path = source
     # Walk the opcodes without building anything: length-prefixed opcodes that claim more bytes than
     # remain (which the C unpickler might allocate up front) and truncation are caught here.
     try:

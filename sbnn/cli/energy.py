@@ -1,0 +1,42 @@
+"""``sbnn energy EXPORT``: activity counts and energy proxies of an export (or netx file) per inference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import EXIT_OK
+from .inputs import _load_inputs, _load_network, _network_file, add_input_options
+
+
+def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    energy = commands.add_parser("energy", help="activity counts and energy proxies of an export")
+    add_input_options(energy)
+    energy.set_defaults(handler=command_energy)
+    return energy
+
+
+def command_energy(args: argparse.Namespace) -> int:
+    from hw_sim.energy import PROXIES, energy_report
+
+    path = _network_file(Path(args.export))
+    network = _load_network(path, args)
+    x, source = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+                             density=args.density)
+    report = energy_report(network, x)
+    report["input"] = source
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    print(f"{path}: {report['samples']} samples x {report['steps']} steps ({source}); per inference:")
+    print(f"{'layer':>5} {'kind':>8} {'in spikes':>10} {'synops':>12} {'updates':>10} {'out spikes':>10} {'rate':>7} {'ANN MACs/step':>14}")
+    for layer in report["layers"]:
+        print(f"{layer['layer']:>5} {layer['kind']:>8} {layer['input_spikes']:>10.1f} {layer['synops']:>12.1f} "
+              f"{layer['neuron_updates']:>10.0f} {layer['output_spikes']:>10.1f} {layer['firing_rate']:>7.4f} "
+              f"{layer['ann_macs_per_step']:>14}")
+    print(f"synops {report['synops_per_inference']:.1f}, neuron updates {report['neuron_updates_per_inference']:.0f}, "
+          f"equivalent ANN MACs {report['ann_macs_per_inference']}")
+    for name, value in report["energy_uj"].items():
+        print(f"  {name:<16} {value:>12.4f} µJ   {PROXIES[name]}")
+    return EXIT_OK

@@ -1,0 +1,79 @@
+"""``sbnn export RUN``: a trained run -> ``model.nir``, ``loihi.h5``, ONNX and ``export.json`` (the posterior
+mean, or one posterior sample)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import EXIT_OK
+from .inputs import UserError, _refuse_out
+
+
+def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    exporter = commands.add_parser("export", help="a trained run -> model.nir, loihi.h5, ONNX, export.json")
+    exporter.add_argument("run", help="run folder (config.toml, checkpoint.pt)")
+    exporter.add_argument("--weights", choices=("mean", "sample"), default="mean",
+                          help="posterior mean, or one posterior sample drawn from --seed")
+    exporter.add_argument("--seed", type=int, default=0, help="seed of the posterior sample")
+    exporter.add_argument("--out", help="export folder (default RUN/export, or RUN/export_sample<seed>); an "
+                                        "existing one is replaced only when sbnn wrote it")
+    exporter.add_argument("--force", action="store_true",
+                          help="replace the pipeline's RUN/export_sample<seed> (kept otherwise)")
+    exporter.add_argument("--json", action="store_true", help="print one JSON object")
+    exporter.set_defaults(handler=command_export)
+    return exporter
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from export.folder import check_replaceable, export_marker
+    from hw_sim.atomic import folder_lock
+
+    from ..pipeline import default_export_folder, export_run
+
+    # What the export computes with (torch, the model, the exporter) is imported before the run folder's writer
+    # lock is taken, so that the lock is held only while the run is read and the export written.
+    from export import from_model  # noqa: F401
+
+    from .. import train  # noqa: F401
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise UserError(f"{run}: not a finished run folder (needs config.toml and checkpoint.pt)")
+    out = Path(args.out) if args.out else default_export_folder(run, args.weights, args.seed)
+    _refuse_out(out, run=run)
+    check_replaceable(out)
+    marker = export_marker(out)
+    if (args.out is None and not args.force and args.weights == "sample" and marker is not None
+            and marker.get("written_by") != "sbnn export"):
+        raise UserError(f"{out}: holds the export written by {marker.get('written_by')}; nothing was changed "
+                        f"(pass --force to replace it, or --out to write elsewhere)")
+    with folder_lock(run, "sbnn export"):
+        try:
+            folder, report = export_run(run, weights=args.weights, seed=args.seed, out=out)
+        except FileNotFoundError as error:
+            if error.errno is not None:   # an OSError of a path: main() reports it
+                raise
+            raise UserError(str(error))
+    summary = {"export": str(folder), "weights": args.weights, "seed": args.seed if args.weights == "sample" else None,
+               "netx_exact": report["netx_exact"], "warnings": report["warnings"],
+               "saturation_total": report["saturation_total"], "accuracy_check": report["accuracy_check"],
+               "layers": [{k: layer[k] for k in ("scale", "clipped_fraction", "relative_weight_error",
+                                                  "headroom_u", "headroom_v", "saturation")}
+                          for layer in report["layers"]]}
+    if args.json:
+        print(json.dumps(summary, allow_nan=False))
+    else:
+        print(f"{run} ({args.weights}) -> {folder}: model.nir, loihi.h5 (netx-exact: {report['netx_exact']}), "
+              f"model.onnx, model_int.onnx, export.json")
+        for k, layer in enumerate(summary["layers"]):
+            print(f"  layer {k}: scale {layer['scale']:.4g}, clipped {layer['clipped_fraction']:.2%}, "
+                  f"weight error {layer['relative_weight_error']:.2%}")
+        check = report["accuracy_check"]
+        print(f"  calibration data ({check['samples']} samples, scored on {check['scored_on']}): hardware "
+              f"{check['hardware_accuracy']:.2%}, float {check['float_accuracy']:.2%}")
+        for warning in report["warnings"]:
+            print(f"  warning: {warning}")
+    return EXIT_OK
+

@@ -1,0 +1,39 @@
+"""``sbnn verify EXPORT``: hw_sim against Lava, spike for spike (and u, v); exit code 1 when they differ."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import EXIT_DIFFERENT, EXIT_OK
+from .inputs import _load_inputs, _load_network, _network_file, add_input_options
+
+
+def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    verify = commands.add_parser("verify", help="hw_sim vs Lava, spike for spike (and u, v)")
+    add_input_options(verify)
+    verify.add_argument("--builder", choices=("description", "netx"), default="description",
+                        help="build Lava processes from our description, or load loihi.h5 with Intel's netx")
+    verify.set_defaults(handler=command_verify)
+    return verify
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    import hw_sim
+
+    path = _network_file(Path(args.export))
+    network = _load_network(path, args)
+    x, source = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+                             density=args.density)
+    # --builder netx gives Intel's netx the user's file itself, so a file whose netx fields say something
+    # else than hw_sim's reading of it (e.g. its exact-parameter group) is reported, not trusted.
+    report = hw_sim.verify(network, x, builder=args.builder, workers=args.workers, timeout=args.timeout,
+                           netx_file=path if args.builder == "netx" else None)
+    if args.json:
+        print(json.dumps({**report.to_json(), "network": str(path), "input": source, "builder": args.builder}))
+    else:
+        print(f"{path}: {source}")
+        print(report.summary())
+        print(f"time: hw_sim {report.seconds['hw_sim']:.3f} s, lava {report.seconds['lava']:.2f} s")
+    return EXIT_OK if report.bit_exact else EXIT_DIFFERENT
