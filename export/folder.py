@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import hw_sim
-from hw_sim.atomic import atomic_folder
+from safeio.atomic import atomic_folder
 
 from .float_network import FloatNetwork
 from .nir_io import read_nir, write_nir

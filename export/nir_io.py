@@ -27,8 +27,6 @@ from .float_network import FloatLayer, FloatNetwork
 SYNAPSES = ("Affine", "Linear", "Conv2d")
 MAX_NEURONS = 1 << 24            # per layer; a larger shape is a damaged or hostile file (hw_sim's limit too)
 MAX_DECLARED_BYTES = 1 << 31     # all arrays of a .nir together, checked before nir.read reads them
-MAX_COMPRESSION = 1100           # nir.write gzips arrays; deflate cannot shrink data more than ~1032:1
-SMALL_DATASET_BYTES = 1 << 16
 NEURONS = ("CubaLIF", "LIF", "IF", "Threshold", "CubaLI", "LI", "I")
 READOUTS = ("CubaLI", "LI", "I")
 
@@ -99,7 +97,7 @@ def write_nir(network: FloatNetwork, path: str | os.PathLike) -> Path:
     """Write ``model.nir`` (atomically) and check that ``nir.read`` reads it back with type checking on."""
     import nir
 
-    from hw_sim.atomic import atomic_path
+    from safeio.atomic import atomic_path
 
     path = Path(path)
     graph = to_nir(network)
@@ -408,7 +406,7 @@ def _check_file(path: Path) -> None:
     declares more data than the file can hold (a forged chunked dataset would be allocated in full)."""
     import h5py
 
-    from hw_sim.netx_io import hdf5_heap_damage
+    from safeio.hdf5 import hdf5_heap_damage, unbacked_size
 
     try:
         damage = hdf5_heap_damage(path)
@@ -438,10 +436,10 @@ def _check_file(path: Path) -> None:
         if item.is_virtual or item.external:
             problems.append(f"'{name}' takes its data from other files, which is not allowed")
             return
-        declared = int(item.size) * item.dtype.itemsize
-        total += declared
-        if declared > SMALL_DATASET_BYTES and declared > MAX_COMPRESSION * item.id.get_storage_size():
-            problems.append(f"'{name}' declares {declared} bytes but the file stores {item.id.get_storage_size()}")
+        total += int(item.size) * item.dtype.itemsize
+        problem = unbacked_size(item)
+        if problem:
+            problems.append(f"'{name}' {problem}")
         elif total > MAX_DECLARED_BYTES:
             problems.append(f"its arrays declare more than {MAX_DECLARED_BYTES} bytes")
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hw_sim.arith import STATE_MAX, STATE_SHIFT, current_factor, prepare_dense_weights, voltage_factor
-from hw_sim.atomic import atomic_path
+from safeio.atomic import atomic_path
 from hw_sim.loihi import exact_matmul_dtype
 from hw_sim.network import ConvLayer, DenseLayer, Network
 

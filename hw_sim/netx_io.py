@@ -28,17 +28,14 @@ import h5py
 import numpy as np
 
 from .arith import SignMode, effective_bias, infer_sign_mode, netx_optimize_weight_bits, prepare_dense_weights, shift_by_exponent
-from .atomic import atomic_path
+from safeio.atomic import atomic_path
+from safeio.hdf5 import hdf5_heap_damage, unbacked_size
 from .network import (MAX_DELAY, NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
 
 FORMAT = "sbnn-loihi/1"
 NETX_BIAS_EXP = 6
 MAX_ELEMENTS = 1 << 28   # refuse absurd declared dataset sizes before reading them
 MAX_NEURONS = 1 << 24    # per layer (a Loihi 2 chip holds 2^20); more is a damaged or hostile shape field
-# gzip (HDF5's deflate filter) compresses by at most ~1032:1, so a dataset that declares more bytes than
-# that times what it stores is forged (e.g. a chunked dataset with no chunks written); small ones pass.
-MAX_COMPRESSION = 1100
-SMALL_DATASET_BYTES = 1 << 16
 
 
 class LoihiFileError(ValueError):
@@ -245,48 +242,6 @@ def save(network: Network, path: str | os.PathLike) -> Path:
 # --------------------------------------------------------------------------------------------------
 # Reading
 
-GLOBAL_HEAP_SIGNATURE = b"GCOL\x01\x00\x00\x00"   # signature, version 1, three reserved bytes
-
-
-def hdf5_heap_damage(path: str | os.PathLike) -> str | None:
-    """Where a damaged HDF5 global heap collection lies in ``path``, or None when every one is whole.
-
-    The HDF5 library (1.14) loops forever deserialising a global heap collection (where variable-length
-    strings and arrays live) in which the free-space object (index 0) has size 0, and reads past it when
-    sizes overrun it, so a reader that must not hang checks them first, walking the collection as HDF5
-    does: after the 16-byte header, objects take 16 + size rounded up to 8 bytes (the free-space object
-    exactly its size) and must tile the collection.
-    """
-    import mmap
-
-    with open(path, "rb") as file:
-        if os.fstat(file.fileno()).st_size == 0:
-            return None
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            end_of_file = len(data)
-            start = data.find(GLOBAL_HEAP_SIGNATURE)
-            while start >= 0:
-                if start + 16 <= end_of_file:
-                    size = int.from_bytes(data[start + 8:start + 16], "little")
-                    end = start + size
-                    if size < 4096 or end > end_of_file:
-                        return f"global heap at byte {start} declares {size} bytes"
-                    position = start + 16
-                    while position < end:
-                        if position + 16 > end:
-                            break   # a tail too short for an object header is free space
-                        index = int.from_bytes(data[position:position + 2], "little")
-                        object_size = int.from_bytes(data[position + 8:position + 16], "little")
-                        need = 16 + ((object_size + 7) & ~7) if index else object_size
-                        if need == 0:
-                            return f"global heap at byte {start}: an empty free-space object at byte {position}"
-                        position += need
-                    if position > end:
-                        return f"global heap at byte {start}: object sizes run past its end"
-                start = data.find(GLOBAL_HEAP_SIGNATURE, start + 1)
-    return None
-
-
 class _Reader:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -342,10 +297,9 @@ class _Reader:
             raise self.fail(f"field '{name}' takes its data from other files, which is not allowed")
         if dataset.size > MAX_ELEMENTS:
             raise self.fail(f"field '{name}' declares {dataset.size} elements, more than {MAX_ELEMENTS}")
-        declared = dataset.size * dataset.dtype.itemsize
-        if declared > SMALL_DATASET_BYTES and declared > MAX_COMPRESSION * dataset.id.get_storage_size():
-            raise self.fail(f"field '{name}' declares {declared} bytes but the file stores "
-                            f"{dataset.id.get_storage_size()}")
+        problem = unbacked_size(dataset)
+        if problem:
+            raise self.fail(f"field '{name}' {problem}")
 
     def shape(self, group: h5py.Group, name: str = "shape") -> tuple[int, ...]:
         """A layer shape: 1 or 3 positive sizes, at most :data:`MAX_NEURONS` neurons."""

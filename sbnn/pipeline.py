@@ -25,7 +25,7 @@ A Lava run that fails (missing environment, worker crash, ``pipeline.lava_timeou
 the pipeline: ``results.json`` and the summary carry its one-line ``lava_error`` (``verify`` and the Lava
 accuracies are null), everything else is computed and reported, and the exit code stays 0. Before any
 stage writes, the hidden temporaries that a killed run left in the run folder are removed
-(:func:`hw_sim.atomic.remove_stale`).
+(:func:`safeio.atomic.remove_stale`).
 
 Timing: Loihi adds one step of delay per layer, so a deployed network runs T + L steps (L zero steps
 appended to each input) and its readout is averaged over steps L … T + L − 1, which see exactly the
@@ -318,7 +318,7 @@ def finite_for_json(value):
 
 
 def _write_json(path: Path, document: dict) -> None:
-    from hw_sim.atomic import atomic_path
+    from safeio.atomic import atomic_path
 
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(finite_for_json(document), indent=1, allow_nan=False))
@@ -352,8 +352,8 @@ def _recorded(path: Path) -> dict | None:
 
 def _remove_stale_temporaries(run_dir: Path, export_names: list[str]) -> None:
     """Remove what a killed run left beside the run folder's files and export folders (hidden temporaries of
-    dead processes only, see :func:`hw_sim.atomic.remove_stale`), before any stage writes."""
-    from hw_sim.atomic import remove_stale
+    dead processes only, see :func:`safeio.atomic.remove_stale`), before any stage writes."""
+    from safeio.atomic import remove_stale
 
     from .train import remove_stale_temporaries
 

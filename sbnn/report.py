@@ -261,7 +261,7 @@ def render(result: dict, provenance: dict | None = None) -> str:
 
 def write_report(result: dict, path: str | os.PathLike, *, provenance: dict | None = None) -> Path:
     """Render and write ``report.html`` atomically; ``provenance`` is recorded in the page (see :func:`render`)."""
-    from hw_sim.atomic import atomic_path
+    from safeio.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as temporary:

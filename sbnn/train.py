@@ -10,11 +10,11 @@ Method ``surrogate`` trains the same architecture with deterministic neurons and
 surrogate gradient; its KL is 0.
 
 A run folder holds ``config.toml`` (the resolved config), ``checkpoint.pt`` and ``metrics.json``, all
-written atomically (:mod:`hw_sim.atomic`: hidden temporary file, then ``os.replace``) after every epoch, by
+written atomically (:mod:`safeio.atomic`: hidden temporary file, then ``os.replace``) after every epoch, by
 rank 0 only; the temporaries a killed run left are removed when a run starts writing into its folder.
 It also holds ``.sbnn-run``, the marker that lets ``--out`` name it again (:func:`check_run_folder` refuses any
 other non-empty folder, so training never writes over a user's ``config.toml``), and ``.sbnn.lock``:
-``sbnn train`` holds that folder's writer lock (:func:`hw_sim.atomic.folder_lock`) while it trains.
+``sbnn train`` holds that folder's writer lock (:func:`safeio.atomic.folder_lock`) while it trains.
 ``checkpoint.pt`` holds only tensors, dicts, lists, numbers and strings, so it loads with
 ``torch.load(path, weights_only=True)``: the model, optimiser and scheduler states, the RNG states (torch,
 CUDA, numpy, python, the data-order generator), the epoch, the global step, the metrics history and the
@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hw_sim.atomic import LOCK_NAME, atomic_path, remove_stale
+from safeio.atomic import LOCK_NAME, atomic_path, remove_stale
 from sbnn.aux_loss import make_penalty, record_activity
 from sbnn.config import ConfigError, RunConfig, TrainConfig, config_from_dict
 from sbnn.data import DataError, Dataset, load_dataset
@@ -361,7 +361,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path`` (:func:`hw_sim.atomic.atomic_path`),
+    """Write through ``write(file)`` into a temporary file beside ``path`` (:func:`safeio.atomic.atomic_path`),
     flushed to disk, then rename it over ``path``."""
     with atomic_path(path) as temporary:
         with open(temporary, mode) as file:
@@ -401,7 +401,7 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> None:
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
-    """Remove the hidden temporaries that a killed run left beside its files (:func:`hw_sim.atomic.remove_stale`)."""
+    """Remove the hidden temporaries that a killed run left beside its files (:func:`safeio.atomic.remove_stale`)."""
     for name in RUN_FILES:
         remove_stale(run_dir, name)
 

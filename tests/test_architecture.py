@@ -1,4 +1,5 @@
-"""The dependency rule: ``hw_sim`` imports neither ``sbnn`` nor ``export``; ``export`` may use
+"""The dependency rule: ``safeio`` (atomic writes, locks, hostile-file guards) imports none of the three;
+``hw_sim`` imports neither ``sbnn`` nor ``export``; ``export`` may use
 ``hw_sim`` and ``sbnn``'s models; within ``sbnn`` only the command line (``sbnn.cli.*`` and the pipeline it
 runs, ``sbnn.pipeline``) imports ``export``.  Checked on every import statement, function-level ones too.
 
@@ -45,7 +46,8 @@ def _sources(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
 
-@pytest.mark.parametrize("package, forbidden", [("hw_sim", ("sbnn", "export")), ("export", ("sbnn",))])
+@pytest.mark.parametrize("package, forbidden", [("hw_sim", ("sbnn", "export")), ("export", ("sbnn",)),
+                                                ("safeio", ("sbnn", "export", "hw_sim"))])
 def test_lower_layers_do_not_import_upper_ones(package, forbidden):
     allowed_from_sbnn = {"sbnn.models", "sbnn.layers", "sbnn.estimators"} if package == "export" else set()
     for path in _sources(package):

@@ -34,7 +34,7 @@ from test_reliability_cli import TINY_CONFIG, assert_bad_input, sbnn_commands, t
 ROOT = Path(__file__).resolve().parent.parent
 HOLDER = """
 import sys, time
-from hw_sim.atomic import folder_lock
+from safeio.atomic import folder_lock
 with folder_lock(sys.argv[1], "test holder"):
     print("held", flush=True)
     time.sleep(300)
@@ -200,13 +200,13 @@ def test_one_writer_per_run_folder_and_a_killed_holder_leaves_no_lock(sandbox):
 
 
 def test_folder_lock_in_one_process(tmp_path):
-    from hw_sim.atomic import LOCK_NAME, FolderLocked, folder_lock
+    from safeio.atomic import LOCK_NAME, FolderLocked, folder_lock
 
     fresh = tmp_path / "fresh"
     with folder_lock(fresh, "outer"):
         with folder_lock(fresh, "inner"):   # re-entrant: the pipeline's stages run under the command's lock
             assert (fresh / LOCK_NAME).read_text() == f"{os.getpid()} outer\n"
-        other = python("import sys\nfrom hw_sim.atomic import folder_lock, FolderLocked\n"
+        other = python("import sys\nfrom safeio.atomic import folder_lock, FolderLocked\n"
                        "try:\n    folder_lock(sys.argv[1]).__enter__()\nexcept FolderLocked as e:\n"
                        "    print(e); sys.exit(7)\n", fresh, cwd=tmp_path)
         assert other.returncode == 7 and f"process {os.getpid()} (outer)" in other.stdout, other.stdout + other.stderr

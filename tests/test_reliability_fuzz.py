@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import hw_sim
+import safeio.hdf5
 from export.float_network import FloatLayer, FloatNetwork
 from export.nir_io import NIRImportError, read_nir, write_nir
 from export.onnx_export import ONNXFileError, export_integer_onnx, run_onnx
@@ -332,7 +333,7 @@ def test_damaged_global_heap_is_refused_instead_of_hanging(valid, tmp_path):
         content[position + 8:position + 16] = bytes(8)                     # ... and make it empty
         path = tmp_path / valid[kind].name
         path.write_bytes(bytes(content))
-        assert hw_sim.netx_io.hdf5_heap_damage(path) is not None
+        assert safeio.hdf5.hdf5_heap_damage(path) is not None
         if kind == "nir":
             with pytest.raises(NIRImportError, match="empty free-space object"):
                 guarded(read_nir, path)
@@ -340,7 +341,7 @@ def test_damaged_global_heap_is_refused_instead_of_hanging(valid, tmp_path):
             with pytest.raises(DataError, match="empty free-space object"):
                 guarded(read_shd_file, path, steps=10, max_time=1.4)
     for kind in ("loihi", "nir", "shd", "netx"):   # and whole files pass
-        assert hw_sim.netx_io.hdf5_heap_damage(valid[kind]) is None
+        assert safeio.hdf5.hdf5_heap_damage(valid[kind]) is None
 
 
 # --------------------------------------------------------------------------------------------------

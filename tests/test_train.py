@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hw_sim.atomic import LOCK_NAME
+from safeio.atomic import LOCK_NAME
 from sbnn.config import load_config
 from sbnn.evaluate import (
     accuracy,

@@ -13,7 +13,7 @@ Exit codes:
   folder when the command has one, else in the temporary folder); ``SBNN_DEBUG=1`` shows the traceback
   instead. Telling these apart from bad input keeps a user from hunting for a mistake they did not make.
 
-Every command that writes takes the writer lock of its run folder (:func:`hw_sim.atomic.folder_lock`) and
+Every command that writes takes the writer lock of its run folder (:func:`safeio.atomic.folder_lock`) and
 never replaces what it did not write (:func:`export.folder.check_replaceable`, and ``--out`` may not be, hold
 or lie inside the run being read). Every command that produces numbers takes ``--json`` and then prints one
 JSON object on stdout.
@@ -50,7 +50,7 @@ USER_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.E
 _INPUT_ERRORS = (("sbnn.config", "ConfigError"), ("sbnn.data", "DataError"), ("sbnn.train", "RunFolderError"),
                  ("export.nir_io", "NIRImportError"), ("export.onnx_export", "ONNXFileError"),
                  ("hw_sim.netx_io", "LoihiFileError"), ("hw_sim.network", "NetworkError"),
-                 ("export.folder", "OutputRefused"), ("hw_sim.atomic", "FolderLocked"),
+                 ("export.folder", "OutputRefused"), ("safeio.atomic", "FolderLocked"),
                  ("export.float_network", "ExportError"))
 
 

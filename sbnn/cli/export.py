@@ -28,7 +28,7 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def command_export(args: argparse.Namespace) -> int:
     from export.folder import check_replaceable, export_marker
-    from hw_sim.atomic import folder_lock
+    from safeio.atomic import folder_lock
 
     from ..pipeline import default_export_folder, export_run
 

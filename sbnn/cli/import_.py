@@ -46,7 +46,7 @@ def command_import(args: argparse.Namespace) -> int:
         calibration = (rng.random((args.samples, args.steps, *network.input_shape)) < args.density).astype(np.uint8)
         source = f"random spikes (seed {args.seed}, density {args.density}, {args.samples}x{args.steps})"
     from export.folder import OutputRefused, check_replaceable, export_marker
-    from hw_sim.atomic import folder_lock
+    from safeio.atomic import folder_lock
 
     from ..train import default_run_dir
 

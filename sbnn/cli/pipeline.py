@@ -23,7 +23,7 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 def command_pipeline(args: argparse.Namespace) -> int:
-    from hw_sim.atomic import folder_lock
+    from safeio.atomic import folder_lock
 
     from ..config import load_config
     from ..pipeline import format_summary, run_pipeline

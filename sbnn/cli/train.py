@@ -43,7 +43,7 @@ add_command = add_train_command
 
 def command_train(args: argparse.Namespace) -> int:
     """Handler of ``sbnn train``: returns the exit code (0 ok, 1 training failed, 2 bad input)."""
-    from hw_sim.atomic import FolderLocked, folder_lock
+    from safeio.atomic import FolderLocked, folder_lock
 
     from ..config import ConfigError, load_config
     from ..data import DataError

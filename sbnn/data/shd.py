@@ -65,7 +65,7 @@ def read_shd_file(
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected {SHD_FORMAT}")
     file_size = path.stat().st_size
-    from hw_sim.netx_io import hdf5_heap_damage
+    from safeio.hdf5 import hdf5_heap_damage
 
     try:
         # The spike lists live in HDF5's global heap, which libhdf5 may loop forever on when damaged.

@@ -1,4 +1,4 @@
-"""hw_sim.atomic: atomic files and folders, their hidden temporaries, and removing what killed writers left."""
+"""safeio.atomic: atomic files and folders, their hidden temporaries, and removing what killed writers left."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hw_sim.atomic import LEGACY_GRACE_SECONDS, atomic_folder, atomic_path, remove_stale
+from safeio.atomic import LEGACY_GRACE_SECONDS, atomic_folder, atomic_path, remove_stale
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,7 @@ def test_remove_stale_keeps_what_this_process_is_writing(tmp_path):
 def test_a_concurrent_writer_keeps_its_temporary_and_finishes(tmp_path):
     """Another live process in the middle of writing the same target: cleaning leaves its temporary, and its
     result lands."""
-    script = ("import sys\nfrom hw_sim.atomic import atomic_path\n"
+    script = ("import sys\nfrom safeio.atomic import atomic_path\n"
               f"with atomic_path({str(tmp_path / 'results.json')!r}) as temporary:\n"
               "    temporary.write_text('theirs')\n    print(temporary.name, flush=True)\n    sys.stdin.readline()\n")
     writer = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
