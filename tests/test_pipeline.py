@@ -150,3 +150,42 @@ def test_bad_config_is_one_line_exit_2(tmp_path):
     done = run_sbnn("pipeline", config, "--out", tmp_path / "run")
     assert done.returncode == 2 and "epochs" in done.stderr and done.stderr.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_two_concurrent_pipelines_on_one_folder_leave_it_consistent(tmp_path):
+    """Two `sbnn pipeline` runs started together on one run folder with different networks: one holds the
+    folder's writer lock and finishes, the other is refused in one line naming the holder; every export in
+    the folder then comes from the final checkpoint and settings, and a rerun finds everything up to date."""
+    import tomllib
+
+    from export.provenance import file_sha256
+
+    configs = []
+    for width in (24, 12):
+        config = tmp_path / f"tiny{width}.toml"
+        config.write_text(TINY.replace("hidden = [24]", f"hidden = [{width}]"))
+        configs.append(config)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-m", "sbnn", "pipeline", str(config), "--out", str(tmp_path / "run"),
+                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for config in configs]
+    outcomes = [(run.wait(timeout=600), *run.communicate()) for run in runs]
+    codes = sorted(code for code, _, _ in outcomes)
+    assert codes == [0, 2], [stderr[-500:] for _, _, stderr in outcomes]
+    refused = next(stderr for code, _, stderr in outcomes if code == 2)
+    assert len(refused.strip().splitlines()) == 1 and "is writing this folder" in refused
+    winner = configs[[code for code, _, _ in outcomes].index(0)]
+    run = tmp_path / "run"
+    hidden = tomllib.loads((run / "config.toml").read_text())["model"]["hidden"]
+    assert hidden == tomllib.loads(winner.read_text())["model"]["hidden"]
+    checkpoint = file_sha256(run / "checkpoint.pt")
+    exports = [folder for folder in run.iterdir() if folder.name.startswith("export")]
+    assert len(exports) == 3   # the mean and two posterior samples
+    for folder in exports:
+        report = json.loads((folder / "export.json").read_text())
+        assert report["provenance"]["inputs"]["checkpoint_sha256"] == checkpoint
+        assert hw_sim.load(folder / "loihi.h5").layers[0].shape == (hidden[0],)
+    again = run_sbnn("pipeline", winner, "--out", run, "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads(again.stdout)["skipped"] == ["train", "export mean", "export sample0", "export sample1",
+                                                   "evaluate", "report"]
