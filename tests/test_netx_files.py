@@ -248,10 +248,13 @@ def test_sbnn_verify_netx_judges_the_users_file_itself(tmp_path):
         handle.attrs["netx_exact"] = False
         handle["layer/2/weight"][0, :] = 0
     _edited_copy(path, tmp_path / "edited.h5", edit)
-    done = _run_cli("verify", tmp_path / "edited.h5", "--builder", "netx", "--limit", "2", "--steps", "20", "--json")
+    # --batch-size 1: two Lava runs whose reports are merged (counts summed, earliest difference kept)
+    done = _run_cli("verify", tmp_path / "edited.h5", "--builder", "netx", "--limit", "2", "--steps", "20", "--json",
+                    "--batch-size", "1")
     assert done.returncode == 1, done.stderr
     result = json.loads(done.stdout)
     assert not result["bit_exact"] and result["first_difference"]["layer"] == 1
+    assert result["samples"] == 2 and result["spikes_compared"] == 2 * 20 * (12 + 10)
     plain = _run_cli("verify", tmp_path / "edited.h5", "--builder", "description", "--limit", "2", "--steps", "20")
     assert plain.returncode == 0, plain.stderr
 

@@ -22,9 +22,11 @@ def command_energy(args: argparse.Namespace) -> int:
 
     path = _network_file(Path(args.export))
     network = _load_network(path, args)
-    x, source = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
-                             density=args.density)
-    report = energy_report(network, x)
+    inputs = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+                          density=args.density, inputs=args.inputs, labels=args.labels)
+    source = inputs.source
+    parts = [energy_report(network, x) for _, x in inputs.batches(args.batch_size, label="sbnn energy")]
+    report = _merge_reports(parts)
     report["input"] = source
     if args.json:
         print(json.dumps(report))
@@ -40,3 +42,25 @@ def command_energy(args: argparse.Namespace) -> int:
     for name, value in report["energy_uj"].items():
         print(f"  {name:<16} {value:>12.4f} µJ   {PROXIES[name]}")
     return EXIT_OK
+
+
+def _merge_reports(parts: list[dict]) -> dict:
+    """Per-inference energy reports of several batches as one: every per-inference number is the mean
+    weighted by the batch sizes (the counts are sums over samples, so this is the whole set's mean);
+    what all batches share (shapes, constants, names) is kept as is."""
+    weights = [part["samples"] for part in parts]
+    total = sum(weights)
+
+    def merge(values: list):
+        first = values[0]
+        if isinstance(first, dict):
+            return {key: merge([value[key] for value in values]) for key in first}
+        if isinstance(first, list):
+            return [merge([value[k] for value in values]) for k in range(len(first))]
+        if isinstance(first, bool) or not isinstance(first, (int, float)) or all(v == first for v in values):
+            return first
+        return sum(w * v for w, v in zip(weights, values)) / total
+
+    merged = merge(parts)
+    merged["samples"] = total
+    return merged

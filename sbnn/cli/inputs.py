@@ -44,7 +44,16 @@ def _shape(text: str) -> tuple[int, ...]:
 def add_input_options(command: argparse.ArgumentParser) -> None:
     """The options of the commands that run an export or netx file: ``simulate``, ``verify``, ``energy``."""
     command.add_argument("export", help="export folder (holding loihi.h5) or a loihi.h5 file")
-    command.add_argument("--limit", type=_positive_int, help="number of samples (default: all stored, or 8)")
+    command.add_argument("--inputs", metavar="X.npy",
+                         help="inputs: raw features (N, *input_shape), encoded by the export's own encoder "
+                              "(export.json), or encoded spikes/payloads (N, T, *input_shape) "
+                              "(default: inputs.npy beside the file, else seeded random spikes)")
+    command.add_argument("--labels", metavar="Y.npy", help="labels (N,) integers of --inputs, for the accuracy")
+    command.add_argument("--limit", type=_positive_int,
+                         help="exactly this many samples, the first ones (default: all; 8 random ones); "
+                              "more than the inputs hold is an error")
+    command.add_argument("--batch-size", type=_positive_int, default=256,
+                         help="samples simulated at a time, bounding memory (default 256)")
     command.add_argument("--steps", type=_positive_int, default=50, help="steps of random input (default 50)")
     command.add_argument("--density", type=float, default=0.2, help="random input spike density")
     command.add_argument("--seed", type=int, default=0, help="seed of the random input")
@@ -79,34 +88,160 @@ def _network_file(export: Path) -> Path:
     return path
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """A .npy of numbers, memory-mapped first so that a header declaring more data than the file holds is
-    an error rather than an allocation; no pickles."""
+def _open_npy(path: Path) -> np.ndarray:
+    """A .npy of numbers, memory-mapped (read batch by batch, so that a large set needs little memory);
+    a header declaring more data than the file holds is an error rather than an allocation; no pickles."""
     import numpy as np
 
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
     try:
         mapped = np.load(path, mmap_mode="r", allow_pickle=False)
         if not isinstance(mapped, np.ndarray) or mapped.dtype.kind not in "biuf":
             raise ValueError(f"expected an array of numbers, found {getattr(mapped, 'dtype', type(mapped))}")
-        return np.array(mapped)
+        return mapped
     except (ValueError, OSError, EOFError) as error:
         raise UserError(f"{path}: cannot be read as a numpy array of numbers ({error})")
 
 
-def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: int, density: float) -> tuple[np.ndarray, str]:
-    """Input spikes for simulate/verify/energy: ``inputs.npy`` beside loihi.h5 when present, else seeded
-    random spikes."""
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy of numbers, read whole (see :func:`_open_npy`)."""
+    import numpy as np
+
+    return np.array(_open_npy(path))
+
+
+def _encoder_record(folder: Path) -> dict | None:
+    """How an sbnn export presents features to the hardware, from its ``export.json``: ``input_scale``,
+    ``input_message_bits`` and the steps ``T`` its float model sees (the calibration inputs' second axis,
+    ``provenance.inputs.calibration_shape``: static features are repeated for ``T`` steps). None when the
+    folder holds no such record (e.g. a netx file written by lava-dl)."""
+    import json
+
+    try:
+        report = json.loads((folder / "export.json").read_text())
+        steps = int(report["provenance"]["inputs"]["calibration_shape"][1])
+        return {"input_scale": float(report["input_scale"]), "input_message_bits": int(report["input_message_bits"]),
+                "steps": steps}
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+class InputSet:
+    """The samples a command runs: encoded batch by batch (:meth:`batches`), with their labels if known.
+
+    ``x`` holds either encoded spikes/payloads ``(N, T, *input_shape)`` or raw features ``(N, *input_shape)``
+    (then ``encoder`` is the export's record and each batch is encoded as :func:`sbnn.pipeline.hardware_logits`
+    does: repeated for ``T`` steps, scaled and rounded (or binarised), ``network.latency`` zero steps appended).
+    """
+
+    def __init__(self, x, source: str, network, *, labels=None, encoder: dict | None = None):
+        self.x, self.source, self.network, self.labels, self.encoder = x, source, network, labels, encoder
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def steps(self) -> int:
+        return int(self.encoder["steps"] + self.network.latency) if self.encoder else int(self.x.shape[1])
+
+    def encode(self, x) -> np.ndarray:
+        import numpy as np
+
+        if self.encoder is None:
+            return np.asarray(x)
+        from export.quantise import QuantisedNetwork
+
+        x = np.asarray(x, dtype=np.float64)
+        x = np.repeat(x[:, None], self.encoder["steps"], axis=1)
+        x = np.concatenate([x, np.zeros((x.shape[0], self.network.latency, *x.shape[2:]))], axis=1)
+        return QuantisedNetwork(network=self.network, input_scale=self.encoder["input_scale"]).encode_input(x)
+
+    def batches(self, batch_size: int, *, label: str = "sbnn"):
+        """(start, encoded batch) over the whole set; a progress bar on stderr when it is a terminal."""
+        starts = range(0, len(self), batch_size)
+        bar = None
+        if sys.stderr.isatty() and len(starts) > 1:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self), unit="sample", desc=label, file=sys.stderr, leave=False)
+        try:
+            for start in starts:
+                batch = self.encode(self.x[start:start + batch_size])
+                yield start, batch
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _shape_error(path, x, network) -> UserError:
+    shape = ", ".join(str(n) for n in network.input_shape)
+    return UserError(f"{path}: shape {tuple(x.shape)} fits neither raw features (N, {shape}) nor encoded "
+                     f"inputs (N, T, {shape})")
+
+
+def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: int, density: float,
+                 inputs: str | None = None, labels: str | None = None) -> InputSet:
+    """The samples of simulate/verify/energy: ``--inputs`` (raw features or encoded inputs, told apart by
+    their shape), else ``inputs.npy`` beside loihi.h5 when present, else seeded random spikes. ``--limit``
+    takes exactly that many (the first ones); asking for more than a file holds is a :class:`UserError`."""
     from hw_sim.random_networks import random_input
 
     folder = export if export.is_dir() else export.parent
-    stored = folder / "inputs.npy"
-    if stored.exists():
-        x = _load_npy(stored)
-        if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
+    ndim = len(network.input_shape)
+    label_values = None
+    if inputs is not None:
+        path = Path(inputs)
+        x = _open_npy(path)
+        encoder = None
+        if x.ndim == 1 + ndim and tuple(x.shape[1:]) == network.input_shape:
+            encoder = _encoder_record(folder)
+            if encoder is None:
+                raise UserError(f"{path}: raw features {tuple(x.shape)}, but {folder} records no input encoding "
+                                f"(no sbnn export.json); give encoded inputs (N, T, "
+                                f"{', '.join(map(str, network.input_shape))}) instead")
+            source = f"{path} (raw features, encoded by {folder / 'export.json'})"
+        elif x.ndim == 2 + ndim and tuple(x.shape[2:]) == network.input_shape:
+            source = str(path)
+        else:
+            raise _shape_error(path, x, network)
+        if labels is not None:
+            label_values = _load_labels(Path(labels), len(x))
+    elif (folder / "inputs.npy").exists():
+        stored = folder / "inputs.npy"
+        x = _open_npy(stored)
+        encoder, source = None, str(stored)
+        if x.ndim != 2 + ndim or tuple(x.shape[2:]) != network.input_shape:
             raise UserError(f"{stored}: shape {x.shape} does not match (batch, T, {network.input_shape})")
-        return (x[:limit] if limit else x), str(stored)
-    x = random_input(seed, network, limit or 8, steps, density)
-    return x, f"random spikes (seed {seed}, density {density})"
+        stored_labels = Path(labels) if labels is not None else folder / "labels.npy"
+        if stored_labels.exists() or labels is not None:
+            label_values = _load_labels(stored_labels, len(x), prefix=labels is None)
+    else:
+        if labels is not None:
+            raise UserError(f"--labels {labels}: needs --inputs (the inputs are random spikes)")
+        x = random_input(seed, network, limit or 8, steps, density)
+        return InputSet(x, f"random spikes (seed {seed}, density {density})", network)
+    if limit is not None:
+        if limit > len(x):
+            raise UserError(f"--limit {limit}: {source.split(' (')[0]} holds only {len(x)} samples; nothing was run "
+                            f"(leave --limit out to run all {len(x)})")
+        x = x[:limit]
+        label_values = None if label_values is None else label_values[:limit]
+    return InputSet(x, source, network, labels=label_values, encoder=encoder)
+
+
+def _load_labels(path: Path, count: int, *, prefix: bool = False) -> np.ndarray:
+    """Labels ``(N,)`` integers for ``count`` samples (``prefix``: at least ``count``, the stored pair)."""
+    import numpy as np
+
+    y = _load_npy(path)
+    if y.ndim != 1 or y.dtype.kind not in "biu" and not np.all(np.mod(y, 1) == 0):
+        raise UserError(f"{path}: labels must be (N,) integers, found shape {y.shape} dtype {y.dtype}")
+    if len(y) != count and not (prefix and len(y) >= count):
+        raise UserError(f"{path}: {len(y)} labels for {count} samples")
+    return y[:count].astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -142,3 +277,26 @@ def _refuse_out(out: Path, *, run: Path | None = None, reads: tuple[Path, ...] =
         if _real(path).is_relative_to(target):
             raise UserError(f"{out}: {'is' if _real(path) == target else 'holds'} the input file {path}; "
                             f"nothing was changed (choose another --out)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring (simulate)
+# ----------------------------------------------------------------------------------------------------
+
+READOUT_VOLTAGE = "readout voltage"   # time-averaged readout v from network.latency on, argmax
+SPIKE_COUNT = "spike count"           # most output spikes; ties to the earliest first spike
+
+
+def _predict(readout, spikes) -> tuple[np.ndarray, str]:
+    """Predicted classes and the rule used: the readout's mean voltage when the last layer is a readout
+    (``readout`` not None), else the last layer's spike count, ties broken by the earliest first spike
+    (and then by the lowest class)."""
+    import numpy as np
+
+    if readout is not None:
+        return readout.mean(axis=1).argmax(axis=1), READOUT_VOLTAGE
+    spikes = np.asarray(spikes).reshape(spikes.shape[0], spikes.shape[1], -1) != 0
+    steps = spikes.shape[1]
+    counts = spikes.sum(axis=1).astype(np.int64)
+    first = np.where(spikes.any(axis=1), spikes.argmax(axis=1), steps)
+    return (counts * (steps + 1) + (steps - first)).argmax(axis=1), SPIKE_COUNT

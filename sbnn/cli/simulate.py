@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import EXIT_OK
-from .inputs import UserError, _load_inputs, _load_network, _load_npy, _network_file, add_input_options
+from .inputs import UserError, _load_inputs, _load_network, _network_file, _predict, add_input_options
 
 
 def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,41 +23,51 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def command_simulate(args: argparse.Namespace) -> int:
     """Run an export on one backend: hw_sim, Lava, or the float model from model.nir (backend "torch":
-    float arithmetic, no per-layer delay). With labels.npy beside the inputs, prints the accuracy too."""
+    float arithmetic, no per-layer delay), batch by batch. With labels (``--labels``, or labels.npy beside
+    the stored inputs) prints the accuracy too, scored by the readout rule of the network's last layer."""
     import numpy as np
 
     path = _network_file(Path(args.export))
     folder = path.parent
     network = _load_network(path, args)
-    x, source = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
-                             density=args.density)
+    inputs = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+                          density=args.density, inputs=args.inputs, labels=args.labels)
+    source, steps = inputs.source, inputs.steps
     delay = network.latency   # steps before the last layer can respond: one per layer, plus delays
-    if x.shape[1] <= delay:
-        raise UserError(f"{source}: {x.shape[1]} steps are too few for this network, whose last layer first "
+    if steps <= delay:
+        raise UserError(f"{source}: {steps} steps are too few for this network, whose last layer first "
                         f"responds at step {delay + 1} (one step per layer plus its delays)")
     from sbnn import backends
 
     if args.backend not in backends.backend_names():
         raise UserError(f"--backend {args.backend}: unknown; choose one of {', '.join(backends.backend_names())}")
     start = time.perf_counter()
-    run = backends.simulate(args.backend, network, x, folder=folder, workers=args.workers, timeout=args.timeout)
-    spikes, readout = run.result.spikes, run.readout
+    spike_sums, output_spikes, predictions, rule = None, 0, [], None
+    for _, x in inputs.batches(args.batch_size, label=f"sbnn simulate ({args.backend})"):
+        run = backends.simulate(args.backend, network, x, folder=folder, workers=args.workers, timeout=args.timeout)
+        spikes = run.result.spikes
+        sums = [float(np.asarray(s, dtype=np.float64).sum()) for s in spikes]
+        sizes = [int(np.asarray(s).size) for s in spikes]
+        spike_sums = [(a + s, b + n) for (a, b), s, n in zip(spike_sums or [(0.0, 0)] * len(sums), sums, sizes)]
+        output_spikes += int(np.asarray(spikes[-1]).sum())
+        predicted, rule = _predict(run.readout, spikes[-1])
+        predictions.append(predicted)
     seconds = time.perf_counter() - start
-    labels_path = folder / "labels.npy"
+    predictions = np.concatenate(predictions)
     accuracy = None
-    if readout is not None and labels_path.exists() and source == str(folder / "inputs.npy"):
-        labels = _load_npy(labels_path)[:len(x)]
-        accuracy = float((readout.mean(axis=1).argmax(axis=1) == labels).mean())
-    rates = [float(s.mean()) for s in spikes]
-    summary = {"backend": args.backend, "samples": int(x.shape[0]), "steps": int(x.shape[1]), "input": source,
-               "output_spikes": int(np.asarray(spikes[-1]).sum()), "firing_rates": rates, "seconds": seconds,
-               "accuracy": accuracy}
+    if inputs.labels is not None:
+        accuracy = float((predictions == inputs.labels).mean())
+    rates = [total / size if size else 0.0 for total, size in spike_sums]
+    summary = {"backend": args.backend, "samples": len(inputs), "steps": steps, "input": source,
+               "output_spikes": output_spikes, "firing_rates": rates, "seconds": seconds,
+               "accuracy": accuracy, "readout_rule": rule}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{path}: {x.shape[0]} samples x {x.shape[1]} steps on {args.backend} in {seconds:.3f} s")
+        print(f"{path}: {len(inputs)} samples x {steps} steps on {args.backend} in {seconds:.3f} s")
         for k, rate in enumerate(rates):
             print(f"  layer {k}: firing rate {rate:.4f}")
+        print(f"  readout rule: {rule}")
         if accuracy is not None:
-            print(f"  accuracy {accuracy:.4f} on {x.shape[0]} labelled samples")
+            print(f"  accuracy {accuracy:.4f} on {len(inputs)} labelled samples ({rule})")
     return EXIT_OK
