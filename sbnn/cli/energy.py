@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from . import EXIT_OK
-from .inputs import _load_inputs, _load_network, _network_file, add_input_options
+from .inputs import add_input_options, network_and_inputs
 
 
 def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,10 +19,7 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
 def command_energy(args: argparse.Namespace) -> int:
     from hw_sim.energy import PROXIES, energy_report
 
-    path = _network_file(Path(args.export))
-    network = _load_network(path, args)
-    inputs = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
-                          density=args.density, inputs=args.inputs, labels=args.labels)
+    path, network, inputs = network_and_inputs(args)
     source = inputs.source
     parts = [energy_report(network, x) for _, x in inputs.batches(args.batch_size, label="sbnn energy")]
     report = _merge_reports(parts)

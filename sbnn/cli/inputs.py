@@ -182,6 +182,16 @@ def _shape_error(path, x, network) -> UserError:
                      f"inputs (N, T, {shape})")
 
 
+def network_and_inputs(args: argparse.Namespace):
+    """What simulate, verify and energy all start from: the netx file named by ``args.export``, hw_sim's
+    reading of it, and the inputs the options ask for. Returns ``(path, network, inputs)``."""
+    path = _network_file(Path(args.export))
+    network = _load_network(path, args)
+    inputs = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+                          density=args.density, inputs=args.inputs, labels=args.labels)
+    return path, network, inputs
+
+
 def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: int, density: float,
                  inputs: str | None = None, labels: str | None = None) -> InputSet:
     """The samples of simulate/verify/energy: ``--inputs`` (raw features or encoded inputs, told apart by

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 from . import EXIT_OK
-from .inputs import UserError, _load_inputs, _load_network, _network_file, _predict, add_input_options
+from .inputs import UserError, _predict, add_input_options, network_and_inputs
 
 
 def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,11 +26,8 @@ def command_simulate(args: argparse.Namespace) -> int:
     the stored inputs) prints the accuracy too, scored by the readout rule of the network's last layer."""
     import numpy as np
 
-    path = _network_file(Path(args.export))
+    path, network, inputs = network_and_inputs(args)
     folder = path.parent
-    network = _load_network(path, args)
-    inputs = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
-                          density=args.density, inputs=args.inputs, labels=args.labels)
     source, steps = inputs.source, inputs.steps
     delay = network.latency   # steps before the last layer can respond: one per layer, plus delays
     if steps <= delay:

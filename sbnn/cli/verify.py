@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from . import EXIT_DIFFERENT, EXIT_OK
-from .inputs import _load_inputs, _load_network, _network_file, add_input_options
+from .inputs import add_input_options, network_and_inputs
 
 
 def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,10 +21,7 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
 def command_verify(args: argparse.Namespace) -> int:
     import hw_sim
 
-    path = _network_file(Path(args.export))
-    network = _load_network(path, args)
-    inputs = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
-                          density=args.density, inputs=args.inputs, labels=args.labels)
+    path, network, inputs = network_and_inputs(args)
     source = inputs.source
     # --builder netx gives Intel's netx the user's file itself, so a file whose netx fields say something
     # else than hw_sim's reading of it (e.g. its exact-parameter group) is reported, not trusted.
