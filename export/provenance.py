@@ -36,12 +36,9 @@ _CHUNK = 1 << 20
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in chunks (checkpoints can be large)."""
-    digest = hashlib.sha256()
+    """sha256 of a file's bytes (read in chunks by hashlib: checkpoints can be large)."""
     with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def array_sha256(array: np.ndarray | None) -> str | None:

@@ -38,7 +38,7 @@ import hw_sim
 from hw_sim.arith import STATE_MAX, STATE_SHIFT, alpha_to_du, beta_to_dv
 from hw_sim.network import DU_RANGE, DV_RANGE, NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Network
 
-from .float_network import ExportError, FloatLayer, FloatNetwork
+from .float_network import ExportError, FloatNetwork
 
 WEIGHT_MAX = 127
 VTH_MAX = (1 << 17) - 1
@@ -68,6 +68,11 @@ class QuantisedNetwork:
             return (x != 0).astype(np.uint8)
         limit = (1 << self.network.input_message_bits) - 1
         return np.clip(np.rint(x * self.input_scale), 0, limit).astype(np.int64)
+
+    def hardware_input(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`encode_input` of ``x`` followed by ``network.latency`` zero steps, so that the last layer
+        sees every input step (what every evaluation of an export on float inputs runs)."""
+        return self.encode_input(pad_steps(x, self.network.latency))
 
     def input_clipping(self, x: np.ndarray) -> dict:
         """How many of the float inputs ``x`` :meth:`encode_input` changes beyond rounding: non-zero inputs
@@ -266,7 +271,8 @@ def _float_run(network: FloatNetwork, x: np.ndarray) -> tuple[list[tuple[float, 
     return peaks, (output.mean(axis=1) if last.readout else output.sum(axis=1))
 
 
-def _padded(x: np.ndarray, steps: int) -> np.ndarray:
+def pad_steps(x: np.ndarray, steps: int) -> np.ndarray:
+    """``x`` (batch, T, ...) followed by ``steps`` zero steps (Loihi's output lags the input by a step per layer)."""
     return np.concatenate([x, np.zeros((x.shape[0], steps, *x.shape[2:]), dtype=x.dtype)], axis=1)
 
 
@@ -274,8 +280,7 @@ def _measure_headroom(result: QuantisedNetwork, calibration: np.ndarray):
     """Largest |u| and |v| of every layer in hw_sim on the calibration data followed by one zero step per
     layer: Loihi delays each layer by a step, so without them a one-step input (a static image) would never
     reach the first layer's u within the run and its headroom would read as unlimited."""
-    latency = result.network.latency
-    outcome = result.network.run(result.encode_input(_padded(calibration, latency)), record_states=True)
+    outcome = result.network.run(result.hardware_input(calibration), record_states=True)
     for entry, u, v in zip(result.layers, outcome.u, outcome.v):
         max_u, max_v = int(np.abs(u).max(initial=0)), int(np.abs(v).max(initial=0))
         limit = STATE_MAX + 1

@@ -58,12 +58,15 @@ def integer_matmul(inputs: np.ndarray, weights: np.ndarray, max_abs_input: int) 
 INT32_LIMIT = 1 << 31
 
 
-def dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
+def dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: int,
+                         weights: np.ndarray | None = None) -> np.ndarray:
     """What the layer's Dense sends one step later: shift(Σ W_q · s, weight_exp), wrapped to int32.
 
     ``inputs``: (rows, in) integer spikes or payloads -> (rows, out) int64. Without delays only.
+    ``weights``: the prepared weights (:func:`prepare_dense_weights`) when the caller has them already.
     """
-    weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
+    if weights is None:
+        weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
     sums = shift_by_exponent(integer_matmul(inputs, weights, max_abs_input), layer.weight_exp)
     return wrap_int32(sums) if synaptic_bound(weights, max_abs_input, layer.weight_exp) >= INT32_LIMIT else sums
 
@@ -84,7 +87,8 @@ def delay_groups(weights: np.ndarray, delays: np.ndarray | None) -> list[tuple[i
     return groups
 
 
-def delayed_dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
+def delayed_dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_input: int,
+                                 groups: list | None = None) -> np.ndarray:
     """Lava's DelayDense: what reaches the neurons one step (plus each connection's delay) later.
 
     ``inputs``: (B, T, in) -> (B, T, out) int64, entry t being what the synapse sends at step t + 1: the
@@ -93,9 +97,10 @@ def delayed_dense_synaptic_input(layer: DenseLayer, inputs: np.ndarray, max_abs_
     """
     batch, steps = inputs.shape[:2]
     rows_in = inputs.reshape(batch * steps, -1)
-    weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
+    if groups is None:
+        groups = delay_groups(prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits), layer.delays)
     total = np.zeros((batch, steps, layer.shape[0]), dtype=np.int64)
-    for delay, rows, columns, group in delay_groups(weights, layer.delays):
+    for delay, rows, columns, group in groups:
         if delay >= steps:
             continue
         sums = shift_by_exponent(integer_matmul(rows_in[:, columns], group, max_abs_input), layer.weight_exp)
@@ -155,9 +160,9 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
         a_in_bound = min(synaptic_bound(layer.weights, max_abs_input), 1 << 23)
     else:
         weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
+        groups = delay_groups(weights, layer.delays)
         # Each delay group's shift may floor by one more: bound + the number of groups.
-        groups = len(delay_groups(weights, layer.delays))
-        a_in_bound = min(synaptic_bound(weights, max_abs_input, layer.weight_exp) + groups, INT32_LIMIT)
+        a_in_bound = min(synaptic_bound(weights, max_abs_input, layer.weight_exp) + len(groups), INT32_LIMIT)
     recurrent_groups = None
     if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
         recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
@@ -177,9 +182,9 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     if isinstance(layer, ConvLayer):
         synaptic = conv_synaptic_input(layer, rows, max_abs_input)
     elif layer.delays is not None:
-        synaptic = delayed_dense_synaptic_input(layer, inputs.reshape(batch, steps, -1), max_abs_input)
+        synaptic = delayed_dense_synaptic_input(layer, inputs.reshape(batch, steps, -1), max_abs_input, groups)
     else:
-        synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input)
+        synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input, weights)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
     if float_neurons:
         return _run_neurons_float(layer, synaptic, recurrent_groups, record_states)

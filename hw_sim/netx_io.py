@@ -27,7 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .arith import SignMode, effective_bias, infer_sign_mode, netx_optimize_weight_bits, prepare_dense_weights, shift_by_exponent
+from .arith import SignMode, netx_optimize_weight_bits, prepare_dense_weights
 from safeio.atomic import atomic_path
 from safeio.hdf5 import hdf5_heap_damage, unbacked_size
 from .network import (MAX_DELAY, NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)

@@ -308,8 +308,13 @@ def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
             with _HELD_LOCK:
                 _HELD[key] -= 1
         return
-    created = not os.path.lexists(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    # "created" only when this call's mkdir made the folder: a folder someone else made meanwhile is not ours to remove.
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(folder)
+        created = True
+    except FileExistsError:
+        created = False
     path = folder / LOCK_NAME
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)

@@ -86,8 +86,10 @@ def _export_plan(run_dir: Path, config, model, data, *, weights: str, seed: int,
     calibration = model_sequences(data.x_train[:calibration_count], model)
     calibration_labels = data.y_train[:calibration_count].numpy()
     preview = min(config.pipeline.lava_samples, len(data.x_test))
+    from export.quantise import pad_steps
+
     delay = len(network.layers)
-    test_inputs = _pad_steps(model_sequences(data.x_test[:preview], model), delay)
+    test_inputs = pad_steps(model_sequences(data.x_test[:preview], model), delay)
     test_labels = data.y_test[:preview].numpy()
     provenance = {"checkpoint_sha256": checkpoint_sha256 or file_sha256(run_dir / "checkpoint.pt"),
                   "weights": weights, "seed": seed if weights == "sample" else None,
@@ -139,11 +141,6 @@ def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int =
     return folder, report
 
 
-def _pad_steps(x: np.ndarray, steps: int) -> np.ndarray:
-    """Append ``steps`` zero steps: Loihi's output lags the input by one step per layer."""
-    return np.concatenate([x, np.zeros((x.shape[0], steps, *x.shape[2:]), dtype=x.dtype)], axis=1)
-
-
 # --------------------------------------------------------------------------------------------------
 # Evaluating exports
 
@@ -164,11 +161,11 @@ def hardware_logits(folder: Path, x: np.ndarray, *, batch: int = LOGIT_BATCH, ba
     network = hw_sim.load(folder / "loihi.h5")
     report = json.loads((folder / "export.json").read_text())
     quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
-    delay = len(network.layers)
+    delay = network.latency
     scale = report["layers"][-1]["scale"] * 64.0 / report.get("logit_scale", 1.0)
     logits = []
     for start in range(0, len(x), batch):
-        encoded = quantised.encode_input(_pad_steps(x[start:start + batch], delay))
+        encoded = quantised.hardware_input(x[start:start + batch])
         if backend == "lava":
             result = hw_sim.lava.run(network, encoded, record_states=True)
         else:
@@ -186,7 +183,7 @@ def _rates_and_raster(folder: Path, x: np.ndarray, limit: int = 256) -> tuple[li
     network = hw_sim.load(folder / "loihi.h5")
     report = json.loads((folder / "export.json").read_text())
     quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
-    encoded = quantised.encode_input(_pad_steps(x[:limit], len(network.layers)))
+    encoded = quantised.hardware_input(x[:limit])
     result = network.run(encoded)
     rates = [float(s[:, :, ...].mean()) for s in result.spikes]
     raster = [s[0].reshape(s.shape[1], -1).astype(np.uint8).tolist() for s in result.spikes]
@@ -234,7 +231,7 @@ def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str
         report = json.loads((folder / "export.json").read_text())
         network = hw_sim.load(folder / "loihi.h5")
         quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
-        energy_inputs = quantised.encode_input(_pad_steps(x_test[:min(len(x_test), 128)], len(network.layers)))
+        energy_inputs = quantised.hardware_input(x_test[:min(len(x_test), 128)])
         energy = energy_report(network, energy_inputs)
         exports.append({"name": name, "dir": str(folder), "accuracy_hw": accuracy(probabilities, labels),
                         "energy_uj": energy["energy_uj"], "synops": energy["synops_per_inference"],
@@ -259,7 +256,7 @@ def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str
     lava_count = min(config.pipeline.lava_samples, len(x_test))
     verify, lava_accuracy, hw_subset_accuracy, lava_error = None, None, None, None
     if lava_count:
-        encoded = quantised.encode_input(_pad_steps(x_test[:lava_count], len(network.layers)))
+        encoded = quantised.hardware_input(x_test[:lava_count])
         try:
             ours = network.run(encoded, record_states=True)
             theirs = hw_sim.lava.run(network, encoded, record_states=True, workers=config.pipeline.lava_workers,

@@ -5,7 +5,6 @@ many, and networks whose last layer spikes scored by spike count. In-process (``
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

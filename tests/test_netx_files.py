@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import hw_sim
-from hw_sim.lava import LavaError, choose_mode
+from hw_sim.lava import choose_mode
 from hw_sim.random_networks import random_input, random_network, write_slayer_style_file
 
 pytestmark = pytest.mark.lava

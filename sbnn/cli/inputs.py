@@ -152,10 +152,8 @@ class InputSet:
             return np.asarray(x)
         from export.quantise import QuantisedNetwork
 
-        x = np.asarray(x, dtype=np.float64)
-        x = np.repeat(x[:, None], self.encoder["steps"], axis=1)
-        x = np.concatenate([x, np.zeros((x.shape[0], self.network.latency, *x.shape[2:]))], axis=1)
-        return QuantisedNetwork(network=self.network, input_scale=self.encoder["input_scale"]).encode_input(x)
+        x = np.repeat(np.asarray(x, dtype=np.float64)[:, None], self.encoder["steps"], axis=1)
+        return QuantisedNetwork(network=self.network, input_scale=self.encoder["input_scale"]).hardware_input(x)
 
     def batches(self, batch_size: int, *, label: str = "sbnn"):
         """(start, encoded batch) over the whole set; a progress bar on stderr when it is a terminal."""
