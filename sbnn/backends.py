@@ -28,6 +28,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from hw_sim import Network, RunResult
+from sbnn.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -70,40 +71,29 @@ class Backend:
     description: str = ""
 
 
-_REGISTRY: dict[str, Backend] = {}
+_REGISTRY: Registry[Backend] = Registry("backend")
 
 
 def register_backend(name: str, run: Callable[..., Simulation], description: str = "", *,
                      replace: bool = False) -> Backend:
     """Make ``run`` the backend called ``name`` (see :class:`BackendFunction`); returns its entry.
     A name already taken is refused unless ``replace``."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"a backend's name must be an identifier, got {name!r}")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"backend {name!r} is registered already")
-    backend = Backend(name, run, description)
-    _REGISTRY[name] = backend
-    return backend
+    return _REGISTRY.register(name, Backend(name, run, description), replace=replace)
 
 
 def unregister_backend(name: str) -> None:
     """Forget a registered backend (the built-in ones stay)."""
-    if name in BACKENDS:
-        raise ValueError(f"backend {name!r} is built in")
-    _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def backend_names() -> tuple[str, ...]:
     """The registered backends' names, the built-in ones (:data:`BACKENDS`) first: ``--backend``'s choices."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_backend(name: str) -> Backend:
     """The registered backend called ``name``."""
-    backend = _REGISTRY.get(name) if isinstance(name, str) else None
-    if backend is None:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}")
-    return backend
+    return _REGISTRY.get(name)
 
 
 def simulate(name: str, network: Network, x: np.ndarray, *, folder: str | Path, workers: int | None = None,
@@ -160,6 +150,7 @@ register_backend("torch", run_torch, "the float model (model.nir): float arithme
 
 # The built-in backends (backend_names() lists the registered ones, these and any added since).
 BACKENDS: tuple[str, ...] = backend_names()
+_REGISTRY.seal_built_ins()
 
 
 __all__ = [

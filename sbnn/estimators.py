@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.special import erfc, log_ndtr, ndtri
 
+from sbnn.registry import Registry
+
 Method = Literal["st", "iwst", "agr", "relaxed", "gr_mc"]
 NoiseKind = Literal["gauss", "logistic"]
 
@@ -148,9 +150,7 @@ def _check_arguments(
     Each setting has one meaning whichever estimator takes it (see :class:`Estimator`); what an estimator
     takes is declared by its ``takes_*`` flags.
     """
-    estimator = _REGISTRY.get(method) if isinstance(method, str) else None
-    if estimator is None:
-        raise ValueError(f"unknown method {method!r}; expected one of {estimator_names()}")
+    estimator = _REGISTRY.get(method)
     _check_noise(noise)
     if estimator.takes_tau:
         if tau is None:
@@ -628,7 +628,13 @@ class GumbelRaoMonteCarlo(Estimator):
         return _gr_mc_derivative(z, b, config.noise, config.tau, config.k, generator)
 
 
-_REGISTRY: dict[str, Estimator] = {}
+def _check_estimator(name: str, estimator: Estimator) -> None:
+    if not estimator.hard and estimator.conditional:
+        raise ValueError(f"estimator {name!r}: a soft forward has no conditional derivatives (conditional = False)")
+
+
+_REGISTRY: Registry[Estimator] = Registry("estimator", unknown="unknown method {name}; expected one of {names_tuple}",
+                                          check=_check_estimator)
 
 
 def register_estimator(estimator: Estimator, *, replace: bool = False) -> Estimator:
@@ -636,41 +642,29 @@ def register_estimator(estimator: Estimator, *, replace: bool = False) -> Estima
     the run configs.  Returns it.  A name already taken is refused unless ``replace``."""
     if not isinstance(estimator, Estimator):
         raise TypeError(f"register an Estimator instance, got {estimator!r}")
-    name = getattr(estimator, "name", None)
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"an estimator's name must be an identifier, got {name!r}")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"estimator {name!r} is registered already")
-    if not estimator.hard and estimator.conditional:
-        raise ValueError(f"estimator {name!r}: a soft forward has no conditional derivatives (conditional = False)")
-    _REGISTRY[name] = estimator
-    return estimator
+    return _REGISTRY.register(getattr(estimator, "name", None), estimator, replace=replace)
 
 
 def unregister_estimator(name: str) -> None:
     """Forget a registered estimator (the built-in ones stay)."""
-    if name in METHODS:
-        raise ValueError(f"estimator {name!r} is built in")
-    _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def get_estimator(name: str) -> Estimator:
     """The registered estimator called ``name``."""
-    estimator = _REGISTRY.get(name) if isinstance(name, str) else None
-    if estimator is None:
-        raise ValueError(f"unknown method {name!r}; expected one of {estimator_names()}")
-    return estimator
+    return _REGISTRY.get(name)
 
 
 def estimator_names() -> tuple[str, ...]:
     """The names of the registered estimators, the built-in ones (:data:`METHODS`) first."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 for _estimator in (StraightThrough(), ImportanceWeightedST(), AnalyticalGumbelRao(), Relaxed(),
                    GumbelRaoMonteCarlo()):
     register_estimator(_estimator)
 del _estimator
+_REGISTRY.seal_built_ins()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sbnn.registry import Registry
+
 
 class DataError(ValueError):
     """A dataset file is missing or malformed; the message names the file and the expected format."""
@@ -110,7 +112,7 @@ class DatasetLoader:
     seeded: bool = False
 
 
-_REGISTRY: dict[str, DatasetLoader] = {}
+_REGISTRY: Registry[DatasetLoader] = Registry("data set", unknown="unknown dataset {name}; choose one of {names}")
 
 
 def register_dataset(loader: DatasetLoader, *, replace: bool = False) -> DatasetLoader:
@@ -118,32 +120,22 @@ def register_dataset(loader: DatasetLoader, *, replace: bool = False) -> Dataset
     A name already taken is refused unless ``replace``."""
     if not isinstance(loader, DatasetLoader):
         raise TypeError(f"register a DatasetLoader, got {loader!r}")
-    if not loader.name.isidentifier():
-        raise ValueError(f"a data set's name must be an identifier, got {loader.name!r}")
-    if loader.name in _REGISTRY and not replace:
-        raise ValueError(f"data set {loader.name!r} is registered already")
-    _REGISTRY[loader.name] = loader
-    return loader
+    return _REGISTRY.register(loader.name, loader, replace=replace)
 
 
 def unregister_dataset(name: str) -> None:
     """Forget a registered data set (the built-in ones stay)."""
-    if name in DATASETS:
-        raise ValueError(f"data set {name!r} is built in")
-    _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def dataset_names() -> tuple[str, ...]:
     """The registered data sets' names, the built-in ones (:data:`DATASETS`) first."""
-    return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def dataset_loader(name: str) -> DatasetLoader:
     """The registered :class:`DatasetLoader` called ``name``."""
-    loader = _REGISTRY.get(name) if isinstance(name, str) else None
-    if loader is None:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
-    return loader
+    return _REGISTRY.get(name)
 
 
 # The submodules import DataError and Dataset from this package, so they must be defined first.
@@ -184,6 +176,7 @@ register_dataset(DatasetLoader("mnist", load_mnist, options=("validation", "file
 
 # The built-in data sets (dataset_names() lists the registered ones, these and any added since).
 DATASETS: tuple[str, ...] = dataset_names()
+_REGISTRY.seal_built_ins()
 
 
 def load_dataset(
