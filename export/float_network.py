@@ -58,7 +58,7 @@ class FloatLayer:
         if self.kind == "dense" and self.weight.ndim != 2:
             raise ValueError(f"dense weight must be (out, in), found shape {self.weight.shape}")
         if self.kind == "conv" and (self.weight.ndim != 4 or len(self.input_shape) != 3):
-            raise ValueError(f"conv needs a (C_out, C_in, kH, kW) weight and a (C, H, W) input shape")
+            raise ValueError("conv needs a (C_out, C_in, kH, kW) weight and a (C, H, W) input shape")
         if self.bias.shape != self.shape:
             raise ValueError(f"bias shape {self.bias.shape} does not match layer shape {self.shape}")
 

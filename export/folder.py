@@ -17,6 +17,8 @@ pointing at a user's folder, a run folder or a file is refused before anything i
 
 The quantiser reads the NIR file back (``nir.read``, type-checked) and quantises what it finds, so a
 trained model and a graph imported from another tool take exactly the same path.
+:class:`~export.folder_reader.ExportFolder` reads a folder back: every command that runs, evaluates or
+replaces an export opens it through that class.
 """
 
 from __future__ import annotations
@@ -31,59 +33,18 @@ import hw_sim
 from safeio.atomic import atomic_folder
 
 from .float_network import FloatNetwork
+# The reader and the folder's layout, importable from here beside the writer.
+from .folder_reader import FILES, MARKER, OPTIONAL_FILES, ExportFolder, export_marker  # noqa: F401
 from .nir_io import read_nir, write_nir
 from .onnx_export import export_float_onnx, export_integer_onnx
 from .provenance import EXPORT_SOURCES, array_sha256, code_version, git_describe
 from .quantise import ACCURACY_MARGIN, QuantisedNetwork, quantise
 
-FILES = ("model.nir", "loihi.h5", "model.onnx", "model_int.onnx", "export.json")
-OPTIONAL_FILES = ("inputs.npy", "labels.npy")
-MARKER = ".sbnn-export"
 MARKER_FORMAT = 1
 
 
 class OutputRefused(ValueError):
     """``--out`` names something that is not ours to replace; nothing was touched (one line, exit code 2)."""
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def export_marker(path: str | os.PathLike) -> dict | None:
-    """The marker of an export folder this tool wrote (``{"written_by": ..., "source": ..., "files": ...}``),
-    or None when ``path`` is not such a folder.
-
-    An export folder is ours when it is a real folder (not a symlink) holding nothing but the files its
-    marker lists and the marker itself. Folders written before the marker existed count when their
-    ``export.json`` (with its ``source``, ``layers`` and ``files`` entries) lists every file they hold;
-    their marker reads ``{"written_by": "an earlier version"}``. A folder into which the user put anything
-    else (notes, results of their own) is not ours any more, so it is never replaced.
-    """
-    path = Path(path)
-    if path.is_symlink() or not path.is_dir():
-        return None
-    try:
-        present = {entry.name for entry in os.scandir(path)}
-    except OSError:
-        return None
-    marker = _read_json(path / MARKER) if MARKER in present else None
-    if marker is not None and isinstance(marker.get("files"), list):
-        listed = {str(name) for name in marker["files"]}
-        return marker if present <= listed | {MARKER} else None
-    if MARKER in present:
-        return None
-    report = _read_json(path / "export.json") if "export.json" in present else None
-    if report is None or not {"source", "layers", "files"} <= set(report) or not isinstance(report["files"], list):
-        return None
-    listed = {str(name) for name in report["files"]}
-    if not present <= listed or not listed <= set(FILES + OPTIONAL_FILES):
-        return None
-    return {"written_by": "an earlier version", "source": report["source"], "files": sorted(listed)}
 
 
 def check_replaceable(path: str | os.PathLike) -> None:

@@ -57,5 +57,7 @@ def as_sequence(x: np.ndarray, input_shape: tuple[int, ...], steps: int) -> np.n
 
 def readout_logits(voltages: np.ndarray, delay: int = 0) -> np.ndarray:
     """Logits from a readout's membrane trace (batch, T', classes): its time average over the T' − delay
-    steps after ``delay`` (Loihi's per-layer delay shifts the trace by one step per layer)."""
+    steps after ``delay`` (Loihi's per-layer delay shifts the trace by one step per layer: pass
+    ``network.latency`` for a hw_sim or Lava run). The one readout rule of every deployed form (hw_sim,
+    Lava, the float network), times the model's ``logit_scale`` for the model's own logits."""
     return voltages[:, delay:].mean(axis=1)

@@ -18,6 +18,7 @@ silently dropped.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -209,42 +210,13 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
     """
     dt = graph_dt(graph, dt)
     notes: list[str] = []
-    nodes, edges = graph.nodes, list(graph.edges)
-    for name, node in nodes.items():
-        kind = type(node).__name__
-        if kind not in SYNAPSES + NEURONS + ("Input", "Output", "Flatten"):
-            raise ValueError(f"node '{name}' of type {kind} cannot be mapped to Loihi "
-                             f"(supported: {', '.join(SYNAPSES + NEURONS)}, Flatten, Input, Output)")
-    successors: dict[str, list[str]] = {name: [] for name in nodes}
-    predecessors: dict[str, list[str]] = {name: [] for name in nodes}
-    for source, target in edges:
-        if source not in nodes or target not in nodes:
-            raise ValueError(f"edge ({source}, {target}) names a node that does not exist")
-        successors[source].append(target)
-        predecessors[target].append(source)
-    inputs = [name for name, node in nodes.items() if type(node).__name__ == "Input"]
-    if len(inputs) != 1:
-        raise ValueError(f"the graph needs exactly one Input node, found {len(inputs)}")
-    input_node = nodes[inputs[0]]
-    input_shape = _shape(input_node.input_type["input"], f"input shape of node '{inputs[0]}'")
-    if len(input_shape) in (2, 4) and input_shape[0] == 1:
-        notes.append(f"input shape {input_shape} read as {input_shape[1:]} (a leading batch dimension)")
-        input_shape = input_shape[1:]
-
+    chain = _Chain.of(graph)
+    current, input_shape = _input_node(chain, notes)
     layers: list[FloatLayer] = []
     shape = input_shape
-    current = inputs[0]
-    visited = {current}
     while True:
-        forward = [n for n in successors[current] if n not in visited]
-        if not forward:
-            raise ValueError(f"node '{current}' leads nowhere (no Output reached)")
-        if len(forward) > 1:
-            raise ValueError(f"node '{current}' branches to {forward}; only chains (plus self-recurrence) map to Loihi")
-        name = forward[0]
-        node = nodes[name]
-        kind = type(node).__name__
-        visited.add(name)
+        name = _next_node(chain, current)
+        kind = type(chain.nodes[name]).__name__
         if kind == "Output":
             break
         if kind == "Flatten":
@@ -254,68 +226,143 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
         if kind not in SYNAPSES:
             raise ValueError(f"node '{name}' of type {kind} follows '{current}', where a synapse "
                              f"(Affine, Linear, Conv2d) is expected")
-        synapse, synapse_name = node, name
-        after = [n for n in successors[synapse_name] if n not in visited]
-        if len(after) != 1 or type(nodes[after[0]]).__name__ not in NEURONS:
-            raise ValueError(f"synapse '{synapse_name}' must feed exactly one neuron node, found {after}")
-        neuron_name = after[0]
-        neuron = nodes[neuron_name]
-        neuron_kind = type(neuron).__name__
-        visited.add(neuron_name)
-        weight = np.asarray(synapse.weight, dtype=np.float64)
-        synaptic_bias = np.asarray(getattr(synapse, "bias", 0.0), dtype=np.float64)
-        if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(synaptic_bias))):
-            raise ValueError(f"node '{synapse_name}': weight or bias holds NaN or infinite values")
-        if type(synapse).__name__ == "Conv2d":
-            conv = _conv_geometry(synapse, synapse_name, shape)
-            groups = conv["groups"]
-            if weight.ndim != 4 or weight.shape[0] < 1 or shape[0] != weight.shape[1] * groups \
-                    or weight.shape[0] % groups:
-                raise ValueError(f"node '{synapse_name}': Conv2d weight {weight.shape} with groups {conv['groups']} "
-                                 f"does not fit input shape {shape}")
-            out_shape = _shape(_conv_shape(weight, shape, conv), f"node '{synapse_name}': output shape")
-            layer_kind = "conv"
-        else:
-            if weight.ndim != 2 or weight.shape[0] < 1 or weight.shape[1] != int(np.prod(shape)):
-                raise ValueError(f"node '{synapse_name}': weight {weight.shape} does not fit input shape {shape}")
-            conv, out_shape, layer_kind = {}, (weight.shape[0],), "dense"
-        if synaptic_bias.size not in (1, out_shape[0]):
-            raise ValueError(f"node '{synapse_name}': bias of shape {synaptic_bias.shape} does not fit "
-                             f"{out_shape[0]} outputs")
-        try:
-            fields, gain, bias_gain = _neuron_to_float(neuron, neuron_kind, out_shape, dt)
-        except ValueError as error:
-            raise ValueError(f"node '{neuron_name}' ({neuron_kind}): {error}")
-        if np.any(synaptic_bias != 0):
-            per_neuron = np.broadcast_to(synaptic_bias.reshape(-1, *([1] * (len(out_shape) - 1))), out_shape)
-            fields["bias"] = fields["bias"] + per_neuron * bias_gain
-            if fields["alpha"] > 0:
-                notes.append(f"'{synapse_name}': a constant synaptic bias enters the current; mapped to the "
-                             f"voltage bias with the same steady state (exact after the current settles)")
-        recurrent = [p for p in predecessors[neuron_name] if p != synapse_name]
-        recurrent_weight = None
-        if recurrent:
-            loop = recurrent[0]
-            if len(recurrent) > 1 or type(nodes[loop]).__name__ not in ("Linear", "Affine") \
-                    or predecessors[loop] != [neuron_name]:
-                raise ValueError(f"node '{neuron_name}' has inputs {predecessors[neuron_name]}; only one "
-                                 f"feed-forward synapse and one self-recurrent Linear/Affine are supported")
-            if np.any(np.asarray(getattr(nodes[loop], "bias", 0.0)) != 0):
-                raise ValueError(f"recurrent node '{loop}' has a bias, which cannot be mapped")
-            recurrent_weight = np.asarray(nodes[loop].weight, dtype=np.float64) * gain
-            if recurrent_weight.shape != (out_shape[0],) * 2 or len(out_shape) != 1:
-                raise ValueError(f"recurrent node '{loop}': weight {recurrent_weight.shape} does not fit "
-                                 f"{out_shape} neurons")
-            if not np.all(np.isfinite(recurrent_weight)):
-                raise ValueError(f"recurrent node '{loop}': weight holds NaN or infinite values")
-            visited.add(loop)
-        layers.append(FloatLayer(kind=layer_kind, weight=weight * gain, recurrent_weight=recurrent_weight,
-                                 **conv, **fields))
-        shape = out_shape
-        current = neuron_name
+        layer, current = _synapse_layer(chain, name, shape, dt, notes)
+        layers.append(layer)
+        shape = layer.shape
     if not layers:
         raise ValueError("the graph has no synapse and neuron layers")
     return FloatNetwork(input_shape=input_shape, layers=tuple(layers), dt=dt), notes
+
+
+@dataclass
+class _Chain:
+    """A NIR graph as :func:`from_nir` walks it: its nodes by name, each node's successors and predecessors
+    (in edge order), and the nodes already mapped."""
+
+    nodes: dict
+    successors: dict[str, list[str]]
+    predecessors: dict[str, list[str]]
+    visited: set[str] = field(default_factory=set)
+
+    @classmethod
+    def of(cls, graph) -> _Chain:
+        """The graph's chain, after checking that every node type can be mapped and every edge's nodes exist."""
+        nodes = graph.nodes
+        for name, node in nodes.items():
+            kind = type(node).__name__
+            if kind not in SYNAPSES + NEURONS + ("Input", "Output", "Flatten"):
+                raise ValueError(f"node '{name}' of type {kind} cannot be mapped to Loihi "
+                                 f"(supported: {', '.join(SYNAPSES + NEURONS)}, Flatten, Input, Output)")
+        chain = cls(nodes, {name: [] for name in nodes}, {name: [] for name in nodes})
+        for source, target in list(graph.edges):
+            if source not in nodes or target not in nodes:
+                raise ValueError(f"edge ({source}, {target}) names a node that does not exist")
+            chain.successors[source].append(target)
+            chain.predecessors[target].append(source)
+        return chain
+
+
+def _input_node(chain: _Chain, notes: list[str]) -> tuple[str, tuple[int, ...]]:
+    """The name of the graph's one Input node (marked visited) and the network's input shape, a leading
+    batch dimension of 1 removed (with a note)."""
+    inputs = [name for name, node in chain.nodes.items() if type(node).__name__ == "Input"]
+    if len(inputs) != 1:
+        raise ValueError(f"the graph needs exactly one Input node, found {len(inputs)}")
+    input_node = chain.nodes[inputs[0]]
+    input_shape = _shape(input_node.input_type["input"], f"input shape of node '{inputs[0]}'")
+    if len(input_shape) in (2, 4) and input_shape[0] == 1:
+        notes.append(f"input shape {input_shape} read as {input_shape[1:]} (a leading batch dimension)")
+        input_shape = input_shape[1:]
+    chain.visited.add(inputs[0])
+    return inputs[0], input_shape
+
+
+def _next_node(chain: _Chain, current: str) -> str:
+    """The one node not yet visited that ``current`` leads to, now marked visited."""
+    forward = [n for n in chain.successors[current] if n not in chain.visited]
+    if not forward:
+        raise ValueError(f"node '{current}' leads nowhere (no Output reached)")
+    if len(forward) > 1:
+        raise ValueError(f"node '{current}' branches to {forward}; only chains (plus self-recurrence) map to Loihi")
+    chain.visited.add(forward[0])
+    return forward[0]
+
+
+def _synapse_layer(chain: _Chain, synapse_name: str, shape: tuple[int, ...], dt: float,
+                   notes: list[str]) -> tuple[FloatLayer, str]:
+    """The layer of synapse ``synapse_name`` (on inputs of ``shape``), the neuron node it feeds and that
+    neuron's self-recurrent synapse, if any; and the neuron node's name."""
+    synapse, nodes = chain.nodes[synapse_name], chain.nodes
+    after = [n for n in chain.successors[synapse_name] if n not in chain.visited]
+    if len(after) != 1 or type(nodes[after[0]]).__name__ not in NEURONS:
+        raise ValueError(f"synapse '{synapse_name}' must feed exactly one neuron node, found {after}")
+    neuron_name = after[0]
+    neuron = nodes[neuron_name]
+    neuron_kind = type(neuron).__name__
+    chain.visited.add(neuron_name)
+    weight = np.asarray(synapse.weight, dtype=np.float64)
+    synaptic_bias = np.asarray(getattr(synapse, "bias", 0.0), dtype=np.float64)
+    if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(synaptic_bias))):
+        raise ValueError(f"node '{synapse_name}': weight or bias holds NaN or infinite values")
+    layer_kind, conv, out_shape = _synapse_geometry(synapse, synapse_name, weight, shape)
+    if synaptic_bias.size not in (1, out_shape[0]):
+        raise ValueError(f"node '{synapse_name}': bias of shape {synaptic_bias.shape} does not fit "
+                         f"{out_shape[0]} outputs")
+    try:
+        fields, gain, bias_gain = _neuron_to_float(neuron, neuron_kind, out_shape, dt)
+    except ValueError as error:
+        raise ValueError(f"node '{neuron_name}' ({neuron_kind}): {error}")
+    if np.any(synaptic_bias != 0):
+        per_neuron = np.broadcast_to(synaptic_bias.reshape(-1, *([1] * (len(out_shape) - 1))), out_shape)
+        fields["bias"] = fields["bias"] + per_neuron * bias_gain
+        if fields["alpha"] > 0:
+            notes.append(f"'{synapse_name}': a constant synaptic bias enters the current; mapped to the "
+                         f"voltage bias with the same steady state (exact after the current settles)")
+    recurrent_weight = _recurrent_weight(chain, neuron_name, synapse_name, out_shape, gain)
+    layer = FloatLayer(kind=layer_kind, weight=weight * gain, recurrent_weight=recurrent_weight, **conv, **fields)
+    return layer, neuron_name
+
+
+def _synapse_geometry(synapse, name: str, weight: np.ndarray,
+                      shape: tuple[int, ...]) -> tuple[str, dict, tuple[int, ...]]:
+    """("conv" or "dense", the conv geometry (empty for dense), the output shape) of synapse node ``name``
+    with ``weight`` on inputs of ``shape``."""
+    if type(synapse).__name__ == "Conv2d":
+        conv = _conv_geometry(synapse, name, shape)
+        groups = conv["groups"]
+        if weight.ndim != 4 or weight.shape[0] < 1 or shape[0] != weight.shape[1] * groups \
+                or weight.shape[0] % groups:
+            raise ValueError(f"node '{name}': Conv2d weight {weight.shape} with groups {conv['groups']} "
+                             f"does not fit input shape {shape}")
+        return "conv", conv, _shape(_conv_shape(weight, shape, conv), f"node '{name}': output shape")
+    if weight.ndim != 2 or weight.shape[0] < 1 or weight.shape[1] != int(np.prod(shape)):
+        raise ValueError(f"node '{name}': weight {weight.shape} does not fit input shape {shape}")
+    return "dense", {}, (weight.shape[0],)
+
+
+def _recurrent_weight(chain: _Chain, neuron_name: str, synapse_name: str, out_shape: tuple[int, ...],
+                      gain: float) -> np.ndarray | None:
+    """The weights (input gain folded in) of the neuron's self-recurrent Linear/Affine node, now visited;
+    None when its only input is the feed-forward synapse ``synapse_name``."""
+    recurrent = [p for p in chain.predecessors[neuron_name] if p != synapse_name]
+    if not recurrent:
+        return None
+    loop = recurrent[0]
+    nodes = chain.nodes
+    if len(recurrent) > 1 or type(nodes[loop]).__name__ not in ("Linear", "Affine") \
+            or chain.predecessors[loop] != [neuron_name]:
+        raise ValueError(f"node '{neuron_name}' has inputs {chain.predecessors[neuron_name]}; only one "
+                         f"feed-forward synapse and one self-recurrent Linear/Affine are supported")
+    if np.any(np.asarray(getattr(nodes[loop], "bias", 0.0)) != 0):
+        raise ValueError(f"recurrent node '{loop}' has a bias, which cannot be mapped")
+    recurrent_weight = np.asarray(nodes[loop].weight, dtype=np.float64) * gain
+    if recurrent_weight.shape != (out_shape[0],) * 2 or len(out_shape) != 1:
+        raise ValueError(f"recurrent node '{loop}': weight {recurrent_weight.shape} does not fit "
+                         f"{out_shape} neurons")
+    if not np.all(np.isfinite(recurrent_weight)):
+        raise ValueError(f"recurrent node '{loop}': weight holds NaN or infinite values")
+    chain.visited.add(loop)
+    return recurrent_weight
 
 
 def _conv_geometry(node, name: str, shape: tuple[int, ...]) -> dict:
@@ -406,7 +453,7 @@ def _check_file(path: Path) -> None:
     declares more data than the file can hold (a forged chunked dataset would be allocated in full)."""
     import h5py
 
-    from safeio.hdf5 import hdf5_heap_damage, unbacked_size
+    from safeio.hdf5 import dataset_size_problem, hdf5_heap_damage
 
     try:
         damage = hdf5_heap_damage(path)
@@ -433,14 +480,12 @@ def _check_file(path: Path) -> None:
         item = handle[name]
         if not isinstance(item, h5py.Dataset):
             return
-        if item.is_virtual or item.external:
-            problems.append(f"'{name}' takes its data from other files, which is not allowed")
-            return
-        total += int(item.size) * item.dtype.itemsize
-        problem = unbacked_size(item)
+        problem = dataset_size_problem(item)
         if problem:
             problems.append(f"'{name}' {problem}")
-        elif total > MAX_DECLARED_BYTES:
+            return
+        total += int(item.size) * item.dtype.itemsize
+        if total > MAX_DECLARED_BYTES:
             problems.append(f"its arrays declare more than {MAX_DECLARED_BYTES} bytes")
 
     with handle:

@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Source files whose change can change an export folder (model → NIR → quantiser → loihi.h5/ONNX).
 EXPORT_SOURCES = ("export/*.py", "hw_sim/__init__.py", "hw_sim/arith.py", "hw_sim/loihi.py", "hw_sim/network.py",
-                  "hw_sim/netx_io.py", "sbnn/models.py", "sbnn/layers.py", "sbnn/pipeline.py")
+                  "hw_sim/netx_io.py", "sbnn/models.py", "sbnn/layers/*.py", "sbnn/neurons.py",
+                  "sbnn/pipeline.py", "sbnn/export_evaluation.py")
 # ... the pipeline's results.json (hw_sim, Lava, energy, float accuracies) ...
-RESULTS_SOURCES = ("export/*.py", "hw_sim/*.py", "sbnn/models.py", "sbnn/layers.py", "sbnn/pipeline.py",
-                   "sbnn/evaluate.py")
+RESULTS_SOURCES = ("export/*.py", "hw_sim/*.py", "sbnn/models.py", "sbnn/layers/*.py", "sbnn/neurons.py",
+                   "sbnn/pipeline.py", "sbnn/evaluate.py", "sbnn/export_evaluation.py")
 # ... and report.html.
 REPORT_SOURCES = ("sbnn/report.py",)
 

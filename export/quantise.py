@@ -36,9 +36,9 @@ import numpy as np
 
 import hw_sim
 from hw_sim.arith import STATE_MAX, STATE_SHIFT, alpha_to_du, beta_to_dv
-from hw_sim.network import DU_RANGE, DV_RANGE, NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Network
+from hw_sim.network import DU_RANGE, DV_RANGE, NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Layer, Network
 
-from .float_network import ExportError, FloatNetwork
+from .float_network import ExportError, FloatLayer, FloatNetwork
 
 WEIGHT_MAX = 127
 VTH_MAX = (1 << 17) - 1
@@ -126,16 +126,7 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
     against the float model's own predictions. An export whose hardware accuracy is more than
     ``accuracy_margin`` (a fraction, 0.05 = 5 points) below the float model's is flagged with a warning.
     """
-    calibration = np.asarray(calibration, dtype=np.float64)
-    if calibration.ndim != 2 + len(network.input_shape) or calibration.shape[2:] != tuple(network.input_shape):
-        raise ExportError(f"calibration data must have shape (batch, T, {network.input_shape}), found {calibration.shape}")
-    if not np.all(np.isfinite(calibration)):
-        raise ExportError("calibration data contains NaN or Inf")
-    if labels is not None and len(labels) != len(calibration):
-        raise ExportError(f"calibration labels: {len(labels)} labels for {len(calibration)} calibration samples")
-    graded = not _is_binary(calibration)
-    if graded and calibration.min() < 0:
-        raise ExportError("graded inputs must be non-negative (Loihi payloads are unsigned); use an on/off encoding")
+    calibration, graded = _checked_calibration(network, calibration, labels)
     input_scale = 1.0
     warnings: list[str] = []
     if graded:
@@ -150,61 +141,10 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
         # Payloads are input_scale times the float inputs, so the first layer's weights are input_scale
         # times smaller for its u and v to be s times the float model's current and voltage.
         input_factor = 1.0 / input_scale if index == 0 else 1.0
-        weights = [layer.weight] + ([layer.recurrent_weight] if layer.recurrent_weight is not None else [])
-        largest_weight = max(float(np.percentile(np.abs(w), WEIGHT_PERCENTILE)) if w.size else 0.0
-                             for w in weights) * input_factor
-        limits = {"weights": WEIGHT_MAX / largest_weight if largest_weight > 0 else np.inf}
-        if layer.threshold is not None and layer.threshold > 0:
-            limits["threshold"] = VTH_MAX / layer.threshold
-        current_peak, voltage_peak = peaks[index]
-        if not (np.isfinite(current_peak) and np.isfinite(voltage_peak)):
-            raise ExportError(f"layer {index}: the float model's current or voltage overflows on the calibration "
-                              f"data (|I| {current_peak:.3g}, |V| {voltage_peak:.3g}); check the data for outliers")
-        if current_peak > 0:
-            limits["current"] = STATE_MAX / ((1 << STATE_SHIFT) * current_peak)
-        if voltage_peak > 0:
-            limits["voltage"] = STATE_MAX / ((1 << STATE_SHIFT) * voltage_peak)
-        scale = min(limits.values()) / headroom
-        if not np.isfinite(scale):
-            raise ExportError(f"layer {index}: all weights are zero and there is no threshold to scale")
-        weight_scale = scale * input_factor
-        if not (weight_scale > 0 and np.isfinite(weight_scale)):
-            raise ExportError(f"layer {index}: the integer scale underflows ({scale:.3g} per float unit, "
-                              f"limited by {min(limits, key=limits.get)}); check the calibration data for outliers")
-        saturation = {"weights": 0, "bias_mantissa": 0, "threshold": 0, "du": 0, "dv": 0}
-        scaled_weights = [np.rint(w * weight_scale) for w in weights]
-        int_weights = [np.clip(w, -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64) for w in scaled_weights]
-        saturation["weights"] = sum(int(np.count_nonzero(np.abs(w) > WEIGHT_MAX)) for w in scaled_weights)
-        error = float(np.linalg.norm(int_weights[0] / weight_scale - layer.weight) / (np.linalg.norm(layer.weight) or 1.0))
-        scaled_bias = np.rint(layer.bias * scale)
-        bias_mant = np.clip(scaled_bias, -BIAS_MANT_MAX, BIAS_MANT_MAX).astype(np.int64)
-        saturation["bias_mantissa"] = int(np.count_nonzero(np.abs(scaled_bias) > BIAS_MANT_MAX))
-        if layer.threshold is None:
-            vth, raw_vth = NEVER_FIRES, None
-        else:
-            raw_vth = round(layer.threshold * scale)
-            vth, saturation["threshold"] = _clamp(raw_vth, 0, VTH_MAX)
-        du, saturation["du"] = _decay_to_du(layer.alpha)
-        dv, saturation["dv"] = _decay_to_dv(layer.beta)
-        _saturation_warnings(index, saturation, warnings, weights=scaled_weights, bias=scaled_bias,
-                             raw_vth=raw_vth, vth=vth, threshold=layer.threshold, alpha=layer.alpha, beta=layer.beta)
-        neurons = CubaNeurons(du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=np.full(bias_mant.shape, BIAS_EXP))
-        if layer.kind == "conv":
-            integer_layer = ConvLayer(weights=int_weights[0], neurons=neurons, input_shape=previous_shape,
-                                      stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                                      groups=layer.groups)
-        else:
-            # Weights in [-127, 127] with exponent 0 and all 8 bits: Lava uses them exactly as given
-            # once netx's (or our) weight-bit choice keeps the LSB; MIXED drops it, so pre-shift by one.
-            integer_layer = DenseLayer(weights=int_weights[0] * 2, neurons=neurons, weight_exp=-1, num_weight_bits=8,
-                                       recurrent_weights=int_weights[1] * 2 if len(int_weights) > 1 else None,
-                                       readout=layer.threshold is None)
+        integer_layer, entry = _quantise_layer(index, layer, peaks[index], input_factor=input_factor,
+                                               headroom=headroom, input_shape=previous_shape, warnings=warnings)
         layers.append(integer_layer)
-        report.append({"layer": index, "kind": layer.kind, "scale": scale, "limited_by": min(limits, key=limits.get),
-                       "clipped_fraction": saturation["weights"] / sum(w.size for w in weights),
-                       "relative_weight_error": error, "saturation": saturation,
-                       "du": neurons.du, "dv": neurons.dv, "vth": vth,
-                       "float_peak_current": current_peak, "float_peak_voltage": voltage_peak})
+        report.append(entry)
         previous_shape = integer_layer.shape
     integer_network = Network(input_shape=tuple(network.input_shape), layers=tuple(layers),
                               input_message_bits=INPUT_MESSAGE_BITS if graded else 0)
@@ -214,6 +154,93 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
     result.accuracy_check = _accuracy_check(network, result, outcome, float_output, labels, accuracy_margin)
     _check_finite(result.report(), "export report")
     return result
+
+
+def _checked_calibration(network: FloatNetwork, calibration: np.ndarray,
+                         labels: np.ndarray | None) -> tuple[np.ndarray, bool]:
+    """The calibration inputs as float64 ``(batch, T, *input_shape)``, checked (with their labels), and
+    whether they are graded (anything but 0/1 spikes)."""
+    calibration = np.asarray(calibration, dtype=np.float64)
+    if calibration.ndim != 2 + len(network.input_shape) or calibration.shape[2:] != tuple(network.input_shape):
+        raise ExportError(f"calibration data must have shape (batch, T, {network.input_shape}), found {calibration.shape}")
+    if not np.all(np.isfinite(calibration)):
+        raise ExportError("calibration data contains NaN or Inf")
+    if labels is not None and len(labels) != len(calibration):
+        raise ExportError(f"calibration labels: {len(labels)} labels for {len(calibration)} calibration samples")
+    graded = not _is_binary(calibration)
+    if graded and calibration.min() < 0:
+        raise ExportError("graded inputs must be non-negative (Loihi payloads are unsigned); use an on/off encoding")
+    return calibration, graded
+
+
+def _layer_scale(index: int, layer: FloatLayer, weights: list[np.ndarray], peaks: tuple[float, float],
+                 input_factor: float, headroom: float) -> tuple[float, str]:
+    """Layer ``index``'s common scale s (integer units per float unit) and the limit that sets it: the
+    largest that keeps weights in 8 bits, the threshold in 17 and the float model's peak |I| and |V| on the
+    calibration data (``peaks``) in the 24-bit state, divided by ``headroom``."""
+    largest_weight = max(float(np.percentile(np.abs(w), WEIGHT_PERCENTILE)) if w.size else 0.0
+                         for w in weights) * input_factor
+    limits = {"weights": WEIGHT_MAX / largest_weight if largest_weight > 0 else np.inf}
+    if layer.threshold is not None and layer.threshold > 0:
+        limits["threshold"] = VTH_MAX / layer.threshold
+    current_peak, voltage_peak = peaks
+    if not (np.isfinite(current_peak) and np.isfinite(voltage_peak)):
+        raise ExportError(f"layer {index}: the float model's current or voltage overflows on the calibration "
+                          f"data (|I| {current_peak:.3g}, |V| {voltage_peak:.3g}); check the data for outliers")
+    if current_peak > 0:
+        limits["current"] = STATE_MAX / ((1 << STATE_SHIFT) * current_peak)
+    if voltage_peak > 0:
+        limits["voltage"] = STATE_MAX / ((1 << STATE_SHIFT) * voltage_peak)
+    scale = min(limits.values()) / headroom
+    if not np.isfinite(scale):
+        raise ExportError(f"layer {index}: all weights are zero and there is no threshold to scale")
+    return scale, min(limits, key=limits.get)
+
+
+def _quantise_layer(index: int, layer: FloatLayer, peaks: tuple[float, float], *, input_factor: float,
+                    headroom: float, input_shape: tuple[int, ...], warnings: list[str]) -> tuple[Layer, dict]:
+    """Layer ``index`` as an integer layer on ``input_shape``, and its report entry; saturation warnings are
+    appended to ``warnings``. ``input_factor`` divides the weights (1 / input_scale for the first layer)."""
+    weights = [layer.weight] + ([layer.recurrent_weight] if layer.recurrent_weight is not None else [])
+    scale, limited_by = _layer_scale(index, layer, weights, peaks, input_factor, headroom)
+    weight_scale = scale * input_factor
+    if not (weight_scale > 0 and np.isfinite(weight_scale)):
+        raise ExportError(f"layer {index}: the integer scale underflows ({scale:.3g} per float unit, "
+                          f"limited by {limited_by}); check the calibration data for outliers")
+    saturation = {"weights": 0, "bias_mantissa": 0, "threshold": 0, "du": 0, "dv": 0}
+    scaled_weights = [np.rint(w * weight_scale) for w in weights]
+    int_weights = [np.clip(w, -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64) for w in scaled_weights]
+    saturation["weights"] = sum(int(np.count_nonzero(np.abs(w) > WEIGHT_MAX)) for w in scaled_weights)
+    error = float(np.linalg.norm(int_weights[0] / weight_scale - layer.weight) / (np.linalg.norm(layer.weight) or 1.0))
+    scaled_bias = np.rint(layer.bias * scale)
+    bias_mant = np.clip(scaled_bias, -BIAS_MANT_MAX, BIAS_MANT_MAX).astype(np.int64)
+    saturation["bias_mantissa"] = int(np.count_nonzero(np.abs(scaled_bias) > BIAS_MANT_MAX))
+    if layer.threshold is None:
+        vth, raw_vth = NEVER_FIRES, None
+    else:
+        raw_vth = round(layer.threshold * scale)
+        vth, saturation["threshold"] = _clamp(raw_vth, 0, VTH_MAX)
+    du, saturation["du"] = _decay_to_du(layer.alpha)
+    dv, saturation["dv"] = _decay_to_dv(layer.beta)
+    _saturation_warnings(index, saturation, warnings, weights=scaled_weights, bias=scaled_bias,
+                         raw_vth=raw_vth, vth=vth, threshold=layer.threshold, alpha=layer.alpha, beta=layer.beta)
+    neurons = CubaNeurons(du=du, dv=dv, vth=vth, bias_mant=bias_mant, bias_exp=np.full(bias_mant.shape, BIAS_EXP))
+    if layer.kind == "conv":
+        integer_layer = ConvLayer(weights=int_weights[0], neurons=neurons, input_shape=input_shape,
+                                  stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                                  groups=layer.groups)
+    else:
+        # Weights in [-127, 127] with exponent 0 and all 8 bits: Lava uses them exactly as given
+        # once netx's (or our) weight-bit choice keeps the LSB; MIXED drops it, so pre-shift by one.
+        integer_layer = DenseLayer(weights=int_weights[0] * 2, neurons=neurons, weight_exp=-1, num_weight_bits=8,
+                                   recurrent_weights=int_weights[1] * 2 if len(int_weights) > 1 else None,
+                                   readout=layer.threshold is None)
+    current_peak, voltage_peak = peaks
+    return integer_layer, {
+        "layer": index, "kind": layer.kind, "scale": scale, "limited_by": limited_by,
+        "clipped_fraction": saturation["weights"] / sum(w.size for w in weights),
+        "relative_weight_error": error, "saturation": saturation, "du": neurons.du, "dv": neurons.dv, "vth": vth,
+        "float_peak_current": current_peak, "float_peak_voltage": voltage_peak}
 
 
 def _check_input_outliers(calibration: np.ndarray, input_scale: float, peak: float, warnings: list[str]) -> None:

@@ -123,18 +123,7 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: s
     that is exact (:func:`concat_is_exact`). ``workers``: parallel Lava processes over the batch (default:
     one for back-to-back runs, one per CPU core for per-sample runs).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, found {mode!r}")
-    if builder not in BUILDERS:
-        raise ValueError(f"builder must be one of {BUILDERS}, found {builder!r}")
-    if netx_file is not None and builder != "netx":
-        raise ValueError("netx_file is only used with builder='netx'")
-    x = np.asarray(x)
-    if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
-        raise NetworkError(f"input must have shape (batch, T, {', '.join(map(str, network.input_shape))}), "
-                           f"found {x.shape}")
-    if builder == "netx" and netx_file is None and not netx_exact(network):
-        raise ValueError("netx cannot express this network exactly (see hw_sim.netx_exact)")
+    x = _checked_input(network, x, mode=mode, builder=builder, netx_file=netx_file)
     if mode == "auto":
         mode = choose_mode(network, builder)
     if workers is None:
@@ -147,45 +136,85 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False, mode: s
         try:
             for index, chunk in enumerate(chunks):
                 job_dir = Path(scratch) / f"job{index}"
-                job_dir.mkdir()
-                if netx_file is not None:
-                    shutil.copyfile(netx_file, job_dir / "loihi.h5")   # the user's bytes, not our reading
-                else:
-                    save(network, job_dir / "loihi.h5")
-                np.save(job_dir / "input.npy", x[chunk].astype(np.int64))
-                (job_dir / "job.json").write_text(json.dumps(
-                    {"builder": builder, "mode": mode, "record_states": record_states,
-                     "input_shape": list(network.input_shape)}))
-                process = subprocess.Popen(
-                    [str(python), "-c", _SUPERVISOR, str(watch_read), scratch, str(job_dir)], cwd=PROJECT_ROOT,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, pass_fds=(watch_read,),
-                    env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"})
-                processes.append((process, job_dir))
-            deadline = time.monotonic() + timeout
-            for process, job_dir in processes:
-                try:
-                    _, stderr = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    raise LavaError(f"the Lava worker did not finish within {timeout:g} s and was stopped")
-                # The worker's own children (Lava's runtime) may outlive it; the group goes in any case.
-                _kill_group(process)
-                if process.returncode != 0:
-                    message = stderr.decode(errors="replace").strip().splitlines()
-                    reason = message[-1] if message else f"exit status {process.returncode}"
-                    if process.returncode < 0:
-                        reason = f"killed by signal {-process.returncode}"
-                        if process.returncode == -signal.SIGKILL:
-                            reason += " (SIGKILL: often the system's out-of-memory killer)"
-                    raise LavaError(f"the Lava worker failed: {reason}")
+                _write_job(job_dir, network, x[chunk], builder=builder, mode=mode, record_states=record_states,
+                           netx_file=netx_file)
+                processes.append((_start_supervisor(python, watch_read, scratch, job_dir), job_dir))
+            _wait_for_workers([process for process, _ in processes], timeout)
         finally:
             for process, _ in processes:
                 _kill_group(process)
             os.close(watch_read)
             os.close(watch_write)
-        parts = [np.load(job_dir / "output.npz") for _, job_dir in processes]
-        layers = range(len(network.layers))
-        result = RunResult(spikes=[np.concatenate([p[f"spikes_{k}"] for p in parts]) for k in layers])
-        if record_states:
-            result.u.extend(np.concatenate([p[f"u_{k}"] for p in parts]) for k in layers)
-            result.v.extend(np.concatenate([p[f"v_{k}"] for p in parts]) for k in layers)
+        return _read_results([job_dir for _, job_dir in processes], len(network.layers), record_states)
+
+
+def _checked_input(network: Network, x: np.ndarray, *, mode: str, builder: str,
+                   netx_file: str | os.PathLike | None) -> np.ndarray:
+    """``x`` as an array, after checking :func:`run`'s arguments."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, found {mode!r}")
+    if builder not in BUILDERS:
+        raise ValueError(f"builder must be one of {BUILDERS}, found {builder!r}")
+    if netx_file is not None and builder != "netx":
+        raise ValueError("netx_file is only used with builder='netx'")
+    x = np.asarray(x)
+    if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
+        raise NetworkError(f"input must have shape (batch, T, {', '.join(map(str, network.input_shape))}), "
+                           f"found {x.shape}")
+    if builder == "netx" and netx_file is None and not netx_exact(network):
+        raise ValueError("netx cannot express this network exactly (see hw_sim.netx_exact)")
+    return x
+
+
+def _write_job(job_dir: Path, network: Network, x: np.ndarray, *, builder: str, mode: str, record_states: bool,
+               netx_file: str | os.PathLike | None) -> None:
+    """A worker's job folder: ``loihi.h5``, ``input.npy`` (its samples, int64) and ``job.json``."""
+    job_dir.mkdir()
+    if netx_file is not None:
+        shutil.copyfile(netx_file, job_dir / "loihi.h5")   # the user's bytes, not our reading
+    else:
+        save(network, job_dir / "loihi.h5")
+    np.save(job_dir / "input.npy", x.astype(np.int64))
+    (job_dir / "job.json").write_text(json.dumps(
+        {"builder": builder, "mode": mode, "record_states": record_states,
+         "input_shape": list(network.input_shape)}))
+
+
+def _start_supervisor(python: Path, watch_read: int, scratch: str, job_dir: Path) -> subprocess.Popen:
+    """Start the supervisor (and through it the worker) of ``job_dir`` in a new process group."""
+    return subprocess.Popen(
+        [str(python), "-c", _SUPERVISOR, str(watch_read), scratch, str(job_dir)], cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, pass_fds=(watch_read,),
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"})
+
+
+def _wait_for_workers(processes: list[subprocess.Popen], timeout: float) -> None:
+    """Wait for every worker, ``timeout`` seconds for all together; :class:`LavaError` for the first that
+    does not finish in time or fails."""
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            _, stderr = process.communicate(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise LavaError(f"the Lava worker did not finish within {timeout:g} s and was stopped")
+        # The worker's own children (Lava's runtime) may outlive it; the group goes in any case.
+        _kill_group(process)
+        if process.returncode != 0:
+            message = stderr.decode(errors="replace").strip().splitlines()
+            reason = message[-1] if message else f"exit status {process.returncode}"
+            if process.returncode < 0:
+                reason = f"killed by signal {-process.returncode}"
+                if process.returncode == -signal.SIGKILL:
+                    reason += " (SIGKILL: often the system's out-of-memory killer)"
+            raise LavaError(f"the Lava worker failed: {reason}")
+
+
+def _read_results(job_dirs: list[Path], num_layers: int, record_states: bool) -> RunResult:
+    """The workers' ``output.npz`` files joined along the batch, in the order of ``job_dirs``."""
+    parts = [np.load(job_dir / "output.npz") for job_dir in job_dirs]
+    layers = range(num_layers)
+    result = RunResult(spikes=[np.concatenate([p[f"spikes_{k}"] for p in parts]) for k in layers])
+    if record_states:
+        result.u.extend(np.concatenate([p[f"u_{k}"] for p in parts]) for k in layers)
+        result.v.extend(np.concatenate([p[f"v_{k}"] for p in parts]) for k in layers)
     return result

@@ -29,7 +29,7 @@ import numpy as np
 
 from .arith import SignMode, netx_optimize_weight_bits, prepare_dense_weights
 from safeio.atomic import atomic_path
-from safeio.hdf5 import hdf5_heap_damage, unbacked_size
+from safeio.hdf5 import dataset_size_problem, hdf5_heap_damage
 from .network import (MAX_DELAY, NEVER_FIRES, READOUT_NEURON, ConvLayer, CubaNeurons, DenseLayer, Layer, Network, NetworkError)
 
 FORMAT = "sbnn-loihi/1"
@@ -293,11 +293,7 @@ class _Reader:
 
     def check_declared_size(self, dataset: h5py.Dataset, name: str) -> None:
         """Refuse a dataset whose declared size is absurd or not backed by the file, before reading it."""
-        if dataset.is_virtual or dataset.external:
-            raise self.fail(f"field '{name}' takes its data from other files, which is not allowed")
-        if dataset.size > MAX_ELEMENTS:
-            raise self.fail(f"field '{name}' declares {dataset.size} elements, more than {MAX_ELEMENTS}")
-        problem = unbacked_size(dataset)
+        problem = dataset_size_problem(dataset, max_elements=MAX_ELEMENTS)
         if problem:
             raise self.fail(f"field '{name}' {problem}")
 
@@ -637,14 +633,21 @@ def _first_layer_input(reader: _Reader, group: h5py.Group, kind: str, file_shape
     return shape if len(shape) in (1, 3) else (inputs,)
 
 
-def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool,
-                  given_input_shape: tuple[int, ...] | None) -> Network:
+def _layer_groups(handle: h5py.File, reader: _Reader) -> tuple[h5py.Group, list[str]]:
+    """The root group ``layer`` and the names of its layer groups, which must be "0".."N-1" (N >= 1), in order."""
     root = reader.member(handle, "layer") if "layer" in handle else None
     if not isinstance(root, h5py.Group):
         raise reader.fail("missing group 'layer' (not a netx network file)")
     names = sorted(root.keys(), key=lambda name: int(name) if name.isdigit() else -1)
     if names != [str(i) for i in range(len(names))] or not names:
         raise reader.fail(f"layer groups must be named 0..N-1, found {sorted(root.keys())[:10]}")
+    return root, names
+
+
+def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool,
+                  given_input_shape: tuple[int, ...] | None) -> Network:
+    """The network in an open netx file, layer by layer (what :func:`read_network` does, its errors aside)."""
+    root, names = _layer_groups(handle, reader)
     layers: list[Layer] = []
     input_shape: tuple[int, ...] | None = None
     file_input_shape: tuple[int, ...] | None = None

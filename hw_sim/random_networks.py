@@ -130,70 +130,86 @@ def write_slayer_style_file(path, seed: int, *, input_size: int = 24, input_shap
     import h5py
 
     rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as handle:
+        blocks = _SlayerBlocks(handle.create_group("layer"), rng)
+        if input_layer:
+            blocks.add("input").create_dataset("shape", data=np.array(input_shape or (input_size,)))
+        shape = tuple(input_shape) if conv_channels else (input_size,)
+        for channels in conv_channels:
+            shape = blocks.add_conv(shape, channels, density)
+        if len(shape) == 3:
+            blocks.add("flatten").create_dataset("shape", data=np.array((int(np.prod(shape)), 1, 1)))
+        for position, width in enumerate(list(hidden) + [outputs]):
+            blocks.add_dense(shape, width, recurrent=recurrent and position == 0, bias=bias, delays=delays,
+                             density=density if position == 0 else 0.2)
+            shape = (width,)
 
-    def string(group, name, value):
-        group.create_dataset(name, (1,), "S10", [value.encode("ascii")])
 
-    def neuron(group, drive):
+class _SlayerBlocks:
+    """Appends slayer-style layer groups "0", "1", ... to a file's ``layer`` group, drawing from ``rng``
+    (in the order :func:`write_slayer_style_file` has always drawn, so that a seed gives the same file)."""
+
+    def __init__(self, root, rng: np.random.Generator) -> None:
+        self.root = root
+        self.rng = rng
+        self.count = 0
+
+    def add(self, kind: str):
+        """A new layer group of type ``kind`` (an "S10" string, as slayer writes it)."""
+        group = self.root.create_group(str(self.count))
+        group.create_dataset("type", (1,), "S10", [kind.encode("ascii")])
+        self.count += 1
+        return group
+
+    def weights(self, shape: tuple[int, ...]) -> np.ndarray:
+        """float32 weights that are even integers in [-256, 254] (slayer's 64 x weight, 8-bit quantised)."""
+        return (2 * self.rng.integers(-128, 128, size=shape)).astype(np.float32)
+
+    def neuron(self, group, drive: float) -> None:
+        """A CUBA ``neuron`` group with random decays and a threshold near ``drive`` (a_in units per step)."""
+        import h5py
+
         cuba = group.create_group("neuron")
         cuba.create_dataset("type", data="CUBA", dtype=h5py.string_dtype())
-        cuba.create_dataset("iDecay", data=int(rng.integers(0, 4097)))
-        cuba.create_dataset("vDecay", data=int(rng.integers(0, 4097)))
-        cuba.create_dataset("vThMant", data=int(np.clip(drive * rng.uniform(0.3, 1.5), 1, (1 << 17) - 1)))
+        cuba.create_dataset("iDecay", data=int(self.rng.integers(0, 4097)))
+        cuba.create_dataset("vDecay", data=int(self.rng.integers(0, 4097)))
+        cuba.create_dataset("vThMant", data=int(np.clip(drive * self.rng.uniform(0.3, 1.5), 1, (1 << 17) - 1)))
         cuba.create_dataset("refDelay", data=1)
         cuba.create_dataset("gradedSpike", data=False)
 
-    def weights(shape):
-        return (2 * rng.integers(-128, 128, size=shape)).astype(np.float32)
+    def add_conv(self, shape: tuple[int, int, int], channels: int, density: float) -> tuple[int, int, int]:
+        """A 3x3 conv block (random stride and padding) on a (C, H, W) input; returns its output shape."""
+        stride, padding = int(self.rng.integers(1, 3)), int(self.rng.integers(0, 2))
+        h, w = conv_output_hw(shape[1:], (3, 3), (stride, stride), (padding, padding), (1, 1))
+        group = self.add("conv")
+        group.create_dataset("shape", data=np.array((channels, h, w)))
+        for name, value in (("inChannels", shape[0]), ("outChannels", channels), ("groups", 1)):
+            group.create_dataset(name, data=value)
+        for name, value in (("kernelSize", 3), ("stride", stride), ("padding", padding), ("dilation", 1)):
+            group.create_dataset(name, data=np.array([value, value]))
+        kernel = self.weights((channels, shape[0], 3, 3))
+        group.create_dataset("weight", data=kernel)
+        self.neuron(group, _drive(kernel, 1, density) * 2)
+        return (channels, h, w)
 
-    with h5py.File(path, "w") as handle:
-        root = handle.create_group("layer")
-        index = 0
-        if input_layer:
-            group = root.create_group(str(index))
-            string(group, "type", "input")
-            group.create_dataset("shape", data=np.array(input_shape or (input_size,)))
-            index += 1
-        shape = tuple(input_shape) if conv_channels else (input_size,)
-        for channels in conv_channels:
-            stride, padding = int(rng.integers(1, 3)), int(rng.integers(0, 2))
-            h, w = conv_output_hw(shape[1:], (3, 3), (stride, stride), (padding, padding), (1, 1))
-            group = root.create_group(str(index))
-            string(group, "type", "conv")
-            group.create_dataset("shape", data=np.array((channels, h, w)))
-            for name, value in (("inChannels", shape[0]), ("outChannels", channels), ("groups", 1)):
-                group.create_dataset(name, data=value)
-            for name, value in (("kernelSize", 3), ("stride", stride), ("padding", padding), ("dilation", 1)):
-                group.create_dataset(name, data=np.array([value, value]))
-            kernel = weights((channels, shape[0], 3, 3))
-            group.create_dataset("weight", data=kernel)
-            neuron(group, _drive(kernel, 1, density) * 2)
-            shape = (channels, h, w)
-            index += 1
-        if len(shape) == 3:
-            group = root.create_group(str(index))
-            string(group, "type", "flatten")
-            group.create_dataset("shape", data=np.array((int(np.prod(shape)), 1, 1)))
-            index += 1
-        for position, width in enumerate(list(hidden) + [outputs]):
-            inputs = int(np.prod(shape))
-            is_recurrent = recurrent and position == 0
-            group = root.create_group(str(index))
-            string(group, "type", "dense_rec" if is_recurrent else "dense")
-            group.create_dataset("shape", data=np.array([width]))
-            group.create_dataset("inFeatures", data=inputs)
-            group.create_dataset("outFeatures", data=width)
-            matrix = weights((width, inputs))
-            group.create_dataset("weight", data=matrix)
-            if is_recurrent:
-                group.create_dataset("weight_rec", data=weights((width, width)) / 4)
-            if bias:
-                group.create_dataset("bias", data=rng.integers(-20, 40, size=width).astype(np.float32))
-            if delays and not is_recurrent:
-                group.create_dataset("delay", data=rng.integers(0, delays + 1, size=width).astype(np.float32))
-            neuron(group, _drive(matrix, 1, density if position == 0 else 0.2) * 2)
-            shape = (width,)
-            index += 1
+    def add_dense(self, shape: tuple[int, ...], width: int, *, recurrent: bool, bias: bool, delays: int,
+                  density: float) -> None:
+        """A dense (``dense_rec`` when ``recurrent``) block of ``width`` neurons on an input of ``shape``:
+        optional bias, axonal delays in [0, delays] per neuron (not on a recurrent block)."""
+        inputs = int(np.prod(shape))
+        group = self.add("dense_rec" if recurrent else "dense")
+        group.create_dataset("shape", data=np.array([width]))
+        group.create_dataset("inFeatures", data=inputs)
+        group.create_dataset("outFeatures", data=width)
+        matrix = self.weights((width, inputs))
+        group.create_dataset("weight", data=matrix)
+        if recurrent:
+            group.create_dataset("weight_rec", data=self.weights((width, width)) / 4)
+        if bias:
+            group.create_dataset("bias", data=self.rng.integers(-20, 40, size=width).astype(np.float32))
+        if delays and not recurrent:
+            group.create_dataset("delay", data=self.rng.integers(0, delays + 1, size=width).astype(np.float32))
+        self.neuron(group, _drive(matrix, 1, density) * 2)
 
 
 def _netx_bias(layer):

@@ -199,7 +199,7 @@ def remove_stale(folder: str | os.PathLike, name: str) -> list[Path]:
     HDF5 takes its own lock on the files it writes.
     """
     folder = Path(folder)
-    current, removed = os.getpid(), []
+    removed: list[Path] = []
     patterns = _patterns(name)
     try:
         entries = list(os.scandir(folder))
@@ -209,31 +209,10 @@ def remove_stale(folder: str | os.PathLike, name: str) -> list[Path]:
         own = set(_LIVE)
     now = time.time()
     for entry in entries:
-        match, legacy = None, False
-        for index, pattern in enumerate(patterns):
-            match = pattern.fullmatch(entry.name)
-            if match:
-                legacy = index > 0
-                break
-        if match is None:
+        info = _leftover(folder, entry, patterns, own, now)
+        if info is None:
             continue
-        kind = match.groupdict().get("kind") or "tmp"
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if not (stat.S_ISREG(info.st_mode) if _KINDS[kind] == "file" else stat.S_ISDIR(info.st_mode)):
-            continue
-        pid = match.groupdict().get("pid")
         path = folder / entry.name
-        if pid is None:
-            if now - info.st_mtime < LEGACY_GRACE_SECONDS:
-                continue
-        elif int(pid) == current:
-            if not legacy and os.path.abspath(path) in own:
-                continue
-        elif _running(int(pid)):
-            continue
         try:
             if stat.S_ISDIR(info.st_mode):
                 shutil.rmtree(path)
@@ -243,6 +222,34 @@ def remove_stale(folder: str | os.PathLike, name: str) -> list[Path]:
             continue
         removed.append(path)
     return removed
+
+
+def _leftover(folder: Path, entry: os.DirEntry, patterns: tuple[re.Pattern, ...], own: set[str],
+              now: float) -> os.stat_result | None:
+    """The ``lstat`` of ``entry`` when it is a temporary whose writer is gone (the rules of
+    :func:`remove_stale`; ``own``: this process's live temporaries, ``now``: the time in seconds since the
+    epoch), else None."""
+    match, legacy = None, False
+    for index, pattern in enumerate(patterns):
+        match = pattern.fullmatch(entry.name)
+        if match:
+            legacy = index > 0
+            break
+    if match is None:
+        return None
+    kind = match.groupdict().get("kind") or "tmp"
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return None
+    if not (stat.S_ISREG(info.st_mode) if _KINDS[kind] == "file" else stat.S_ISDIR(info.st_mode)):
+        return None
+    pid = match.groupdict().get("pid")
+    if pid is None:
+        return None if now - info.st_mtime < LEGACY_GRACE_SECONDS else info
+    if int(pid) == os.getpid():
+        return None if not legacy and os.path.abspath(folder / entry.name) in own else info
+    return None if _running(int(pid)) else info
 
 
 # --------------------------------------------------------------------------------------------------
@@ -291,31 +298,57 @@ def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
     flock is advisory and local: it serialises this tool's writers on one machine (NFS gives no such
     guarantee); other programs may still write the folder.
     """
-    import fcntl
-
     folder = Path(folder)
     key = os.path.abspath(folder)
-    with _HELD_LOCK:
-        if key in _HELD:
-            _HELD[key] += 1
-            nested = True
-        else:
-            nested = False
-    if nested:
+    if _hold_again(key):
         try:
             yield folder
         finally:
             with _HELD_LOCK:
                 _HELD[key] -= 1
         return
-    # "created" only when this call's mkdir made the folder: a folder someone else made meanwhile is not ours to remove.
+    created = _make_folder(folder)
+    path = folder / LOCK_NAME
+    fd = _acquire(path, folder)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {what}".strip().encode() + b"\n", 0)
+        with _HELD_LOCK:
+            _HELD[key] = 1
+        try:
+            yield folder
+        finally:
+            _release_lock(key, fd, path, remove_folder=created)
+    finally:
+        os.close(fd)
+
+
+def _hold_again(key: str) -> bool:
+    """True, counting one more nesting, when this process already holds the lock of folder ``key`` (an
+    absolute path); False when it does not."""
+    with _HELD_LOCK:
+        if key in _HELD:
+            _HELD[key] += 1
+            return True
+        return False
+
+
+def _make_folder(folder: Path) -> bool:
+    """Create ``folder`` (and its parents); True only when this call's mkdir made it: a folder someone else
+    made meanwhile is not ours to remove."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.mkdir(folder)
-        created = True
     except FileExistsError:
-        created = False
-    path = folder / LOCK_NAME
+        return False
+    return True
+
+
+def _acquire(path: Path, folder: Path) -> int:
+    """An open descriptor of the lock file ``path`` holding its exclusive flock; :class:`FolderLocked` at once
+    when another process holds it."""
+    import fcntl
+
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
@@ -334,24 +367,19 @@ def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
             same = None
         mine = os.fstat(fd)
         if same is not None and (same.st_dev, same.st_ino) == (mine.st_dev, mine.st_ino):
-            break
+            return fd
         os.close(fd)   # the file was removed (or replaced) between our open and our lock: take the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {what}".strip().encode() + b"\n", 0)
-        with _HELD_LOCK:
-            _HELD[key] = 1
-        try:
-            yield folder
-        finally:
-            with _HELD_LOCK:
-                _HELD.pop(key, None)
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)   # nobody holds it now; a SIGKILLed holder's line is checked by _holder
-            if created:
-                with contextlib.suppress(OSError):
-                    if [entry.name for entry in os.scandir(folder)] == [LOCK_NAME]:
-                        os.unlink(path)
-                        os.rmdir(folder)
-    finally:
-        os.close(fd)
+
+
+def _release_lock(key: str, fd: int, path: Path, *, remove_folder: bool) -> None:
+    """Forget the lock of folder ``key`` and blank the lock file (``fd`` stays open, so still locked, until
+    the caller closes it); with ``remove_folder``, remove the lock file and its folder when nothing else is in it."""
+    with _HELD_LOCK:
+        _HELD.pop(key, None)
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)   # nobody holds it now; a SIGKILLed holder's line is checked by _holder
+    if remove_folder:
+        with contextlib.suppress(OSError):
+            if [entry.name for entry in os.scandir(path.parent)] == [LOCK_NAME]:
+                os.unlink(path)
+                os.rmdir(path.parent)

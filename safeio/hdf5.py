@@ -4,6 +4,8 @@
   (where variable-length strings live), so a reader that must not hang looks at them first.
 - :func:`unbacked_size`: a dataset that declares far more bytes than the file stores for it (a chunked
   dataset with no chunks written, say) would make a reader allocate what the file claims.
+- :func:`dataset_size_problem`: the guard a reader runs on each dataset before reading it: data from other
+  files, too many elements, or :func:`unbacked_size`.
 
 Standard library only (h5py datasets are used through their attributes).
 """
@@ -25,6 +27,18 @@ def unbacked_size(dataset) -> str | None:
     if declared > SMALL_DATASET_BYTES and declared > MAX_COMPRESSION * stored:
         return f"declares {declared} bytes but the file stores {stored}"
     return None
+
+
+def dataset_size_problem(dataset, *, max_elements: int | None = None) -> str | None:
+    """Why a reader must not read ``dataset`` (an h5py Dataset), or None when it may: it takes its data from
+    other files (virtual or external storage), declares more than ``max_elements`` elements (when given),
+    or declares more bytes than the file holds for it (:func:`unbacked_size`). The reason reads after the
+    dataset's name."""
+    if dataset.is_virtual or dataset.external:
+        return "takes its data from other files, which is not allowed"
+    if max_elements is not None and dataset.size > max_elements:
+        return f"declares {dataset.size} elements, more than {max_elements}"
+    return unbacked_size(dataset)
 
 
 GLOBAL_HEAP_SIGNATURE = b"GCOL\x01\x00\x00\x00"   # signature, version 1, three reserved bytes

@@ -20,7 +20,6 @@ never imports it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -28,6 +27,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from hw_sim import Network, RunResult
+from hw_sim.network import DenseLayer
 from sbnn.registry import Registry
 
 
@@ -107,9 +107,16 @@ def simulate(name: str, network: Network, x: np.ndarray, *, folder: str | Path, 
 # ----------------------------------------------------------------------------------------------------
 
 
+def ends_in_readout(network: Network) -> bool:
+    """Whether the network's last layer is a readout (:attr:`hw_sim.network.DenseLayer.readout`; only a dense
+    layer can be one)."""
+    last = network.layers[-1]
+    return isinstance(last, DenseLayer) and last.readout
+
+
 def loihi_readout(network: Network, result: RunResult) -> np.ndarray | None:
     """The readout voltages of a run with Loihi's timing: ``v[-1]`` from step ``network.latency`` on."""
-    if not getattr(network.layers[-1], "readout", False):
+    if not ends_in_readout(network):
         return None
     return result.v[-1][:, network.latency:]
 
@@ -133,12 +140,13 @@ def run_lava(network: Network, x: np.ndarray, *, folder: Path, workers: int | No
 def run_torch(network: Network, x: np.ndarray, *, folder: Path, workers: int | None = None,
               timeout: float = 600.0) -> Simulation:
     """Backend ``torch``: the float model in ``folder/model.nir``, float arithmetic, no per-layer delay."""
-    from export.nir_io import read_nir
+    from export.folder_reader import ExportFolder
 
-    if not (folder / "model.nir").exists() or not (folder / "export.json").exists():
+    export = ExportFolder(folder)
+    if not export.has("model.nir", "export.json"):
         raise MissingExportFiles(f"{folder}: the float backend needs model.nir and export.json (an sbnn export folder)")
-    float_network, _ = read_nir(folder / "model.nir")
-    input_scale = json.loads((folder / "export.json").read_text()).get("input_scale", 1.0)
+    float_network = export.float_network()
+    input_scale = export.report.get("input_scale", 1.0)
     spikes, voltages = float_network.run(x / input_scale if network.input_message_bits else x)
     readout = voltages[-1][:, :x.shape[1] - network.latency] if float_network.layers[-1].readout else None
     return Simulation(RunResult(spikes=spikes, v=voltages), readout)
@@ -160,6 +168,7 @@ __all__ = [
     "MissingExportFiles",
     "Simulation",
     "backend_names",
+    "ends_in_readout",
     "get_backend",
     "loihi_readout",
     "register_backend",

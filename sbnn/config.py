@@ -11,7 +11,9 @@ A run is described by five sections (only ``[data] name`` is required; every oth
 :func:`load_config` reads the file, applies ``--set section.key=value`` overrides (values parsed as TOML
 values, so ``--set model.hidden=[64,32]``; a value that is not valid TOML is taken as a string, so
 ``--set train.method=surrogate`` needs no quotes) and validates everything.  Every problem is a
-:class:`ConfigError` whose one-line message starts with the file path and names the key.
+:class:`ConfigError` whose one-line message starts with the file path and names the key.  A section's
+keys are its dataclass's fields, each declared with its check (:mod:`sbnn.config_checks`); the
+dataclasses validate themselves on construction and raise a ``FieldError`` that carries the key.
 :meth:`RunConfig.to_toml` writes the fully resolved configuration, which loads again to the same
 :class:`RunConfig` (a run folder keeps it as ``config.toml``).
 
@@ -34,11 +36,25 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from sbnn.aux_loss import DEFAULT_PENALTY, DEFAULT_PENALTY_WEIGHT, PENALTIES
 # The data sets, their options (extra [data] keys) and whether they take a path come from sbnn.data's
 # registry, so there is no second copy to drift.  The loader validates option values when the data loads.
+from sbnn.config_checks import (
+    FieldError,
+    check_field,
+    checked,
+    choice,
+    estimator_value,
+    field_checks,
+    integer,
+    number,
+    optional,
+    path,
+    show,
+    validate_fields,
+)
 from sbnn.data import ENCODINGS, dataset_loader, dataset_names
 from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig, estimator_names, get_estimator
 from sbnn.models import ModelConfig
@@ -101,12 +117,15 @@ class DataConfig:
         options: loader-specific options (e.g. randman ``num_units``), given as further ``[data]`` keys.
     """
 
-    name: str
-    path: str | None = None
-    steps: int | None = None
-    encoding: str = "none"
-    seed: int = 0
+    name: str = checked(choice(dataset_names))
+    path: str | None = checked(optional(path), default=None)
+    steps: int | None = checked(optional(integer(at_least=1)), default=None)
+    encoding: str = checked(choice(("none",) + tuple(ENCODINGS)), default="none")
+    seed: int = checked(integer(at_least=0), default=0)
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
     def load_arguments(self) -> dict[str, Any]:
         """Keyword arguments of :func:`sbnn.data.load_dataset` (besides the name)."""
@@ -146,32 +165,35 @@ class TrainConfig:
         train_subset, test_subset: use only this many examples (a fixed seeded subset); unset: all.
     """
 
-    method: str = "sbnn"
-    estimator: EstimatorConfig = DEFAULT_ESTIMATOR
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    lr_min_ratio: float = 0.0
-    step_epochs: int = 30
-    step_gamma: float = 0.1
-    kl_weight: float = 1.0
-    kl_warmup_epochs: int = 0
-    aux_penalty: str = DEFAULT_PENALTY
-    aux_weight: float = DEFAULT_PENALTY_WEIGHT
-    grad_clip: float | None = None
-    threads: int = 1
-    device: str = "cpu"
-    eval_samples: int = 8
-    eval_seed: int = 0
-    eval_batch_size: int = 256
-    train_eval_subset: int | None = 1000
-    train_subset: int | None = None
-    test_subset: int | None = None
+    method: str = checked(choice(TRAIN_METHODS), default="sbnn")
+    estimator: EstimatorConfig = checked(estimator_value(method_defaults=True), default=DEFAULT_ESTIMATOR)
+    epochs: int = checked(integer(at_least=1), default=10)
+    batch_size: int = checked(integer(at_least=1), default=64)
+    lr: float = checked(number(above=0.0), default=1e-3)
+    seed: int = checked(integer(at_least=0), default=0)
+    optimizer: str = checked(choice(OPTIMIZERS), default="adam")
+    weight_decay: float = checked(number(at_least=0.0), default=0.0)
+    momentum: float = checked(number(at_least=0.0, at_most=1.0), default=0.9)
+    schedule: str = checked(choice(SCHEDULES), default="cosine")
+    lr_min_ratio: float = checked(number(at_least=0.0, at_most=1.0), default=0.0)
+    step_epochs: int = checked(integer(at_least=1), default=30)
+    step_gamma: float = checked(number(above=0.0, at_most=1.0), default=0.1)
+    kl_weight: float = checked(number(at_least=0.0), default=1.0)
+    kl_warmup_epochs: int = checked(integer(at_least=0), default=0)
+    aux_penalty: str = checked(choice(PENALTIES), default=DEFAULT_PENALTY)
+    aux_weight: float = checked(number(at_least=0.0), default=DEFAULT_PENALTY_WEIGHT)
+    grad_clip: float | None = checked(optional(number(above=0.0)), default=None)
+    threads: int = checked(integer(at_least=1), default=1)
+    device: str = checked(choice(DEVICES), default="cpu")
+    eval_samples: int = checked(integer(at_least=1), default=8)
+    eval_seed: int = checked(integer(at_least=0), default=0)
+    eval_batch_size: int = checked(integer(at_least=1), default=256)
+    train_eval_subset: int | None = checked(optional(integer(at_least=1)), default=1000)
+    train_subset: int | None = checked(optional(integer(at_least=1)), default=None)
+    test_subset: int | None = checked(optional(integer(at_least=1)), default=None)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
@@ -189,13 +211,16 @@ class ExportConfig:
             (a fraction: 0.05 = 5 points) below the float model's is flagged with a warning.
     """
 
-    weights: str = "mean"
-    posterior_samples: int = 2
-    calibration_samples: int = 64
-    headroom: float = 1.0
-    dt: float = 0.001
-    seed: int = 0
-    accuracy_margin: float = 0.05
+    weights: str = checked(choice(EXPORT_WEIGHTS), default="mean")
+    posterior_samples: int = checked(integer(at_least=1), default=2)
+    calibration_samples: int = checked(integer(at_least=1), default=64)
+    headroom: float = checked(number(above=0.0), default=1.0)
+    dt: float = checked(number(above=0.0), default=0.001)
+    seed: int = checked(integer(at_least=0), default=0)
+    accuracy_margin: float = checked(number(at_least=0.0, at_most=1.0), default=0.05)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
@@ -210,10 +235,13 @@ class PipelineConfig:
             --timeout``); the pipeline then reports ``lava_error`` and keeps its other results.
     """
 
-    lava_samples: int = 8
-    lava_workers: int = 1
-    hw_batch: int = 256
-    lava_timeout: float = 600.0
+    lava_samples: int = checked(integer(at_least=1), default=8)
+    lava_workers: int = checked(integer(at_least=1), default=1)
+    hw_batch: int = checked(integer(at_least=1), default=256)
+    lava_timeout: float = checked(number(above=0.0), default=600.0)
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
 
 
 @dataclass(frozen=True)
@@ -304,166 +332,7 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Value checks (each returns the normalised value or raises _KeyError with the reason)
-# ----------------------------------------------------------------------------------------------------
-
-
-class _KeyError(Exception):
-    """A bad value; the caller adds the file and key."""
-
-
-Check = Callable[[Any], Any]
-
-
-MAX_INTEGER = (1 << 63) - 1   # TOML integers are 64-bit; tomllib itself accepts any size
-
-
-def _integer(minimum: int | None = None) -> Check:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _KeyError(f"must be an integer, got {_show(value)}")
-        if minimum is not None and value < minimum:
-            raise _KeyError(f"must be >= {minimum}, got {value}")
-        if value > MAX_INTEGER:
-            raise _KeyError(f"must be <= {MAX_INTEGER} (a 64-bit integer), got {value}")
-        return value
-
-    return check
-
-
-def _number(minimum: float | None = None, *, open_minimum: bool = False, maximum: float | None = None) -> Check:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _KeyError(f"must be a number, got {_show(value)}")
-        try:
-            number = float(value)
-        except OverflowError:   # an integer beyond float range
-            number = math.inf
-        if not math.isfinite(number):
-            raise _KeyError(f"must be finite, got {value if isinstance(value, float) else 'a huge integer'}")
-        if minimum is not None and (number < minimum or (open_minimum and number == minimum)):
-            raise _KeyError(f"must be {'>' if open_minimum else '>='} {minimum:g}, got {value}")
-        if maximum is not None and number > maximum:
-            raise _KeyError(f"must be <= {maximum:g}, got {value}")
-        return number
-
-    return check
-
-
-def _choice(choices: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Check:
-    """One of ``choices`` (a tuple, or a function giving it when checked: a registry's names)."""
-    def check(value: Any) -> str:
-        options = choices() if callable(choices) else choices
-        if not isinstance(value, str):
-            raise _KeyError(f"must be one of {', '.join(options)} (a string), got {_show(value)}")
-        if value not in options:
-            raise _KeyError(f"must be one of {', '.join(options)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _KeyError(f"must be a non-empty string, got {_show(value)}")
-    return value
-
-
-def _path(value: Any) -> str:
-    value = _string(value)
-    if "\0" in value:
-        raise _KeyError("must be a file or folder path, got a string holding a NUL character")
-    return value
-
-
-def _show(value: Any) -> str:
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "table"}
-    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
-
-
-def _parse_estimator(value: Any) -> EstimatorConfig:
-    """A method name or a table of :class:`EstimatorConfig` fields -> the validated config."""
-    if isinstance(value, EstimatorConfig):
-        return value
-    methods = estimator_names()
-    if isinstance(value, str):
-        if value not in methods:
-            raise _KeyError(f"must be one of {', '.join(methods)} or a table of estimator settings, got {value!r}")
-        settings: dict[str, Any] = {"method": value, **get_estimator(value).defaults_for({})}
-    elif isinstance(value, dict):
-        known = {f.name for f in fields(EstimatorConfig)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise _KeyError(f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        method = value.get("method", DEFAULT_ESTIMATOR.method)
-        if not isinstance(method, str) or method not in methods:
-            raise _KeyError(f"method must be one of {', '.join(methods)}, got {method!r}")
-        # A table names what it changes; the method's own defaults fill what it needs and leaves out
-        # (IW-ST's p and lam are alternatives: p = 1/2 only when neither is given).
-        settings = {**get_estimator(method).defaults_for(value), **value, "method": method}
-    else:
-        raise _KeyError(f"must be a method name or a table of estimator settings, got {_show(value)}")
-    try:
-        return EstimatorConfig(**settings)
-    except (TypeError, ValueError) as error:
-        raise _KeyError(str(error)) from None
-
-
-_DATA_CHECKS: dict[str, Check] = {
-    "name": _choice(dataset_names),
-    "path": _path,
-    "steps": _integer(1),
-    "encoding": _choice(("none",) + tuple(ENCODINGS)),
-    "seed": _integer(0),
-}
-
-_TRAIN_CHECKS: dict[str, Check] = {
-    "method": _choice(TRAIN_METHODS),
-    "estimator": _parse_estimator,
-    "epochs": _integer(1),
-    "batch_size": _integer(1),
-    "lr": _number(0.0, open_minimum=True),
-    "seed": _integer(0),
-    "optimizer": _choice(OPTIMIZERS),
-    "weight_decay": _number(0.0),
-    "momentum": _number(0.0, maximum=1.0),
-    "schedule": _choice(SCHEDULES),
-    "lr_min_ratio": _number(0.0, maximum=1.0),
-    "step_epochs": _integer(1),
-    "step_gamma": _number(0.0, open_minimum=True, maximum=1.0),
-    "kl_weight": _number(0.0),
-    "kl_warmup_epochs": _integer(0),
-    "aux_penalty": _choice(PENALTIES),
-    "aux_weight": _number(0.0),
-    "grad_clip": _number(0.0, open_minimum=True),
-    "threads": _integer(1),
-    "device": _choice(DEVICES),
-    "eval_samples": _integer(1),
-    "eval_seed": _integer(0),
-    "eval_batch_size": _integer(1),
-    "train_eval_subset": _integer(1),
-    "train_subset": _integer(1),
-    "test_subset": _integer(1),
-}
-
-_EXPORT_CHECKS: dict[str, Check] = {
-    "weights": _choice(EXPORT_WEIGHTS),
-    "posterior_samples": _integer(1),
-    "calibration_samples": _integer(1),
-    "headroom": _number(0.0, open_minimum=True),
-    "dt": _number(0.0, open_minimum=True),
-    "seed": _integer(0),
-    "accuracy_margin": _number(0.0, maximum=1.0),
-}
-
-_PIPELINE_CHECKS: dict[str, Check] = {
-    "lava_samples": _integer(1),
-    "lava_workers": _integer(1),
-    "hw_batch": _integer(1),
-    "lava_timeout": _number(0.0, open_minimum=True),
-}
-
+_DATA_KEYS: tuple[str, ...] = tuple(field_checks(DataConfig))
 _MODEL_KEYS: tuple[str, ...] = tuple(
     f.name for f in fields(ModelConfig) if f.name not in _MODEL_FIELDS_NOT_KEYS
 ) + ("estimator",)
@@ -478,21 +347,30 @@ def _error(source: str, key: str, reason: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {reason}")
 
 
+def _field_error(source: str, section: str, error: FieldError) -> ConfigError:
+    """``error`` of a field of ``[section]``'s config class; ModelConfig's estimator is ``train.estimator``."""
+    if (section, error.key) == ("model", "estimator"):
+        section = "train"
+    return _error(source, f"{section}.{error.key}", error.reason)
+
+
 def _unknown_key(source: str, section: str, key: str, known: tuple[str, ...] | list[str]) -> ConfigError:
     close = difflib.get_close_matches(key, list(known), n=1)
     hint = f" (did you mean {section}.{close[0]}?)" if close else ""
     return _error(source, f"{section}.{key}", f"unknown key{hint}")
 
 
-def _check_section(source: str, section: str, raw: dict[str, Any], checks: Mapping[str, Check]) -> dict[str, Any]:
+def _check_section(source: str, section: str, raw: dict[str, Any], config_class: type) -> dict[str, Any]:
+    """``raw``'s values checked as fields of ``config_class``, in the file's order (its first problem is reported)."""
+    known = tuple(field_checks(config_class))
     values = {}
     for key, value in raw.items():
-        if key not in checks:
-            raise _unknown_key(source, section, key, tuple(checks))
+        if key not in known:
+            raise _unknown_key(source, section, key, known)
         try:
-            values[key] = checks[key](value)
-        except _KeyError as reason:
-            raise _error(source, f"{section}.{key}", str(reason)) from None
+            values[key] = check_field(config_class, key, value)
+        except FieldError as error:
+            raise _field_error(source, section, error) from None
     return values
 
 
@@ -504,21 +382,21 @@ def _build_data(source: str, raw: dict[str, Any]) -> DataConfig:
         raw["path"] = raw.pop("root")
     if "name" not in raw:
         raise _error(source, "data.name", f"missing (one of {', '.join(dataset_names())})")
-    name = _check_section(source, "data", {"name": raw["name"]}, _DATA_CHECKS)["name"]
+    name = _check_section(source, "data", {"name": raw["name"]}, DataConfig)["name"]
     loader = dataset_loader(name)
     option_names = loader.options
     options = {}
-    for key in [k for k in raw if k not in _DATA_CHECKS]:
+    for key in [k for k in raw if k not in _DATA_KEYS]:
         value = raw.pop(key)
         if key not in option_names:
             allowed = ", ".join(option_names) or "none"
-            close = difflib.get_close_matches(key, list(_DATA_CHECKS) + list(option_names), n=1)
+            close = difflib.get_close_matches(key, list(_DATA_KEYS) + list(option_names), n=1)
             hint = f"did you mean data.{close[0]}? " if close else ""
             raise _error(source, f"data.{key}", f"unknown key ({hint}options of dataset {name!r}: {allowed})")
         if isinstance(value, (dict, list)):
-            raise _error(source, f"data.{key}", f"must be a number, string or boolean, got {_show(value)}")
+            raise _error(source, f"data.{key}", f"must be a number, string or boolean, got {show(value)}")
         options[key] = value
-    values = _check_section(source, "data", raw, _DATA_CHECKS)
+    values = _check_section(source, "data", raw, DataConfig)
     if not loader.needs_path and "path" in values:
         raise _error(source, "data.path", f"dataset {name!r} is built in and takes no path")
     if loader.needs_path and "path" not in values:
@@ -536,34 +414,19 @@ def _build_model_and_train(source: str, model_raw: dict[str, Any], train_raw: di
             raise _error(source, "model.estimator",
                          "given twice: keep train.estimator (the same setting) and remove model.estimator")
         train_raw["estimator"] = model_raw.pop("estimator")
-    train_values = _check_section(source, "train", train_raw, _TRAIN_CHECKS)
-    train = TrainConfig(**train_values)
+    train = TrainConfig(**_check_section(source, "train", train_raw, TrainConfig))
 
     for key in model_raw:
         if key not in _MODEL_KEYS:
             raise _unknown_key(source, "model", key, _MODEL_KEYS)
-    model_values = dict(model_raw)
-    model_values["surrogate"] = train.method == "surrogate"
-    model_values["estimator"] = train.estimator
     try:
-        model = ModelConfig(**model_values)
-    except ValueError as error:
-        raise _model_error(source, error) from None
+        model = ModelConfig(**model_raw, surrogate=train.method == "surrogate", estimator=train.estimator)
+    except FieldError as error:
+        raise _field_error(source, "model", error) from None
     if train.aux_penalty == "margin_saturation" and train.aux_weight > 0 and (model.spiking or model.surrogate):
         raise _error(source, "train.aux_penalty", "margin_saturation needs the margins of noisy binary units; "
                      "spiking neurons and the surrogate baseline record none (use weight_noise_ratio)")
     return model, train
-
-
-def _model_error(source: str, error: ValueError) -> ConfigError:
-    """ModelConfig's messages start with the field name; turn that into ``model.<field>``."""
-    message = str(error)
-    for key in sorted(_MODEL_KEYS, key=len, reverse=True):
-        if message.startswith(key):
-            if key == "estimator":
-                return _error(source, "train.estimator", message[len(key):].lstrip(" :"))
-            return _error(source, f"model.{key}", message[len(key):].lstrip(" :"))
-    return _error(source, "model", message)
 
 
 def config_from_dict(raw: Mapping[str, Any], *, source: str = "<config>") -> RunConfig:
@@ -578,13 +441,13 @@ def config_from_dict(raw: Mapping[str, Any], *, source: str = "<config>") -> Run
             hint = f" (did you mean [{close[0]}]?)" if close else ""
             raise _error(source, f"[{section}]", f"unknown section{hint}; sections: {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
-            raise _error(source, section, f"must be a table ([{section}]), got {_show(values)}")
+            raise _error(source, section, f"must be a table ([{section}]), got {show(values)}")
     if "data" not in raw:
         raise _error(source, "[data]", "missing section (it needs at least name = ...)")
     data = _build_data(source, raw["data"])
     model, train = _build_model_and_train(source, raw.get("model", {}), raw.get("train", {}))
-    export = ExportConfig(**_check_section(source, "export", raw.get("export", {}), _EXPORT_CHECKS))
-    pipeline = PipelineConfig(**_check_section(source, "pipeline", raw.get("pipeline", {}), _PIPELINE_CHECKS))
+    export = ExportConfig(**_check_section(source, "export", raw.get("export", {}), ExportConfig))
+    pipeline = PipelineConfig(**_check_section(source, "pipeline", raw.get("pipeline", {}), PipelineConfig))
     return RunConfig(data=data, model=model, train=train, export=export, pipeline=pipeline, source=source)
 
 

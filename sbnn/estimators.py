@@ -775,11 +775,15 @@ def draw_noise(
     return torch.log(uniform) - torch.log1p(-uniform)
 
 
+def _check_margins(z: Tensor) -> None:
+    if not z.is_floating_point():
+        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+
+
 def _sample_given_noise(
     config: EstimatorConfig, z: Tensor, noise_sample: Tensor, generator: torch.Generator | None
 ) -> Tensor:
-    if not z.is_floating_point():
-        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+    _check_margins(z)
     if noise_sample.shape != z.shape:
         raise ValueError(f"noise_sample has shape {tuple(noise_sample.shape)}, z has {tuple(z.shape)}")
     estimator = _REGISTRY[config.method]
@@ -791,8 +795,7 @@ def _sample_given_noise(
 
 
 def _sample(config: EstimatorConfig, z: Tensor, generator: torch.Generator | None) -> Tensor:
-    if not z.is_floating_point():
-        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
+    _check_margins(z)
     noise_sample = draw_noise(z.shape, config.noise, dtype=z.dtype, device=z.device, generator=generator)
     return _sample_given_noise(config, z, noise_sample, generator)
 

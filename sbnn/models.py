@@ -21,6 +21,9 @@ Kinds (``ModelConfig.kind``):
                 neurons and *no normalisation layers* (see :class:`ResidualBlock` for the scaling that
                 lets 20+ layers train).  Not exportable: Loihi/netx has no residual adds.
 
+``ModelConfig.neuron`` puts another registered neuron model (:mod:`sbnn.neurons`) in the hidden layers of
+any kind.
+
 Every model ends in the same readout: a Bayesian dense layer into a non-spiking CUBA integrator; the
 logits are the integrator's membrane voltage averaged over the time steps (docs/method.md#readout).
 
@@ -52,6 +55,19 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
+from sbnn.config_checks import (
+    FieldError,
+    boolean,
+    check_value,
+    checked,
+    choice,
+    estimator_value,
+    integer,
+    number,
+    optional,
+    positive_integers,
+    validate_fields,
+)
 from sbnn.estimators import EstimatorConfig
 from sbnn.layers import (
     DEFAULT_ESTIMATOR,
@@ -69,6 +85,7 @@ from sbnn.layers import (
     kl_divergence,
     set_mode,
 )
+from sbnn.neurons import NeuronOptions, neuron_model, neuron_names
 
 ModelKind = Literal["bnn", "snn", "conv_snn", "resnet"]
 NeuronKind = Literal["cuba_lif", "binary", "integrator"]
@@ -83,52 +100,14 @@ RESIDUAL_EXPORT_ERROR = "residual adds cannot be exported to Loihi/netx"
 # ----------------------------------------------------------------------------------------------------
 
 
-def _check_number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                  low_open: bool = False) -> float:
-    """``value`` as a finite float within the bounds; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if low is not None and (number < low or (low_open and number == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and number > high:
-        raise ValueError(f"{name} must be <= {high}, got {value!r}")
-    return number
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _check_int_tuple(name: str, value: Any, *, allow_empty: bool = False) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
-    items = tuple(value)
-    if not items and not allow_empty:
-        raise ValueError(f"{name} must not be empty")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-            raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
-    return tuple(int(item) for item in items)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture and neuron settings of an SBNN model (validated on construction).
 
     Lists may be given as lists (as TOML provides them); they are stored as tuples.  ``estimator`` may
     be an :class:`~sbnn.estimators.EstimatorConfig` or a dict of its fields.  Every invalid value raises
-    ``ValueError`` naming the field.
+    :class:`~sbnn.config_checks.FieldError` (a ``ValueError``) whose ``key`` is the field; each field's
+    check is declared with it.
 
     Attributes:
         kind: ``"bnn"``, ``"snn"``, ``"conv_snn"`` or ``"resnet"`` (see the module docstring).
@@ -158,7 +137,7 @@ class ModelConfig:
         dense_hidden: widths of the dense CUBA-LIF layers after the flatten of ``conv_snn``.
         resnet_blocks: residual blocks per stage; the net has ``2 * resnet_blocks * len(hidden) + 2``
             weight layers (stem, two convs per block, readout), e.g. 3 blocks x 3 stages = 20.
-        resnet_neuron: ``"binary"`` or ``"cuba_lif"`` neurons in the residual net.
+        resnet_neuron: ``"binary"`` or ``"cuba_lif"`` neurons in the residual net (unless ``neuron`` is set).
         residual_scale: scale of each residual branch; ``None``: ``1/sqrt(total blocks)``.
         learn_residual_scale: make each block's branch scale a learned parameter (SkipInit style).  Off
             by default: every branch injects sampling noise, and early in training the optimiser shrinks
@@ -167,100 +146,70 @@ class ModelConfig:
         surrogate: build the surrogate-gradient baseline (deterministic neurons, posterior mean only,
             no KL, fast-sigmoid surrogate gradient).
         surrogate_slope: steepness of the fast-sigmoid surrogate, in 1/(voltage units).
+        neuron: the hidden layers' neuron model, a name registered in :mod:`sbnn.neurons`; ``None``: the
+            kind's own (see :attr:`hidden_neuron`).
     """
 
-    kind: ModelKind = "snn"
-    hidden: tuple[int, ...] = (128,)
-    estimator: EstimatorConfig = DEFAULT_ESTIMATOR
-    base_noise_std: float = 0.1
-    threshold: float = 1.0
-    binary_threshold: float = 0.0
-    current_decay: float = 0.5
-    voltage_decay: float = 0.875
-    readout_current_decay: float = 0.0
-    readout_voltage_decay: float = 0.0
-    recurrent: bool = False
-    prior_std: float | None = None
-    init_gain: float = 1.0
-    init_sigma_ratio: float = 0.3
-    static_steps: int = 1
-    conv_kernels: tuple[int, ...] = (3,)
-    conv_strides: tuple[int, ...] = (2,)
-    dense_hidden: tuple[int, ...] = (128,)
-    resnet_blocks: int = 3
-    resnet_neuron: Literal["binary", "cuba_lif"] = "binary"
-    residual_scale: float | None = None
-    learn_residual_scale: bool = False
-    surrogate: bool = False
-    surrogate_slope: float = 10.0
+    kind: ModelKind = checked(choice(MODEL_KINDS), default="snn")
+    hidden: tuple[int, ...] = checked(positive_integers(), default=(128,))
+    estimator: EstimatorConfig = checked(estimator_value(method_defaults=False), default=DEFAULT_ESTIMATOR)
+    base_noise_std: float = checked(number(above=0.0), default=0.1)
+    threshold: float = checked(number(above=0.0), default=1.0)
+    binary_threshold: float = checked(number(), default=0.0)
+    current_decay: float = checked(number(at_least=0.0, at_most=1.0), default=0.5)
+    voltage_decay: float = checked(number(at_least=0.0, at_most=1.0), default=0.875)
+    readout_current_decay: float = checked(number(at_least=0.0, at_most=1.0), default=0.0)
+    readout_voltage_decay: float = checked(number(at_least=0.0, at_most=1.0), default=0.0)
+    recurrent: bool = checked(boolean, default=False)
+    prior_std: float | None = checked(optional(number(above=0.0)), default=None)
+    init_gain: float = checked(number(above=0.0), default=1.0)
+    init_sigma_ratio: float = checked(number(above=0.0), default=0.3)
+    static_steps: int = checked(integer(at_least=1), default=1)
+    conv_kernels: tuple[int, ...] = checked(positive_integers(), default=(3,))
+    conv_strides: tuple[int, ...] = checked(positive_integers(), default=(2,))
+    dense_hidden: tuple[int, ...] = checked(positive_integers(allow_empty=True), default=(128,))
+    resnet_blocks: int = checked(integer(at_least=1), default=3)
+    resnet_neuron: Literal["binary", "cuba_lif"] = checked(choice(RESNET_NEURONS), default="binary")
+    residual_scale: float | None = checked(optional(number(above=0.0)), default=None)
+    learn_residual_scale: bool = checked(boolean, default=False)
+    surrogate: bool = checked(boolean, default=False)
+    surrogate_slope: float = checked(number(above=0.0), default=10.0)
+    neuron: str | None = checked(optional(choice(neuron_names)), default=None)
 
     def __post_init__(self) -> None:
-        def store(name: str, value: Any) -> None:
-            object.__setattr__(self, name, value)
-
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
-        store("hidden", _check_int_tuple("hidden", self.hidden))
-        store("estimator", self._parse_estimator(self.estimator))
-        store("base_noise_std", _check_number("base_noise_std", self.base_noise_std, low=0.0, low_open=True))
-        store("threshold", _check_number("threshold", self.threshold, low=0.0, low_open=True))
-        store("binary_threshold", _check_number("binary_threshold", self.binary_threshold))
-        for name in ("current_decay", "voltage_decay", "readout_current_decay", "readout_voltage_decay"):
-            store(name, _check_number(name, getattr(self, name), low=0.0, high=1.0))
-        store("recurrent", _check_bool("recurrent", self.recurrent))
-        if self.prior_std is not None:
-            store("prior_std", _check_number("prior_std", self.prior_std, low=0.0, low_open=True))
-        store("init_gain", _check_number("init_gain", self.init_gain, low=0.0, low_open=True))
-        store("init_sigma_ratio",
-              _check_number("init_sigma_ratio", self.init_sigma_ratio, low=0.0, low_open=True))
-        store("static_steps", _check_positive_int("static_steps", self.static_steps))
-        store("conv_kernels", _check_int_tuple("conv_kernels", self.conv_kernels))
-        store("conv_strides", _check_int_tuple("conv_strides", self.conv_strides))
-        store("dense_hidden", _check_int_tuple("dense_hidden", self.dense_hidden, allow_empty=True))
-        store("resnet_blocks", _check_positive_int("resnet_blocks", self.resnet_blocks))
-        if self.resnet_neuron not in RESNET_NEURONS:
-            raise ValueError(f"resnet_neuron must be one of {RESNET_NEURONS}, got {self.resnet_neuron!r}")
-        if self.residual_scale is not None:
-            store("residual_scale",
-                  _check_number("residual_scale", self.residual_scale, low=0.0, low_open=True))
-        store("learn_residual_scale", _check_bool("learn_residual_scale", self.learn_residual_scale))
-        store("surrogate", _check_bool("surrogate", self.surrogate))
-        store("surrogate_slope",
-              _check_number("surrogate_slope", self.surrogate_slope, low=0.0, low_open=True))
+        validate_fields(self)
         self._check_kind_specific()
-
-    @staticmethod
-    def _parse_estimator(value: Any) -> EstimatorConfig:
-        if isinstance(value, EstimatorConfig):
-            return value
-        if isinstance(value, dict):
-            try:
-                return EstimatorConfig(**value)
-            except (TypeError, ValueError) as error:
-                raise ValueError(f"estimator: {error}") from None
-        raise ValueError(f"estimator must be an EstimatorConfig or a dict of its fields, got {value!r}")
 
     def _check_kind_specific(self) -> None:
         if self.kind == "conv_snn":
             for name in ("conv_kernels", "conv_strides"):
                 if len(getattr(self, name)) not in (1, len(self.hidden)):
-                    raise ValueError(
-                        f"{name} must have one entry or one per conv layer ({len(self.hidden)}), "
-                        f"got {getattr(self, name)}"
-                    )
+                    raise FieldError(name, f"must have one entry or one per conv layer ({len(self.hidden)}), "
+                                           f"got {getattr(self, name)}")
         if self.recurrent and self.kind not in ("snn", "conv_snn"):
-            raise ValueError(f"recurrent: only the dense spiking layers of 'snn' and 'conv_snn' can be "
-                             f"recurrent, not kind {self.kind!r}")
+            raise FieldError("recurrent", f"only the dense spiking layers of 'snn' and 'conv_snn' can be "
+                                          f"recurrent, not kind {self.kind!r}")
         if self.recurrent and self.kind == "conv_snn" and not self.dense_hidden:
-            raise ValueError("recurrent: kind 'conv_snn' has no dense spiking layer (dense_hidden is empty)")
+            raise FieldError("recurrent", "kind 'conv_snn' has no dense spiking layer (dense_hidden is empty)")
+        if self.recurrent and not self.spiking:
+            raise FieldError("recurrent", f"neuron model {self.hidden_neuron!r} is memoryless: it has no "
+                                          f"recurrent weights")
         if self.spiking and not self.surrogate and self.estimator.noise != "gauss":
-            raise ValueError("estimator: the spiking neurons' membrane noise is Gaussian, use noise='gauss'")
+            raise FieldError("estimator", "the spiking neurons' membrane noise is Gaussian, use noise='gauss'")
+
+    @property
+    def hidden_neuron(self) -> str:
+        """The registered neuron model of the hidden layers: ``neuron`` if set, else ``"binary"`` for kind
+        ``bnn`` and a binary ``resnet``, ``"cuba_lif"`` for the others."""
+        if self.neuron is not None:
+            return self.neuron
+        binary = self.kind == "bnn" or (self.kind == "resnet" and self.resnet_neuron == "binary")
+        return "binary" if binary else "cuba_lif"
 
     @property
     def spiking(self) -> bool:
-        """Whether the hidden neurons are CUBA-LIF (else binary units)."""
-        spiking_resnet = self.kind == "resnet" and self.resnet_neuron == "cuba_lif"
-        return self.kind in ("snn", "conv_snn") or spiking_resnet
+        """Whether the hidden neurons keep state over time (CUBA-LIF; else memoryless binary units)."""
+        return neuron_model(self.hidden_neuron).spiking
 
     @property
     def resnet_depth(self) -> int:
@@ -730,22 +679,23 @@ class _LayerFactory:
         return BayesConv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=bias,
                            binary_input=binary_input, **self._posterior_kwargs(in_channels * kernel * kernel))
 
-    def binary_units(self) -> NoisyBinaryUnits:
-        config = self.config
-        return NoisyBinaryUnits(config.binary_threshold, config.base_noise_std, config.estimator,
-                                mode=self.mode, surrogate_slope=self.surrogate_slope)
+    @property
+    def synaptic_bias(self) -> bool:
+        """Whether the hidden layers' synapses carry a bias: only in front of memoryless binary units (spiking
+        neurons carry a voltage bias of their own)."""
+        return not self.config.spiking
 
-    def lif(self, shape: int | tuple[int, ...], *, recurrent: bool = False) -> CubaLif:
-        config = self.config
-        width = shape if isinstance(shape, int) else math.prod(shape)
-        # The surrogate baseline's LIF never samples, so its estimator only has to pass CubaLif's check.
-        estimator = config.estimator if config.estimator.noise == "gauss" else DEFAULT_ESTIMATOR
-        return CubaLif(
-            shape, current_decay=config.current_decay, voltage_decay=config.voltage_decay,
-            threshold=config.threshold, base_noise_std=config.base_noise_std, recurrent=recurrent,
-            recurrent_kwargs=self._posterior_kwargs(width) if recurrent else None, estimator=estimator,
-            mode=self.mode, surrogate_slope=self.surrogate_slope,
-        )
+    @property
+    def neuron_kind(self) -> NeuronKind:
+        """The CUBA neuron the hidden neurons deploy as, for :meth:`SynapticLayer.describe`."""
+        return "cuba_lif" if self.config.spiking else "binary"
+
+    def hidden_neurons(self, shape: tuple[int, ...], *, recurrent: bool = False) -> nn.Module:
+        """One layer of the config's hidden neuron model (:attr:`ModelConfig.hidden_neuron`) of neuron shape
+        ``(n,)`` or ``(C, H, W)``, with recurrent weights (drawn now) if ``recurrent``."""
+        recurrent_kwargs = self._posterior_kwargs(math.prod(shape)) if recurrent else None
+        options = NeuronOptions(self.mode, self.surrogate_slope, recurrent_kwargs)
+        return neuron_model(self.config.hidden_neuron).build(tuple(shape), self.config, options)
 
     def readout(self, in_features: int, num_classes: int, *, binary_input: bool = True,
                 flatten_shape: tuple[int, ...] | None = None) -> SynapticLayer:
@@ -761,8 +711,8 @@ class _LayerFactory:
 
 
 def _check_build_arguments(input_shape: Sequence[int], num_classes: int, seed: int) -> tuple[int, ...]:
-    shape = _check_int_tuple("input_shape", input_shape)
-    _check_positive_int("num_classes", num_classes)
+    shape = check_value("input_shape", positive_integers(), input_shape)
+    check_value("num_classes", integer(at_least=1), num_classes)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     return shape
@@ -776,13 +726,9 @@ def _build_mlp(config: ModelConfig, input_shape: tuple[int, ...], num_classes: i
     for index, width in enumerate(config.hidden):
         first = index == 0
         in_features = math.prod(previous_shape)
-        if config.kind == "bnn":
-            synapse = factory.dense(in_features, width, bias=True, binary_input=not first)
-            neurons, neuron_kind = factory.binary_units(), "binary"
-        else:
-            synapse = factory.dense(in_features, width, bias=False, binary_input=not first)
-            neurons, neuron_kind = factory.lif(width, recurrent=config.recurrent), "cuba_lif"
-        layers.append(SynapticLayer(synapse, neurons, neuron_kind=neuron_kind, input_shape=previous_shape,
+        synapse = factory.dense(in_features, width, bias=factory.synaptic_bias, binary_input=not first)
+        neurons = factory.hidden_neurons((width,), recurrent=config.recurrent)
+        layers.append(SynapticLayer(synapse, neurons, neuron_kind=factory.neuron_kind, input_shape=previous_shape,
                                     output_shape=(width,), flatten_input=len(previous_shape) > 1))
         previous_shape = (width,)
     layers.append(factory.readout(config.hidden[-1], num_classes))
@@ -801,14 +747,15 @@ def _build_conv_snn(config: ModelConfig, input_shape: tuple[int, ...], num_class
     shape = input_shape
     for index, (channels, kernel, stride) in enumerate(zip(config.hidden, kernels, strides)):
         output_shape = _conv_output_shape(shape, channels, kernel, stride, kernel // 2)
-        synapse = factory.conv(shape[0], channels, kernel, stride, bias=False, binary_input=index > 0)
-        layers.append(SynapticLayer(synapse, factory.lif(output_shape), neuron_kind="cuba_lif",
+        synapse = factory.conv(shape[0], channels, kernel, stride, bias=factory.synaptic_bias,
+                               binary_input=index > 0)
+        layers.append(SynapticLayer(synapse, factory.hidden_neurons(output_shape), neuron_kind=factory.neuron_kind,
                                     input_shape=shape, output_shape=output_shape))
         shape = output_shape
     for width in config.dense_hidden:
-        synapse = factory.dense(math.prod(shape), width, bias=False, binary_input=True)
-        layers.append(SynapticLayer(synapse, factory.lif(width, recurrent=config.recurrent),
-                                    neuron_kind="cuba_lif", input_shape=shape, output_shape=(width,),
+        synapse = factory.dense(math.prod(shape), width, bias=factory.synaptic_bias, binary_input=True)
+        layers.append(SynapticLayer(synapse, factory.hidden_neurons((width,), recurrent=config.recurrent),
+                                    neuron_kind=factory.neuron_kind, input_shape=shape, output_shape=(width,),
                                     flatten_input=len(shape) > 1))
         shape = (width,)
     layers.append(factory.readout(math.prod(shape), num_classes,
@@ -822,15 +769,9 @@ def _build_resnet(config: ModelConfig, input_shape: tuple[int, ...], num_classes
     neurons, global average pooling of their spikes, readout."""
     if len(input_shape) != 3:
         raise ValueError(f"kind 'resnet' needs an input shape (C, H, W), got {input_shape}")
-    binary = config.resnet_neuron == "binary"
-    # Binary units have no bias of their own, so their convs carry one; LIF neurons carry a voltage bias.
-    conv_bias = binary
+    conv_bias = factory.synaptic_bias
     total_blocks = config.resnet_blocks * len(config.hidden)
     scale = config.residual_scale if config.residual_scale is not None else 1.0 / math.sqrt(total_blocks)
-
-    def neurons(shape: tuple[int, int, int]) -> nn.Module:
-        return factory.binary_units() if binary else factory.lif(shape)
-
     stem = factory.conv(input_shape[0], config.hidden[0], 3, 1, bias=conv_bias, binary_input=False)
     shape = _conv_output_shape(input_shape, config.hidden[0], 3, 1, 1)
     blocks: list[ResidualBlock] = []
@@ -841,14 +782,14 @@ def _build_resnet(config: ModelConfig, input_shape: tuple[int, ...], num_classes
             shortcut = None
             if stride != 1 or shape[0] != channels:
                 shortcut = factory.conv(shape[0], channels, 1, stride, bias=conv_bias, binary_input=True)
-            neurons_in = neurons(shape)
+            neurons_in = factory.hidden_neurons(shape)
             conv_in = factory.conv(shape[0], channels, 3, stride, bias=conv_bias, binary_input=True)
-            neurons_mid = neurons(output_shape)
+            neurons_mid = factory.hidden_neurons(output_shape)
             conv_out = factory.conv(channels, channels, 3, 1, bias=conv_bias, binary_input=True)
             blocks.append(ResidualBlock(neurons_in, conv_in, neurons_mid, conv_out, shortcut, scale=scale,
                                         learn_scale=config.learn_residual_scale))
             shape = output_shape
-    final_neurons = neurons(shape)
+    final_neurons = factory.hidden_neurons(shape)
     readout = factory.readout(shape[0], num_classes, binary_input=False)
     return ResidualModel(config, input_shape, num_classes, stem=stem, blocks=blocks,
                          final_neurons=final_neurons, readout=readout)

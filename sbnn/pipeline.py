@@ -9,8 +9,13 @@ inputs it would use now; ``--force`` redoes all):
    quantiser → loihi.h5 / ONNX (:func:`export.folder.write_export`).
 3. **evaluate** — every export on the whole test set in hw_sim; the posterior mean in Lava on
    ``pipeline.lava_samples`` test samples, verified against hw_sim spike for spike (u and v included);
-   energy proxies of every export; float-model accuracies for comparison. Written to ``results.json``.
-4. **report** — ``report.html``.
+   energy proxies of every export; float-model accuracies for comparison
+   (:func:`sbnn.export_evaluation.evaluate_exports`). Written to ``results.json``.
+4. **report** — ``report.html`` (:mod:`sbnn.report`).
+
+What the stages pass on is typed (:mod:`sbnn.results`): ``results.json`` is a
+:class:`~sbnn.results.ResultsDocument`, the report renders a :class:`~sbnn.results.ReportDocument`, and
+:func:`run_pipeline` returns a :class:`~sbnn.results.PipelineSummary`.
 
 "Exactly the inputs" is judged by content, never by file times (:mod:`export.provenance`): each
 ``export.json`` records the sha256 of ``checkpoint.pt``, the export settings (headroom, calibration
@@ -29,19 +34,24 @@ stage writes, the hidden temporaries that a killed run left in the run folder ar
 
 Timing: Loihi adds one step of delay per layer, so a deployed network runs T + L steps (L zero steps
 appended to each input) and its readout is averaged over steps L … T + L − 1, which see exactly the
-input steps the float model sees. Static inputs (features) are repeated for ``model.static_steps`` steps.
+input steps the float model sees (:mod:`sbnn.export_evaluation`). Static inputs (features) are repeated
+for ``model.static_steps`` steps.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-LOGIT_BATCH = 256
+from export.folder_reader import ExportFolder
+
+from .export_evaluation import as_numpy, evaluate_exports, model_sequences, timed
+from .export_evaluation import LOGIT_BATCH, export_saturation, hardware_logits  # noqa: F401 (moved, importable here)
+from .results import EnergySummary, PipelineSummary, ReportDocument, ResultsDocument
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,13 +68,6 @@ def load_run(run_dir: Path):
     model = load_trained_model(run_dir)
     data = load_training_data(config)
     return config, model, data
-
-
-def model_sequences(x, model) -> np.ndarray:
-    from export.from_model import as_sequence
-
-    array = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
-    return as_sequence(array, model.input_shape, model.config.static_steps).astype(np.float64)
 
 
 def default_export_folder(run_dir: Path, weights: str, seed: int) -> Path:
@@ -106,19 +109,6 @@ def _export_plan(run_dir: Path, config, model, data, *, weights: str, seed: int,
                        "inputs": f"first {preview} test samples, {delay} zero steps appended"}}
 
 
-def recorded_export_inputs(folder: Path) -> dict | None:
-    """The provenance ``inputs`` an export folder's ``export.json`` records, or None when the folder is
-    incomplete, unreadable or of a version that recorded none (then it is out of date)."""
-    if not (folder / "loihi.h5").is_file():
-        return None
-    try:
-        report = json.loads((folder / "export.json").read_text())
-        inputs = report["provenance"]["inputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return inputs if isinstance(inputs, dict) else None
-
-
 def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int = 0, out: str | os.PathLike | None = None,
                loaded=None, written_by: str = "sbnn export", plan: dict | None = None) -> tuple[Path, dict]:
     """Export a trained run's posterior mean or the posterior sample of ``seed``; returns (folder, report).
@@ -139,162 +129,6 @@ def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int =
                                      written_by=written_by, source=plan["source"], provenance=plan["provenance"],
                                      provenance_notes={"export_config": asdict(config.export)}, **plan["settings"])
     return folder, report
-
-
-# --------------------------------------------------------------------------------------------------
-# Evaluating exports
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def hardware_logits(folder: Path, x: np.ndarray, *, batch: int = LOGIT_BATCH, backend: str = "hw_sim",
-                    keep: dict | None = None) -> np.ndarray:
-    """Logits of an exported network on float inputs ``x`` (N, T, ...) in hw_sim (or Lava): the readout's
-    v, averaged over the T steps after the L-step delay, in the float model's units (v / 64 / scale),
-    times the model's logit scale."""
-    import hw_sim
-    from export.quantise import QuantisedNetwork
-
-    network = hw_sim.load(folder / "loihi.h5")
-    report = json.loads((folder / "export.json").read_text())
-    quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
-    delay = network.latency
-    scale = report["layers"][-1]["scale"] * 64.0 / report.get("logit_scale", 1.0)
-    logits = []
-    for start in range(0, len(x), batch):
-        encoded = quantised.hardware_input(x[start:start + batch])
-        if backend == "lava":
-            result = hw_sim.lava.run(network, encoded, record_states=True)
-        else:
-            result = network.run(encoded, record_states=True)
-        logits.append(result.v[-1][:, delay:].mean(axis=1) / scale)
-        if keep is not None and start == 0:
-            keep["result"], keep["encoded"] = result, encoded
-    return np.concatenate(logits)
-
-
-def _rates_and_raster(folder: Path, x: np.ndarray, limit: int = 256) -> tuple[list[float], list]:
-    import hw_sim
-    from export.quantise import QuantisedNetwork
-
-    network = hw_sim.load(folder / "loihi.h5")
-    report = json.loads((folder / "export.json").read_text())
-    quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
-    encoded = quantised.hardware_input(x[:limit])
-    result = network.run(encoded)
-    rates = [float(s[:, :, ...].mean()) for s in result.spikes]
-    raster = [s[0].reshape(s.shape[1], -1).astype(np.uint8).tolist() for s in result.spikes]
-    return rates, raster
-
-
-def export_saturation(report: dict) -> dict:
-    """What an export.json says the quantiser clipped or clamped, summed over layers per kind (weights,
-    bias_mantissa, threshold, du, dv) plus the graded inputs (input_rounded_to_zero, input_clipped)."""
-    totals: dict[str, int] = {}
-    for layer in report.get("layers", []):
-        for kind, count in (layer.get("saturation") or {}).items():
-            totals[kind] = totals.get(kind, 0) + int(count)
-    inputs = report.get("input_saturation") or {}
-    totals["input_rounded_to_zero"] = int(inputs.get("rounded_to_zero", 0))
-    totals["input_clipped"] = int(inputs.get("clipped", 0))
-    return totals
-
-
-def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str, Path]]) -> dict:
-    """Accuracy, verification, energy and the report's series for the exported networks."""
-    import hw_sim
-    from hw_sim.energy import energy_report
-    from export.quantise import QuantisedNetwork
-
-    from .evaluate import (accuracy, expected_calibration_error, predict_ensemble, predict_mean, predict_noisy,
-                           predictive_entropy, reliability_bins)
-
-    timings = {}
-    start = time.perf_counter()
-    labels = data.y_test.numpy()
-    x_test = model_sequences(data.x_test, model)
-    samples, seed = config.train.eval_samples, config.train.eval_seed
-    float_mean = predict_mean(model, data.x_test).numpy()
-    float_noisy = predict_noisy(model, data.x_test, samples=samples, seed=seed).numpy()
-    float_ensemble = predict_ensemble(model, data.x_test, samples=max(1, config.export.posterior_samples),
-                                      seed=config.export.seed).numpy()
-    timings["float_models"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    exports, hw_probabilities = [], []
-    for name, folder in folders:
-        logits = hardware_logits(folder, x_test, batch=config.pipeline.hw_batch)
-        probabilities = _softmax(logits)
-        report = json.loads((folder / "export.json").read_text())
-        network = hw_sim.load(folder / "loihi.h5")
-        quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
-        energy_inputs = quantised.hardware_input(x_test[:min(len(x_test), 128)])
-        energy = energy_report(network, energy_inputs)
-        exports.append({"name": name, "dir": str(folder), "accuracy_hw": accuracy(probabilities, labels),
-                        "energy_uj": energy["energy_uj"], "synops": energy["synops_per_inference"],
-                        "netx_exact": report["netx_exact"], "saturation": export_saturation(report),
-                        "accuracy_check": report.get("accuracy_check"), "warnings": report["warnings"],
-                        "_energy": energy})
-        if name != "mean":
-            hw_probabilities.append(probabilities)
-    timings["hw_sim"] = time.perf_counter() - start
-
-    mean_folder = dict(folders)["mean"]
-    start = time.perf_counter()
-    from export.float_network import from_loihi
-    network = hw_sim.load(mean_folder / "loihi.h5")
-    report = json.loads((mean_folder / "export.json").read_text())
-    quantised = QuantisedNetwork(network=network, input_scale=report["input_scale"])
-    _, voltages = from_loihi(network).run(quantised.encode_input(x_test))
-    quantised_float_accuracy = accuracy(voltages[-1].mean(axis=1), labels)
-    timings["quantised_float"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    lava_count = min(config.pipeline.lava_samples, len(x_test))
-    verify, lava_accuracy, hw_subset_accuracy, lava_error = None, None, None, None
-    if lava_count:
-        encoded = quantised.hardware_input(x_test[:lava_count])
-        try:
-            ours = network.run(encoded, record_states=True)
-            theirs = hw_sim.lava.run(network, encoded, record_states=True, workers=config.pipeline.lava_workers,
-                                     timeout=config.pipeline.lava_timeout)
-            verify = hw_sim.compare(ours, theirs).to_json()
-            delay = len(network.layers)
-            lava_accuracy = accuracy(theirs.v[-1][:, delay:].mean(axis=1), labels[:lava_count])
-            hw_subset_accuracy = accuracy(ours.v[-1][:, delay:].mean(axis=1), labels[:lava_count])
-        except hw_sim.lava.LavaError as error:
-            lava_error = str(error)
-    timings["lava"] = time.perf_counter() - start
-
-    ensemble = np.mean(hw_probabilities, axis=0) if hw_probabilities else _softmax(
-        hardware_logits(mean_folder, x_test, batch=config.pipeline.hw_batch))
-    entropy = predictive_entropy(ensemble).numpy()
-    correct = ensemble.argmax(axis=1) == labels
-    diagram = reliability_bins(ensemble, labels)
-    edges = np.asarray(diagram["edges"])
-    rates, raster = _rates_and_raster(mean_folder, x_test)
-    mean_energy = next(e["_energy"] for e in exports if e["name"] == "mean")
-    for entry in exports:
-        entry.pop("_energy")
-    return {
-        "accuracy": {"float_mean": accuracy(float_mean, labels), "float_noisy": accuracy(float_noisy, labels),
-                     "float_ensemble": accuracy(float_ensemble, labels),
-                     "quantised_float": quantised_float_accuracy,
-                     "hw_mean": next(e["accuracy_hw"] for e in exports if e["name"] == "mean"),
-                     "hw_ensemble": accuracy(ensemble, labels) if hw_probabilities else None,
-                     "lava_subset": lava_accuracy, "hw_subset": hw_subset_accuracy, "lava_subset_size": lava_count,
-                     "test_samples": int(len(labels))},
-        "calibration": {"name": "hardware ensemble" if hw_probabilities else "hardware posterior mean",
-                        "bin_centers": ((edges[:-1] + edges[1:]) / 2).tolist(), "bin_accuracy": diagram["accuracy"],
-                        "bin_counts": diagram["count"], "ece": expected_calibration_error(ensemble, labels),
-                        "float_ensemble_ece": expected_calibration_error(float_ensemble, labels)},
-        "entropy": {"correct": entropy[correct].tolist(), "wrong": entropy[~correct].tolist()},
-        "verify": verify, "lava_error": lava_error, "exports": exports, "energy": {"mean": mean_energy},
-        "firing_rates": rates, "raster": {"sample": 0, "layers": raster}, "evaluation_timings": timings,
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,15 +158,13 @@ def _write_json(path: Path, document: dict) -> None:
 def _results_inputs(config, data, folders: list[tuple[str, Path]], checkpoint_sha256: str) -> dict:
     """What ``results.json`` is computed from: the exports it summarises (hashes of their ``export.json`` and
     ``loihi.h5``), the checkpoint (float accuracies), the test data, the evaluation settings and the code."""
-    from export.provenance import RESULTS_SOURCES, array_sha256, code_version, file_sha256
+    from export.provenance import RESULTS_SOURCES, array_sha256, code_version
 
-    exports = {name: {"export_json_sha256": file_sha256(folder / "export.json"),
-                      "loihi_h5_sha256": file_sha256(folder / "loihi.h5")} for name, folder in folders}
+    exports = {name: ExportFolder(folder).sha256s() for name, folder in folders}
     settings = {"eval_samples": config.train.eval_samples, "eval_seed": config.train.eval_seed,
                 "posterior_samples": config.export.posterior_samples, "export_seed": config.export.seed,
                 "lava_samples": config.pipeline.lava_samples}
-    numpy = lambda x: x.numpy() if hasattr(x, "numpy") else np.asarray(x)  # noqa: E731
-    test_data = {"x_sha256": array_sha256(numpy(data.x_test)), "y_sha256": array_sha256(numpy(data.y_test))}
+    test_data = {"x_sha256": array_sha256(as_numpy(data.x_test)), "y_sha256": array_sha256(as_numpy(data.y_test))}
     inputs = {"checkpoint_sha256": checkpoint_sha256, "exports": exports, "settings": settings,
               "test_data": test_data, "code": code_version(RESULTS_SOURCES)}
     return json.loads(json.dumps(inputs))
@@ -371,90 +203,130 @@ def _training_finished(run_dir: Path, config) -> bool:
     return len(history) >= config.train.epochs and saved.exists() and saved.read_text() == config.to_toml()
 
 
-def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False, progress=print,
-                 quiet: bool = False) -> dict:
-    """Train, export, evaluate (hw_sim, Lava, energy) and report. Returns the summary dict.
+def _pipeline_exports(config, run_dir: Path) -> list[tuple[str, Path, str, int]]:
+    """``(name, folder, weights, seed)`` of every export the pipeline makes: the posterior mean (``mean``),
+    then, for an sbnn run, ``export.posterior_samples`` posterior samples (``sample<k>``, drawn from seed
+    ``export.seed + k``)."""
+    samples = config.export.posterior_samples if config.train.method == "sbnn" else 0
+    exports = [("mean", "mean", 0)] + [(f"sample{k}", "sample", config.export.seed + k) for k in range(samples)]
+    return [(name, default_export_folder(run_dir, weights, seed), weights, seed) for name, weights, seed in exports]
 
-    ``quiet`` keeps stdout free for ``--json`` (training prints nothing either)."""
-    from .report import recorded_report_inputs, write_report
+
+def _train_stage(config, run_dir: Path, *, force: bool, quiet: bool, progress: Callable[[str], None]) -> list[str]:
+    """Train (resuming a checkpoint unless ``force``) unless the run folder holds a finished training of
+    this config; returns the skipped stage's name, if any."""
     from .train import train
 
-    run_dir = Path(run_dir)
-    timings: dict[str, float] = {}
-    skipped: list[str] = []
-    samples = config.export.posterior_samples if config.train.method == "sbnn" else 0
-    folders = [("mean", run_dir / "export")] + [(f"sample{k}", run_dir / f"export_sample{config.export.seed + k}")
-                                                 for k in range(samples)]
-    _remove_stale_temporaries(run_dir, [folder.name for _, folder in folders])
+    if not force and _training_finished(run_dir, config):
+        return ["train"]
+    progress(f"[1/4] training {config.source} -> {run_dir}")
+    resume = not force and (run_dir / "checkpoint.pt").exists()
+    train(config, run_dir, resume=resume, overwrite=force, json_mode=quiet)
+    return []
 
-    start = time.perf_counter()
-    if force or not _training_finished(run_dir, config):
-        progress(f"[1/4] training {config.source} -> {run_dir}")
-        resume = not force and (run_dir / "checkpoint.pt").exists()
-        train(config, run_dir, resume=resume, overwrite=force, json_mode=quiet)
-    else:
-        skipped.append("train")
-    timings["train"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    from export.provenance import REPORT_SOURCES, code_version, file_sha256
-
-    # Whether a stage is up to date is judged by what its outputs were made from (hashes recorded in
-    # export.json, results.json and report.html), not by file times.
-    checkpoint_sha256 = file_sha256(run_dir / "checkpoint.pt")
-    loaded = load_run(run_dir)   # the calibration inputs have to be made (and hashed) to compare them
-    for name, folder in folders:
-        weights = "mean" if name == "mean" else "sample"
-        seed = config.export.seed + int(name[len("sample"):]) if weights == "sample" else 0
+def _export_stage(run_dir: Path, loaded, exports: list[tuple[str, Path, str, int]], checkpoint_sha256: str, *,
+                  force: bool, progress: Callable[[str], None]) -> list[str]:
+    """Write every export whose folder was not made from exactly what it would be made from now; returns
+    the names of the skipped ones (``export <name>``)."""
+    skipped = []
+    for name, folder, weights, seed in exports:
         plan = _export_plan(run_dir, *loaded, weights=weights, seed=seed, checkpoint_sha256=checkpoint_sha256)
-        if force or recorded_export_inputs(folder) != plan["inputs"]:
+        if force or ExportFolder(folder).recorded_inputs() != plan["inputs"]:
             progress(f"[2/4] exporting {name} -> {folder}")
             export_run(run_dir, weights=weights, seed=seed, out=folder, loaded=loaded, written_by="sbnn pipeline",
                        plan=plan)
         else:
             skipped.append(f"export {name}")
-    timings["export"] = time.perf_counter() - start
+    return skipped
 
-    start = time.perf_counter()
-    results_path = run_dir / "results.json"
-    results_inputs = _results_inputs(loaded[0], loaded[2], folders, checkpoint_sha256)
-    if force or _recorded(results_path) != results_inputs:
+
+def _evaluate_stage(run_dir: Path, loaded, folders: list[tuple[str, Path]], checkpoint_sha256: str, *,
+                    force: bool, progress: Callable[[str], None]) -> tuple[ResultsDocument, list[str]]:
+    """Evaluate the exports into ``results.json`` unless it was computed from exactly these inputs; returns
+    ``results.json`` as written (read back, so that a skipped stage gives the same) and the skipped stage."""
+    config, _, data = loaded
+    path = run_dir / "results.json"
+    inputs = _results_inputs(config, data, folders, checkpoint_sha256)
+    skipped = []
+    if force or _recorded(path) != inputs:
         progress(f"[3/4] evaluating {len(folders)} exports in hw_sim, the posterior mean in Lava, energy")
-        results = evaluate_exports(run_dir, *loaded, folders)
-        results["provenance"] = {"inputs": results_inputs}
-        _write_json(results_path, results)
+        _write_json(path, {**evaluate_exports(run_dir, *loaded, folders), "provenance": {"inputs": inputs}})
     else:
         skipped.append("evaluate")
-    results = json.loads(results_path.read_text())
-    timings["evaluate"] = time.perf_counter() - start
+    return json.loads(path.read_text()), skipped
 
-    start = time.perf_counter()
-    report_path = run_dir / "report.html"
+
+def _report_stage(config, run_dir: Path, results: ResultsDocument, timings: dict[str, float], *, force: bool,
+                  progress: Callable[[str], None]) -> tuple[dict, list[str]]:
+    """Write ``report.html`` unless it was made from exactly this ``results.json`` by this code (metrics.json
+    changes with every run, so it is not compared); returns metrics.json and the skipped stage."""
+    from export.provenance import REPORT_SOURCES, code_version, file_sha256
+
+    from .report import recorded_report_inputs, write_report
+
+    path = run_dir / "report.html"
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    document = {**results, "name": Path(config.source).stem, "run_dir": str(run_dir),
-                "training": {"history": metrics.get("history", []), "summary": metrics.get("summary", {})}}
-    report_inputs = {"results_sha256": file_sha256(results_path), "code": code_version(REPORT_SOURCES)}
-    if force or recorded_report_inputs(report_path) != report_inputs:   # metrics.json changes with every run
-        progress("[4/4] writing the report")
-        document["timings"] = {**timings, **{f"evaluate: {k}": v for k, v in results.get("evaluation_timings", {}).items()}}
-        write_report(document, report_path, provenance=report_inputs)
-    else:
-        skipped.append("report")
-    timings["report"] = time.perf_counter() - start
+    inputs = {"results_sha256": file_sha256(run_dir / "results.json"), "code": code_version(REPORT_SOURCES)}
+    if not force and recorded_report_inputs(path) == inputs:
+        return metrics, ["report"]
+    progress("[4/4] writing the report")
+    stage_times = {**timings, **{f"evaluate: {k}": v for k, v in results.get("evaluation_timings", {}).items()}}
+    document = ReportDocument(**results, name=Path(config.source).stem, run_dir=str(run_dir),
+                              training={"history": metrics.get("history", []), "summary": metrics.get("summary", {})},
+                              timings=stage_times)
+    write_report(document, path, provenance=inputs)
+    return metrics, []
 
+
+def run_pipeline(config, run_dir: str | os.PathLike, *, force: bool = False,
+                 progress: Callable[[str], None] = print, quiet: bool = False) -> PipelineSummary:
+    """Train, export, evaluate (hw_sim, Lava, energy) and report. Returns the summary.
+
+    ``quiet`` keeps stdout free for ``--json`` (training prints nothing either)."""
+    from export.provenance import file_sha256
+
+    run_dir = Path(run_dir)
+    timings: dict[str, float] = {}
+    skipped: list[str] = []
+    exports = _pipeline_exports(config, run_dir)
+    folders = [(name, folder) for name, folder, _, _ in exports]
+    _remove_stale_temporaries(run_dir, [folder.name for _, folder in folders])
+    with timed(timings, "train"):
+        skipped += _train_stage(config, run_dir, force=force, quiet=quiet, progress=progress)
+    with timed(timings, "export"):
+        # Whether a stage is up to date is judged by what its outputs were made from (hashes recorded in
+        # export.json, results.json and report.html), not by file times.
+        checkpoint_sha256 = file_sha256(run_dir / "checkpoint.pt")
+        loaded = load_run(run_dir)   # the calibration inputs have to be made (and hashed) to compare them
+        skipped += _export_stage(run_dir, loaded, exports, checkpoint_sha256, force=force, progress=progress)
+    with timed(timings, "evaluate"):
+        results, evaluate_skipped = _evaluate_stage(run_dir, loaded, folders, checkpoint_sha256, force=force,
+                                                    progress=progress)
+    skipped += evaluate_skipped
+    with timed(timings, "report"):
+        metrics, report_skipped = _report_stage(config, run_dir, results, timings, force=force, progress=progress)
+    skipped += report_skipped
     metrics["pipeline"] = {"timings": timings, "skipped": skipped}
     _write_json(run_dir / "metrics.json", metrics)
+    return _summary(run_dir, results, metrics, timings, skipped)
+
+
+def _summary(run_dir: Path, results: ResultsDocument, metrics: dict, timings: dict[str, float],
+             skipped: list[str]) -> PipelineSummary:
     energy = results["energy"]["mean"]
-    return {"run_dir": str(run_dir), "report": str(report_path), "skipped": skipped, "timings": timings,
-            "train": metrics.get("summary", {}), "accuracy": results["accuracy"], "verify": results["verify"],
-            "lava_error": results.get("lava_error"),
-            "energy": {"synops_per_inference": energy["synops_per_inference"],
-                       "neuron_updates_per_inference": energy["neuron_updates_per_inference"],
-                       "energy_uj": energy["energy_uj"]},
-            "exports": results["exports"]}
+    return PipelineSummary(
+        run_dir=str(run_dir), report=str(run_dir / "report.html"), skipped=skipped, timings=timings,
+        train=metrics.get("summary", {}), accuracy=results["accuracy"], verify=results["verify"],
+        lava_error=results.get("lava_error"),
+        energy=EnergySummary(synops_per_inference=energy["synops_per_inference"],
+                             neuron_updates_per_inference=energy["neuron_updates_per_inference"],
+                             energy_uj=energy["energy_uj"]),
+        exports=results["exports"])
 
 
-def format_summary(summary: dict) -> str:
+def format_summary(summary: PipelineSummary) -> str:
+    """The summary as the lines ``sbnn pipeline`` prints: accuracies, verification, warnings, energy, times."""
     accuracy = summary["accuracy"]
     lines = ["", f"{'model':<46} {'test accuracy':>13}"]
     for key, label in (("float_mean", "float, posterior mean"), ("float_noisy", "float, noisy units (MC)"),

@@ -47,7 +47,7 @@ USER_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.E
                               errno.ENAMETOOLONG, errno.ELOOP, errno.EXDEV, errno.EBUSY, errno.ETXTBSY})
 
 # The project's own input errors (exit code 2), by the module that defines each.
-_INPUT_ERRORS = (("sbnn.config", "ConfigError"), ("sbnn.data", "DataError"), ("sbnn.train", "RunFolderError"),
+_INPUT_ERRORS = (("sbnn.config", "ConfigError"), ("sbnn.data", "DataError"), ("sbnn.training.errors", "RunFolderError"),
                  ("export.nir_io", "NIRImportError"), ("export.onnx_export", "ONNXFileError"),
                  ("hw_sim.netx_io", "LoihiFileError"), ("hw_sim.network", "NetworkError"),
                  ("export.folder", "OutputRefused"), ("safeio.atomic", "FolderLocked"),
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except Exception as error:
-        if _raised(error, "sbnn.train", "TrainingError"):
+        if _raised(error, "sbnn.training.errors", "TrainingError"):
             print(f"sbnn {args.command}: {_one_line(error)}", file=sys.stderr)
             return EXIT_DIFFERENT
         if _raised(error, "hw_sim.lava", "LavaError"):

@@ -9,7 +9,7 @@ import json
 from . import EXIT_OK
 from .inputs import UserError
 
-# The same number as sbnn.diagnostics.DEFAULT_SAMPLES (tests/test_cli_startup.py checks it); written here
+# The same number as sbnn.diagnostics.DEFAULT_SAMPLES (tests/sbnn/cli/test_cli_startup.py checks it); written here
 # so that building the parser imports no torch.
 DEFAULT_SAMPLES = 20_000
 

@@ -27,7 +27,7 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from export.folder import check_replaceable, export_marker
+    from export.folder import ExportFolder, check_replaceable
     from safeio.atomic import folder_lock
 
     from ..pipeline import default_export_folder, export_run
@@ -44,7 +44,7 @@ def command_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_export_folder(run, args.weights, args.seed)
     _refuse_out(out, run=run)
     check_replaceable(out)
-    marker = export_marker(out)
+    marker = ExportFolder(out).marker
     if (args.out is None and not args.force and args.weights == "sample" and marker is not None
             and marker.get("written_by") != "sbnn export"):
         raise UserError(f"{out}: holds the export written by {marker.get('written_by')}; nothing was changed "

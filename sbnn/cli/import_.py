@@ -45,7 +45,7 @@ def command_import(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(args.seed)
         calibration = (rng.random((args.samples, args.steps, *network.input_shape)) < args.density).astype(np.uint8)
         source = f"random spikes (seed {args.seed}, density {args.density}, {args.samples}x{args.steps})"
-    from export.folder import OutputRefused, check_replaceable, export_marker
+    from export.folder import ExportFolder, OutputRefused, check_replaceable
     from safeio.atomic import folder_lock
 
     from ..train import default_run_dir
@@ -56,7 +56,7 @@ def command_import(args: argparse.Namespace) -> int:
     origin = str(_real(model))
     _refuse_out(out, reads=(model,) + ((Path(args.calibration),) if args.calibration else ()))
     check_replaceable(out)
-    marker = export_marker(out)
+    marker = ExportFolder(out).marker
     if args.out is None and not args.force and marker is not None and (
             marker.get("written_by") != "sbnn import" or (marker.get("source") or {}).get("model") != origin):
         written = (marker.get("source") or {}).get("model") or marker.get("written_by")

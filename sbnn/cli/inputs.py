@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from export.folder_reader import ExportFolder
+
 
 class UserError(ValueError):
     """A mistake in what the user asked for or gave us: reported in one line, exit code 2."""
@@ -81,11 +83,15 @@ def _load_network(path: Path, args: argparse.Namespace):
     return network
 
 
-def _network_file(export: Path) -> Path:
-    path = export / "loihi.h5" if export.is_dir() else export
-    if not path.exists():
-        raise UserError(f"{path}: no such file (expected an export folder holding loihi.h5, or the file itself)")
-    return path
+def _export_folder(export: Path) -> ExportFolder:
+    """The export folder ``export`` names, or the one holding the netx file it names; the file must exist."""
+    from export.folder_reader import ExportFolder
+
+    folder = ExportFolder.holding(export)
+    if not folder.network_file.exists():
+        raise UserError(f"{folder.network_file}: no such file (expected an export folder holding loihi.h5, or the "
+                        f"file itself)")
+    return folder
 
 
 def _open_npy(path: Path) -> np.ndarray:
@@ -111,29 +117,13 @@ def _load_npy(path: Path) -> np.ndarray:
     return np.array(_open_npy(path))
 
 
-def _encoder_record(folder: Path) -> dict | None:
-    """How an sbnn export presents features to the hardware, from its ``export.json``: ``input_scale``,
-    ``input_message_bits`` and the steps ``T`` its float model sees (the calibration inputs' second axis,
-    ``provenance.inputs.calibration_shape``: static features are repeated for ``T`` steps). None when the
-    folder holds no such record (e.g. a netx file written by lava-dl)."""
-    import json
-
-    try:
-        report = json.loads((folder / "export.json").read_text())
-        steps = int(report["provenance"]["inputs"]["calibration_shape"][1])
-        return {"input_scale": float(report["input_scale"]), "input_message_bits": int(report["input_message_bits"]),
-                "steps": steps}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
-
-
 class InputSet:
     """The samples a command runs: encoded batch by batch (:meth:`batches`), with their labels if known.
 
     ``x`` holds either encoded spikes/payloads ``(N, T, *input_shape)`` or raw features ``(N, *input_shape)``
-    (then ``encoder`` is the export's record and each batch is encoded as :func:`sbnn.pipeline.hardware_logits`
-    does: repeated for ``T`` steps, scaled and rounded (or binarised), ``network.latency`` zero steps appended).
-    """
+    (then ``encoder`` is the export's record, :meth:`export.folder_reader.ExportFolder.encoder`, and each
+    batch is encoded as :func:`sbnn.export_evaluation.hardware_logits` does: repeated for ``T`` steps, scaled
+    and rounded (or binarised), ``network.latency`` zero steps appended)."""
 
     def __init__(self, x, source: str, network, *, labels=None, encoder: dict | None = None):
         self.x, self.source, self.network, self.labels, self.encoder = x, source, network, labels, encoder
@@ -183,21 +173,20 @@ def _shape_error(path, x, network) -> UserError:
 def network_and_inputs(args: argparse.Namespace):
     """What simulate, verify and energy all start from: the netx file named by ``args.export``, hw_sim's
     reading of it, and the inputs the options ask for. Returns ``(path, network, inputs)``."""
-    path = _network_file(Path(args.export))
-    network = _load_network(path, args)
-    inputs = _load_inputs(Path(args.export), network, limit=args.limit, steps=args.steps, seed=args.seed,
+    folder = _export_folder(Path(args.export))
+    network = _load_network(folder.network_file, args)
+    inputs = _load_inputs(folder, network, limit=args.limit, steps=args.steps, seed=args.seed,
                           density=args.density, inputs=args.inputs, labels=args.labels)
-    return path, network, inputs
+    return folder.network_file, network, inputs
 
 
-def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: int, density: float,
+def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int, seed: int, density: float,
                  inputs: str | None = None, labels: str | None = None) -> InputSet:
     """The samples of simulate/verify/energy: ``--inputs`` (raw features or encoded inputs, told apart by
     their shape), else ``inputs.npy`` beside loihi.h5 when present, else seeded random spikes. ``--limit``
     takes exactly that many (the first ones); asking for more than a file holds is a :class:`UserError`."""
     from hw_sim.random_networks import random_input
 
-    folder = export if export.is_dir() else export.parent
     ndim = len(network.input_shape)
     label_values = None
     if inputs is not None:
@@ -205,25 +194,25 @@ def _load_inputs(export: Path, network, *, limit: int | None, steps: int, seed: 
         x = _open_npy(path)
         encoder = None
         if x.ndim == 1 + ndim and tuple(x.shape[1:]) == network.input_shape:
-            encoder = _encoder_record(folder)
+            encoder = folder.encoder()
             if encoder is None:
-                raise UserError(f"{path}: raw features {tuple(x.shape)}, but {folder} records no input encoding "
+                raise UserError(f"{path}: raw features {tuple(x.shape)}, but {folder.path} records no input encoding "
                                 f"(no sbnn export.json); give encoded inputs (N, T, "
                                 f"{', '.join(map(str, network.input_shape))}) instead")
-            source = f"{path} (raw features, encoded by {folder / 'export.json'})"
+            source = f"{path} (raw features, encoded by {folder.file('export.json')})"
         elif x.ndim == 2 + ndim and tuple(x.shape[2:]) == network.input_shape:
             source = str(path)
         else:
             raise _shape_error(path, x, network)
         if labels is not None:
             label_values = _load_labels(Path(labels), len(x))
-    elif (folder / "inputs.npy").exists():
-        stored = folder / "inputs.npy"
+    elif folder.file("inputs.npy").exists():
+        stored = folder.file("inputs.npy")
         x = _open_npy(stored)
         encoder, source = None, str(stored)
         if x.ndim != 2 + ndim or tuple(x.shape[2:]) != network.input_shape:
             raise UserError(f"{stored}: shape {x.shape} does not match (batch, T, {network.input_shape})")
-        stored_labels = Path(labels) if labels is not None else folder / "labels.npy"
+        stored_labels = Path(labels) if labels is not None else folder.file("labels.npy")
         if stored_labels.exists() or labels is not None:
             label_values = _load_labels(stored_labels, len(x), prefix=labels is None)
     else:
@@ -301,8 +290,10 @@ def _predict(readout, spikes) -> tuple[np.ndarray, str]:
     (and then by the lowest class)."""
     import numpy as np
 
+    from export.from_model import readout_logits
+
     if readout is not None:
-        return readout.mean(axis=1).argmax(axis=1), READOUT_VOLTAGE
+        return readout_logits(readout).argmax(axis=1), READOUT_VOLTAGE
     spikes = np.asarray(spikes).reshape(spikes.shape[0], spikes.shape[1], -1) != 0
     steps = spikes.shape[1]
     counts = spikes.sum(axis=1).astype(np.int64)

@@ -1,7 +1,7 @@
 """``sbnn train CONFIG.toml``: train an SBNN (or the surrogate baseline) into a run folder.
 
 Also ``python -m sbnn.train CONFIG.toml [...]`` (what ``torchrun -m sbnn.train`` starts in every process):
-:func:`main` parses the same arguments and runs the same handler; :mod:`sbnn.train` holds the training.
+:func:`main` parses the same arguments and runs the same handler; :mod:`sbnn.training` holds the training.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def command_train(args: argparse.Namespace) -> int:
 
     from ..config import ConfigError, load_config
     from ..data import DataError
-    from ..train import ProcessGroup, RunFolderError, TrainingError, _json_safe, check_run_folder, default_run_dir, train
+    from ..training import (ProcessGroup, RunFolderError, TrainingError, check_run_folder, default_run_dir, json_safe,
+                            train)
 
     overrides = list(args.set)
     if args.device:
@@ -66,7 +67,7 @@ def command_train(args: argparse.Namespace) -> int:
         print(f"sbnn train: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return EXIT_DIFFERENT
     if args.json and ProcessGroup.from_environment().is_main:
-        print(json.dumps(_json_safe(summary), allow_nan=False), flush=True)
+        print(json.dumps(json_safe(summary), allow_nan=False), flush=True)
     return EXIT_OK
 
 

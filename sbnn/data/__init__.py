@@ -75,6 +75,28 @@ class Dataset:
                     f"{self.input_shape} and steps {self.steps}"
                 )
 
+    @classmethod
+    def from_splits(
+        cls,
+        name: str,
+        splits: dict[str, tuple[np.ndarray, np.ndarray]],
+        *,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        steps: int | None = None,
+    ) -> Dataset:
+        """A Dataset from ``{"train": (x, y), "test": (x, y)}``, the arrays as the attributes describe them."""
+        return cls(
+            name=name,
+            x_train=splits["train"][0],
+            y_train=splits["train"][1],
+            x_test=splits["test"][0],
+            y_test=splits["test"][1],
+            num_classes=num_classes,
+            input_shape=input_shape,
+            steps=steps,
+        )
+
     @property
     def is_spiking(self) -> bool:
         """True when the inputs are time series ``(N, T, ...)`` rather than static features."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -96,45 +97,10 @@ def make_randman(
         A Dataset with uint8 spikes ``(N, steps, num_units)``; per class, a ``test_fraction`` share of the
         samples goes to the test split; both splits are shuffled.
     """
-    for label, value in (
-        ("num_classes", num_classes),
-        ("num_units", num_units),
-        ("steps", steps),
-        ("intrinsic_dim", intrinsic_dim),
-        ("samples_per_class", samples_per_class),
-        ("spikes_per_unit", spikes_per_unit),
-    ):
-        require_positive_int(f"randman: {label}", value)
-    if num_classes < 2:
-        raise ValueError(f"randman: num_classes must be at least 2, got {num_classes}")
-    if not alpha > 0:
-        raise ValueError(f"randman: alpha must be positive, got {alpha!r}")
-    test_per_class = round(samples_per_class * test_fraction)
-    if not 0 < test_per_class < samples_per_class:
-        raise ValueError(
-            f"randman: test_fraction={test_fraction!r} of {samples_per_class} samples per class leaves an empty split"
-        )
-
+    shape = _RandmanShape(num_classes, num_units, steps, intrinsic_dim, samples_per_class, spikes_per_unit, alpha)
+    test_per_class = shape.test_samples(test_fraction)
     rng = np.random.default_rng(seed)
-    spike_steps = np.empty((num_classes, samples_per_class, spikes_per_unit, num_units), dtype=np.int64)
-    for label in range(num_classes):
-        manifolds = [randman_parameters(rng, num_units, intrinsic_dim, alpha) for _ in range(spikes_per_unit)]
-        points = rng.uniform(size=(samples_per_class, intrinsic_dim))
-        for index, params in enumerate(manifolds):
-            values = evaluate_randman(params, points, alpha)
-            low, high = values.min(axis=0), values.max(axis=0)
-            scaled = (values - low) / np.where(high > low, high - low, 1.0)
-            spike_steps[label, :, index] = np.minimum((scaled * steps).astype(np.int64), steps - 1)
-
-    def to_spikes(step_indices: np.ndarray) -> np.ndarray:
-        # step_indices: (N, spikes_per_unit, num_units) -> dense (N, steps, num_units)
-        count = step_indices.shape[0]
-        spikes = np.zeros((count, steps, num_units), dtype=np.uint8)
-        sample_index = np.arange(count)[:, None, None]
-        unit_index = np.arange(num_units)[None, None, :]
-        spikes[sample_index, step_indices, unit_index] = 1
-        return spikes
-
+    spike_steps = shape.draw_spike_steps(rng)
     labels = np.repeat(np.arange(num_classes, dtype=np.int64)[:, None], samples_per_class, axis=1)
     train_order = rng.permutation(num_classes * (samples_per_class - test_per_class))
     test_order = rng.permutation(num_classes * test_per_class)
@@ -142,11 +108,69 @@ def make_randman(
     test_steps = spike_steps[:, :test_per_class].reshape(-1, spikes_per_unit, num_units)[test_order]
     return Dataset(
         name="randman",
-        x_train=to_spikes(train_steps),
+        x_train=_spike_trains(train_steps, steps),
         y_train=labels[:, test_per_class:].reshape(-1)[train_order],
-        x_test=to_spikes(test_steps),
+        x_test=_spike_trains(test_steps, steps),
         y_test=labels[:, :test_per_class].reshape(-1)[test_order],
         num_classes=num_classes,
         input_shape=(num_units,),
         steps=steps,
     )
+
+
+@dataclass(frozen=True)
+class _RandmanShape:
+    """The sizes of a Randman data set, as :func:`make_randman` takes them."""
+
+    num_classes: int
+    num_units: int
+    steps: int
+    intrinsic_dim: int
+    samples_per_class: int
+    spikes_per_unit: int
+    alpha: float
+
+    def test_samples(self, test_fraction: float) -> int:
+        """Check the sizes; return the number of test samples per class that ``test_fraction`` gives."""
+        for name in ("num_classes", "num_units", "steps", "intrinsic_dim", "samples_per_class", "spikes_per_unit"):
+            require_positive_int(f"randman: {name}", getattr(self, name))
+        if self.num_classes < 2:
+            raise ValueError(f"randman: num_classes must be at least 2, got {self.num_classes}")
+        if not self.alpha > 0:
+            raise ValueError(f"randman: alpha must be positive, got {self.alpha!r}")
+        test_per_class = round(self.samples_per_class * test_fraction)
+        if not 0 < test_per_class < self.samples_per_class:
+            raise ValueError(
+                f"randman: test_fraction={test_fraction!r} of {self.samples_per_class} samples per class leaves "
+                "an empty split"
+            )
+        return test_per_class
+
+    def draw_spike_steps(self, rng: np.random.Generator) -> np.ndarray:
+        """Draw every class's manifolds and sample points; return the spike step of every unit and manifold,
+        int64 ``(num_classes, samples_per_class, spikes_per_unit, num_units)`` in ``[0, steps)``."""
+        steps, alpha = self.steps, self.alpha
+        spike_steps = np.empty(
+            (self.num_classes, self.samples_per_class, self.spikes_per_unit, self.num_units), dtype=np.int64
+        )
+        for label in range(self.num_classes):
+            manifolds = [
+                randman_parameters(rng, self.num_units, self.intrinsic_dim, alpha) for _ in range(self.spikes_per_unit)
+            ]
+            points = rng.uniform(size=(self.samples_per_class, self.intrinsic_dim))
+            for index, params in enumerate(manifolds):
+                values = evaluate_randman(params, points, alpha)
+                low, high = values.min(axis=0), values.max(axis=0)
+                scaled = (values - low) / np.where(high > low, high - low, 1.0)
+                spike_steps[label, :, index] = np.minimum((scaled * steps).astype(np.int64), steps - 1)
+        return spike_steps
+
+
+def _spike_trains(step_indices: np.ndarray, steps: int) -> np.ndarray:
+    """Spike steps ``(N, spikes_per_unit, num_units)`` as dense uint8 spike trains ``(N, steps, num_units)``."""
+    count, _, num_units = step_indices.shape
+    spikes = np.zeros((count, steps, num_units), dtype=np.uint8)
+    sample_index = np.arange(count)[:, None, None]
+    unit_index = np.arange(num_units)[None, None, :]
+    spikes[sample_index, step_indices, unit_index] = 1
+    return spikes

@@ -76,12 +76,4 @@ def load_cifar10(root: str | os.PathLike[str]) -> Dataset:
         images = np.concatenate([images for images, _ in batches])
         labels = np.concatenate([labels for _, labels in batches])
         splits[split] = (images.astype(np.float32) / np.float32(255.0), labels)
-    return Dataset(
-        name="cifar10",
-        x_train=splits["train"][0],
-        y_train=splits["train"][1],
-        x_test=splits["test"][0],
-        y_test=splits["test"][1],
-        num_classes=NUM_CLASSES,
-        input_shape=IMAGE_SHAPE,
-    )
+    return Dataset.from_splits("cifar10", splits, num_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE)

@@ -205,39 +205,42 @@ def load_dvs_gesture(
             f"dvs_gesture: {root} is not a folder; expected IBM's DvsGesture folder with trials_to_train.txt"
         )
     size = SENSOR_SIZE // downsample
-    splits = {}
-    for split in ("train", "test"):
-        trials = read_trial_list(root / f"trials_to_{split}.txt")
-        # Read every labels file first so the frames array is allocated once at its final size.
-        gestures = [read_gesture_labels(root / (name[: -len(".aedat")] + "_labels.csv")) for name in trials]
-        count = sum(len(rows) for rows in gestures)
-        frames = np.zeros((count, steps, 2, size, size), dtype=np.uint8 if binary else np.float32)
-        labels = np.empty(count, dtype=np.int64)
-        sample = 0
-        for name, rows in zip(trials, gestures, strict=True):
-            x, y, polarity, t = read_aedat_polarity_events(root / name)
-            in_order = bool(np.all(t[1:] >= t[:-1]))
-            for label, start, end in rows:
-                if in_order:
-                    first, last = np.searchsorted(t, [start, end], side="left")
-                    chosen = slice(first, last)
-                else:
-                    chosen = np.flatnonzero((t >= start) & (t < end))
-                window = end - start if duration_us is None else duration_us
-                bin_events_to_frames(
-                    x[chosen], y[chosen], polarity[chosen], t[chosen] - start,
-                    steps=steps, duration_us=int(window), downsample=downsample, out=frames[sample],
-                )
-                labels[sample] = label
-                sample += 1
-        splits[split] = (frames, labels)
-    return Dataset(
-        name="dvs_gesture",
-        x_train=splits["train"][0],
-        y_train=splits["train"][1],
-        x_test=splits["test"][0],
-        y_test=splits["test"][1],
-        num_classes=NUM_GESTURES,
-        input_shape=(2, size, size),
-        steps=steps,
+    splits = {
+        split: _read_split(root, split, steps=steps, downsample=downsample, duration_us=duration_us, binary=binary)
+        for split in ("train", "test")
+    }
+    return Dataset.from_splits(
+        "dvs_gesture", splits, num_classes=NUM_GESTURES, input_shape=(2, size, size), steps=steps
     )
+
+
+def _read_split(
+    root: Path, split: str, *, steps: int, downsample: int, duration_us: int | None, binary: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The gestures of the trials listed in ``root/trials_to_{split}.txt``, binned as :func:`load_dvs_gesture`
+    describes: frames ``(N, steps, 2, 128/d, 128/d)`` and int64 labels ``(N,)``."""
+    size = SENSOR_SIZE // downsample
+    trials = read_trial_list(root / f"trials_to_{split}.txt")
+    # Read every labels file first so the frames array is allocated once at its final size.
+    gestures = [read_gesture_labels(root / (name[: -len(".aedat")] + "_labels.csv")) for name in trials]
+    count = sum(len(rows) for rows in gestures)
+    frames = np.zeros((count, steps, 2, size, size), dtype=np.uint8 if binary else np.float32)
+    labels = np.empty(count, dtype=np.int64)
+    sample = 0
+    for name, rows in zip(trials, gestures, strict=True):
+        x, y, polarity, t = read_aedat_polarity_events(root / name)
+        in_order = bool(np.all(t[1:] >= t[:-1]))
+        for label, start, end in rows:
+            if in_order:
+                first, last = np.searchsorted(t, [start, end], side="left")
+                chosen = slice(first, last)
+            else:
+                chosen = np.flatnonzero((t >= start) & (t < end))
+            window = end - start if duration_us is None else duration_us
+            bin_events_to_frames(
+                x[chosen], y[chosen], polarity[chosen], t[chosen] - start,
+                steps=steps, duration_us=int(window), downsample=downsample, out=frames[sample],
+            )
+            labels[sample] = label
+            sample += 1
+    return frames, labels

@@ -59,9 +59,34 @@ def read_shd_file(
         ``(spikes, labels, num_keys)``: spikes ``(N, steps, 700)`` (uint8 0/1 if ``binary``, else float32
         counts per step), int64 labels ``(N,)``, and the length of ``/extra/keys`` (None if absent).
     """
+    path = Path(path)
+    handle, file_size = _open_shd_file(path)
+    with handle:
+        times, units, labels_data = _spike_datasets(handle, path, file_size)
+        count = labels_data.shape[0]
+        num_keys = _number_of_keys(handle)
+        try:
+            labels = labels_data[()].astype(np.int64)
+        except Exception as error:
+            raise DataError(f"{path}: cannot read /labels ({error}); expected {SHD_FORMAT}") from None
+        spikes = np.zeros((count, steps, SHD_CHANNELS), dtype=np.uint8 if binary else np.float32)
+        total_events = 0
+        for start in range(0, count, _SAMPLES_PER_CHUNK):
+            stop = min(start + _SAMPLES_PER_CHUNK, count)
+            time_rows, unit_rows, lengths = _read_chunk(times, units, path, start, stop)
+            total_events += int(lengths.sum())
+            if total_events * _MIN_BYTES_PER_EVENT > file_size:
+                raise DataError(f"{path}: holds more spikes ({total_events}) than a {file_size}-byte file can store")
+            if lengths.any():
+                _bin_chunk(time_rows, unit_rows, lengths, spikes[start:stop], path=path, start=start,
+                           max_time=max_time, binary=binary)
+    return spikes, labels, num_keys
+
+
+def _open_shd_file(path: Path):
+    """The open h5py file at ``path`` and its size in bytes, after checking that reading it cannot hang."""
     import h5py
 
-    path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; expected {SHD_FORMAT}")
     file_size = path.stat().st_size
@@ -79,84 +104,99 @@ def read_shd_file(
     except OSError as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path}: not a readable HDF5 file ({reason}); expected {SHD_FORMAT}") from None
-    with handle:
-        times = _dataset(handle, path, "spikes/times")
-        units = _dataset(handle, path, "spikes/units")
-        labels_data = _dataset(handle, path, "labels")
-        time_type, unit_type = h5py.check_vlen_dtype(times.dtype), h5py.check_vlen_dtype(units.dtype)
-        if time_type is None or time_type.kind != "f":
-            raise DataError(
-                f"{path}: /spikes/times has dtype {times.dtype}, not variable-length floats; expected {SHD_FORMAT}"
-            )
-        if unit_type is None or unit_type.kind not in "ui":
-            raise DataError(
-                f"{path}: /spikes/units has dtype {units.dtype}, not variable-length integers; expected {SHD_FORMAT}"
-            )
-        if labels_data.dtype.kind not in "ui":
-            raise DataError(f"{path}: /labels has dtype {labels_data.dtype}, not integers; expected {SHD_FORMAT}")
-        if not (times.ndim == units.ndim == labels_data.ndim == 1):
-            raise DataError(f"{path}: /spikes/times, /spikes/units and /labels must be 1-D; expected {SHD_FORMAT}")
-        count = labels_data.shape[0]
-        if times.shape[0] != count or units.shape[0] != count:
-            raise DataError(
-                f"{path}: /spikes/times ({times.shape[0]}), /spikes/units ({units.shape[0]}) and /labels "
-                f"({count}) differ in length; expected {SHD_FORMAT}"
-            )
-        # A dataset can declare any shape without storing it; refuse before allocating N x T x 700.
-        if count > file_size:
-            raise DataError(f"{path}: declares {count} samples, more than a {file_size}-byte file can hold")
-        num_keys = None
-        keys = handle.get("extra/keys")
-        if isinstance(keys, h5py.Dataset) and keys.ndim == 1:
-            num_keys = int(keys.shape[0])
+    return handle, file_size
 
-        try:
-            labels = labels_data[()].astype(np.int64)
-        except Exception as error:
-            raise DataError(f"{path}: cannot read /labels ({error}); expected {SHD_FORMAT}") from None
-        spikes = np.zeros((count, steps, SHD_CHANNELS), dtype=np.uint8 if binary else np.float32)
-        total_events = 0
-        for start in range(0, count, _SAMPLES_PER_CHUNK):
-            stop = min(start + _SAMPLES_PER_CHUNK, count)
-            try:
-                time_rows, unit_rows = times[start:stop], units[start:stop]
-            except Exception as error:
-                raise DataError(
-                    f"{path}: cannot read samples {start}..{stop - 1} ({error}); expected {SHD_FORMAT}"
-                ) from None
-            lengths = np.array([len(row) for row in time_rows], dtype=np.int64)
-            unit_lengths = np.array([len(row) for row in unit_rows], dtype=np.int64)
-            if not np.array_equal(lengths, unit_lengths):
-                bad = start + int(np.flatnonzero(lengths != unit_lengths)[0])
-                raise DataError(
-                    f"{path}: sample {bad} has {lengths[bad - start]} spike times but {unit_lengths[bad - start]} "
-                    f"units; expected {SHD_FORMAT}"
-                )
-            total_events += int(lengths.sum())
-            if total_events * _MIN_BYTES_PER_EVENT > file_size:
-                raise DataError(f"{path}: holds more spikes ({total_events}) than a {file_size}-byte file can store")
-            if not lengths.any():
-                continue
-            spike_times = np.concatenate(time_rows).astype(np.float64)
-            spike_units = np.concatenate(unit_rows).astype(np.int64)
-            sample = np.repeat(np.arange(stop - start), lengths)
-            if not np.all(np.isfinite(spike_times)) or spike_times.min() < 0:
-                raise DataError(f"{path}: negative or non-finite spike times in samples {start}..{stop - 1}")
-            if spike_units.min() < 0 or spike_units.max() >= SHD_CHANNELS:
-                raise DataError(
-                    f"{path}: spike unit {int(spike_units.max())} outside 0..{SHD_CHANNELS - 1} in samples "
-                    f"{start}..{stop - 1}"
-                )
-            kept = spike_times < max_time
-            # Rounding can put t just below max_time into bin `steps`; clip it into the last bin.
-            step = np.minimum(np.floor(spike_times[kept] * (steps / max_time)).astype(np.int64), steps - 1)
-            flat = (sample[kept] * steps + step) * SHD_CHANNELS + spike_units[kept]
-            block = spikes[start:stop].reshape(-1)
-            if binary:
-                block[flat] = 1
-            else:
-                block += np.bincount(flat, minlength=block.size).astype(np.float32)
-    return spikes, labels, num_keys
+
+def _spike_datasets(handle, path: Path, file_size: int):
+    """``/spikes/times``, ``/spikes/units`` and ``/labels`` of an open SHD file, checked for dtype, rank
+    and length (N samples each, and no more samples than a ``file_size``-byte file can hold)."""
+    import h5py
+
+    times = _dataset(handle, path, "spikes/times")
+    units = _dataset(handle, path, "spikes/units")
+    labels_data = _dataset(handle, path, "labels")
+    time_type, unit_type = h5py.check_vlen_dtype(times.dtype), h5py.check_vlen_dtype(units.dtype)
+    if time_type is None or time_type.kind != "f":
+        raise DataError(
+            f"{path}: /spikes/times has dtype {times.dtype}, not variable-length floats; expected {SHD_FORMAT}"
+        )
+    if unit_type is None or unit_type.kind not in "ui":
+        raise DataError(
+            f"{path}: /spikes/units has dtype {units.dtype}, not variable-length integers; expected {SHD_FORMAT}"
+        )
+    if labels_data.dtype.kind not in "ui":
+        raise DataError(f"{path}: /labels has dtype {labels_data.dtype}, not integers; expected {SHD_FORMAT}")
+    if not (times.ndim == units.ndim == labels_data.ndim == 1):
+        raise DataError(f"{path}: /spikes/times, /spikes/units and /labels must be 1-D; expected {SHD_FORMAT}")
+    count = labels_data.shape[0]
+    if times.shape[0] != count or units.shape[0] != count:
+        raise DataError(
+            f"{path}: /spikes/times ({times.shape[0]}), /spikes/units ({units.shape[0]}) and /labels "
+            f"({count}) differ in length; expected {SHD_FORMAT}"
+        )
+    # A dataset can declare any shape without storing it; refuse before allocating N x T x 700.
+    if count > file_size:
+        raise DataError(f"{path}: declares {count} samples, more than a {file_size}-byte file can hold")
+    return times, units, labels_data
+
+
+def _number_of_keys(handle) -> int | None:
+    """The length of ``/extra/keys`` (the class names), or None when the file has no such 1-D dataset."""
+    import h5py
+
+    keys = handle.get("extra/keys")
+    if isinstance(keys, h5py.Dataset) and keys.ndim == 1:
+        return int(keys.shape[0])
+    return None
+
+
+def _read_chunk(times, units, path: Path, start: int, stop: int) -> tuple[list, list, np.ndarray]:
+    """Samples ``start..stop-1``: their spike-time rows, unit rows and int64 spike counts ``(stop - start,)``,
+    each sample holding as many units as times."""
+    try:
+        time_rows, unit_rows = times[start:stop], units[start:stop]
+    except Exception as error:
+        raise DataError(
+            f"{path}: cannot read samples {start}..{stop - 1} ({error}); expected {SHD_FORMAT}"
+        ) from None
+    lengths = np.array([len(row) for row in time_rows], dtype=np.int64)
+    unit_lengths = np.array([len(row) for row in unit_rows], dtype=np.int64)
+    if not np.array_equal(lengths, unit_lengths):
+        bad = start + int(np.flatnonzero(lengths != unit_lengths)[0])
+        raise DataError(
+            f"{path}: sample {bad} has {lengths[bad - start]} spike times but {unit_lengths[bad - start]} "
+            f"units; expected {SHD_FORMAT}"
+        )
+    return time_rows, unit_rows, lengths
+
+
+def _bin_chunk(
+    time_rows: list, unit_rows: list, lengths: np.ndarray, block: np.ndarray, *, path: Path, start: int,
+    max_time: float, binary: bool,
+) -> None:
+    """Add the spikes of samples ``start..start+len(block)-1`` to ``block`` ``(samples, steps, 700)`` in place
+    (times in seconds, binned as :func:`read_shd_file` describes)."""
+    stop = start + len(block)
+    steps = block.shape[1]
+    spike_times = np.concatenate(time_rows).astype(np.float64)
+    spike_units = np.concatenate(unit_rows).astype(np.int64)
+    sample = np.repeat(np.arange(stop - start), lengths)
+    if not np.all(np.isfinite(spike_times)) or spike_times.min() < 0:
+        raise DataError(f"{path}: negative or non-finite spike times in samples {start}..{stop - 1}")
+    if spike_units.min() < 0 or spike_units.max() >= SHD_CHANNELS:
+        raise DataError(
+            f"{path}: spike unit {int(spike_units.max())} outside 0..{SHD_CHANNELS - 1} in samples "
+            f"{start}..{stop - 1}"
+        )
+    kept = spike_times < max_time
+    # Rounding can put t just below max_time into bin `steps`; clip it into the last bin.
+    step = np.minimum(np.floor(spike_times[kept] * (steps / max_time)).astype(np.int64), steps - 1)
+    flat = (sample[kept] * steps + step) * SHD_CHANNELS + spike_units[kept]
+    block = block.reshape(-1)
+    if binary:
+        block[flat] = 1
+    else:
+        block += np.bincount(flat, minlength=block.size).astype(np.float32)
 
 
 def load_shd(

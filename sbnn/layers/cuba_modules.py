@@ -1,0 +1,270 @@
+"""Modules of CUBA neurons over sequences ``(batch, T, *neuron_shape)``: the spiking :class:`CubaLif` and
+the non-spiking readout :class:`CubaIntegrator` (their step functions are in :mod:`sbnn.layers.cuba`)."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig, draw_noise
+from sbnn.layers.bayesian import BayesLinear
+from sbnn.layers.binary import _check_base_noise, _check_surrogate_slope
+from sbnn.layers.cuba import (
+    _GAUSSIAN_ONLY,
+    CubaParameters,
+    CubaState,
+    _safe_sqrt,
+    cuba_integrator_step,
+    cuba_lif_step,
+    cuba_lif_step_noisy,
+)
+from sbnn.layers.fused_lif import _FusedNoisyLif
+from sbnn.layers.modes import Mode, ModeAware, Preactivation, _add_optional, _as_preactivation, as_mode
+
+
+class CubaLifOutput(NamedTuple):
+    """Result of :meth:`CubaLif.run`: ``spikes`` and ``voltage`` (after reset; ``None`` when not recorded)
+    shaped ``(batch, T, *shape)``, and the ``final_state``."""
+
+    spikes: Tensor
+    voltage: Tensor | None
+    final_state: CubaState
+
+
+def _neuron_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    return (shape,) if isinstance(shape, int) else tuple(int(s) for s in shape)
+
+
+def _bias_shape(neuron_shape: tuple[int, ...]) -> tuple[int, ...]:
+    # Dense layers: one bias per neuron; conv layers (C, H, W): one per channel.
+    return neuron_shape if len(neuron_shape) == 1 else (neuron_shape[0],) + (1,) * (len(neuron_shape) - 1)
+
+
+def _add_voltage_bias(module: CubaLif | CubaIntegrator, learn_bias: bool, device: torch.device | str | None,
+                      dtype: torch.dtype | None) -> None:
+    """Give ``module`` its voltage ``bias``, zero, shaped :func:`_bias_shape` of its neuron shape: a
+    parameter if ``learn_bias``, else a buffer."""
+    bias = torch.zeros(_bias_shape(module.neuron_shape), device=device, dtype=dtype)
+    if learn_bias:
+        module.bias = nn.Parameter(bias)
+    else:
+        module.register_buffer("bias", bias)
+
+
+def _check_sequence(mean: Tensor, neuron_shape: tuple[int, ...], name: str) -> None:
+    if mean.dim() != 2 + len(neuron_shape) or tuple(mean.shape[2:]) != neuron_shape:
+        raise ValueError(f"{name} expects input (batch, T, *{neuron_shape}), got {tuple(mean.shape)}")
+
+
+def _zero_state(mean: Tensor) -> CubaState:
+    zeros = torch.zeros_like(mean[:, 0])
+    return CubaState(zeros, zeros)
+
+
+class CubaLif(ModeAware):
+    """A layer of CUBA-LIF neurons (Loihi dynamics), noisy or deterministic.
+
+    Args:
+        shape: neuron shape per example (``n`` or ``(C, H, W)``), excluding batch and time.
+        current_decay, voltage_decay: ``alpha``, ``beta`` in [0, 1] (see :func:`loihi_decays`).
+        threshold: ``theta`` (voltage units); spikes when ``V > theta``.
+        base_noise_std: ``s0 > 0`` of the noisy mode (voltage units).
+        learn_bias: whether the per-neuron (per-channel for conv shapes) voltage bias is a parameter; it
+            starts at 0 either way.
+        recurrent: add dense Bayesian recurrent weights (``shape`` must be 1-D) fed with the previous
+            step's spikes; ``recurrent_kwargs`` go to its :class:`BayesLinear` (which has no bias).
+        estimator: Gaussian-noise estimator of the spikes.
+        surrogate_slope: if set, the deterministic modes backpropagate through the threshold with
+            :func:`fast_sigmoid_spike` of this slope (the surrogate-gradient baseline).
+
+    Forward: a :class:`Preactivation` (or tensor of means) ``(batch, T, *shape)`` -> spikes, same shape.
+    Mode ``"noisy"`` runs :func:`cuba_lif_step_noisy` (a layer without recurrence and with a hard-sample
+    estimator runs it as one fused autograd function with a hand-written backward through time: the
+    same spikes bit for bit, a fraction of the cost); modes ``"mean"``/``"sample"`` run
+    :func:`cuba_lif_step`.  :func:`set_mode` also switches the recurrent weights.
+    """
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        *,
+        current_decay: float,
+        voltage_decay: float,
+        threshold: float = 1.0,
+        base_noise_std: float = 0.1,
+        learn_bias: bool = True,
+        recurrent: bool = False,
+        recurrent_kwargs: dict | None = None,
+        estimator: EstimatorConfig = DEFAULT_ESTIMATOR,
+        mode: Mode | str = Mode.NOISY,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        surrogate_slope: float | None = None,
+    ) -> None:
+        super().__init__(mode)
+        self.neuron_shape = _neuron_shape(shape)
+        self.params = CubaParameters(
+            current_decay, voltage_decay, threshold, _check_base_noise(base_noise_std)
+        )
+        self.surrogate_slope = _check_surrogate_slope(surrogate_slope)
+        if estimator.noise != "gauss":
+            raise ValueError(_GAUSSIAN_ONLY)
+        self.estimator = estimator
+        _add_voltage_bias(self, learn_bias, device, dtype)
+        self.recurrent: BayesLinear | None = None
+        if recurrent:
+            if len(self.neuron_shape) != 1:
+                raise ValueError("recurrent weights need a 1-D neuron shape")
+            kwargs = {"mode": mode, "device": device, "dtype": dtype, **(recurrent_kwargs or {})}
+            self.recurrent = BayesLinear(self.neuron_shape[0], self.neuron_shape[0], bias=False, **kwargs)
+
+    @ModeAware.mode.setter
+    def mode(self, value: Mode | str) -> None:
+        self._mode = as_mode(value)
+        if getattr(self, "recurrent", None) is not None:
+            self.recurrent.mode = self._mode
+
+    def run(
+        self,
+        pre: Preactivation | Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        initial_state: CubaState | None = None,
+        record_voltage: bool = True,
+    ) -> CubaLifOutput:
+        """Simulate all ``T`` steps; returns spikes, voltage trace (after reset; ``None`` if not
+        ``record_voltage``, which saves memory in the noisy mode) and final state."""
+        mean, variance = _as_preactivation(pre)
+        _check_sequence(mean, self.neuron_shape, "CubaLif")
+        state = initial_state if initial_state is not None else _zero_state(mean)
+        noisy = self.mode is Mode.NOISY
+        if noisy:
+            # All steps' standard normal draws at once: one call, and the same noise whichever path runs.
+            unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+            if self.estimator.hard:  # (a soft forward has no derivative of a hard outcome to fuse)
+                return self._run_fused(mean, variance, state, unit_noise, generator, record_voltage)
+        previous_spikes = torch.zeros_like(mean[:, 0])
+        spikes_trace, voltage_trace = [], []
+        # unbind once: indexing [:, step] in the loop makes each step's backward fill a full (B, T, ...)
+        # zero tensor, which made training quadratic in T.
+        step_means = mean.unbind(1)
+        step_variances = variance.unbind(1) if (variance is not None and noisy) else None
+        step_unit_noise = unit_noise.unbind(1) if noisy else None
+        for step in range(mean.shape[1]):
+            step_mean = step_means[step]
+            step_variance = None if step_variances is None else step_variances[step]
+            if self.recurrent is not None:
+                feedback = self.recurrent(previous_spikes)
+                step_mean = step_mean + feedback.mean
+                if noisy:
+                    step_variance = _add_optional(step_variance, feedback.variance)
+            if noisy:
+                spikes, state = cuba_lif_step_noisy(
+                    step_mean, step_variance, state, self.params, self.bias,
+                    estimator=self.estimator, generator=generator, unit_noise=step_unit_noise[step],
+                )
+            else:
+                spikes, state = cuba_lif_step(
+                    step_mean, state, self.params, self.bias, surrogate_slope=self.surrogate_slope
+                )
+            previous_spikes = spikes
+            spikes_trace.append(spikes)
+            voltage_trace.append(state.voltage)
+        return CubaLifOutput(torch.stack(spikes_trace, 1), torch.stack(voltage_trace, 1), state)
+
+    def _run_fused(
+        self, mean: Tensor, variance: Tensor | None, state: CubaState, unit_noise: Tensor,
+        generator: torch.Generator | None, record_voltage: bool,
+    ) -> CubaLifOutput:
+        """The noisy, non-recurrent case in one :class:`_FusedNoisyLif` (same result as step by step)."""
+        recurrent_moments = None if self.recurrent is None else self.recurrent.stacked_moments()
+        inputs = (mean, variance, self.bias, state.current, state.voltage, recurrent_moments)
+        needs_derivative = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+        spikes, voltages, final_current, final_voltage = _FusedNoisyLif.apply(
+            mean, variance, unit_noise, self.bias, state.current, state.voltage, recurrent_moments,
+            self.params, self.estimator, generator, needs_derivative, record_voltage,
+        )
+        return CubaLifOutput(
+            spikes, voltages if record_voltage else None, CubaState(final_current, final_voltage)
+        )
+
+    def forward(
+        self,
+        pre: Preactivation | Tensor,
+        generator: torch.Generator | None = None,
+        initial_state: CubaState | None = None,
+    ) -> Tensor:
+        """Spikes ``(batch, T, *shape)`` in {0., 1.}; see :meth:`run`."""
+        return self.run(pre, generator=generator, initial_state=initial_state, record_voltage=False).spikes
+
+    def extra_repr(self) -> str:
+        return f"shape={self.neuron_shape}, params={self.params}, {super().extra_repr()}"
+
+
+class CubaIntegrator(ModeAware):
+    """Non-spiking CUBA readout: the same current and voltage dynamics, no threshold, no reset.
+
+    Mode ``"noisy"``: the synaptic input is sampled per step, ``input_mean + sqrt(input_variance) xi``
+    (entering the current, as in :class:`CubaLif`), plus ``N(0, s0^2)`` on the voltage if ``s0 > 0``;
+    modes ``"mean"``/``"sample"``: the means only.
+
+    Args:
+        shape, current_decay, voltage_decay, learn_bias: as :class:`CubaLif`.
+        base_noise_std: ``s0 >= 0`` (default 0).
+
+    Forward: :class:`Preactivation` ``(batch, T, *shape)`` -> membrane trace ``V`` ``(batch, T, *shape)``.
+    """
+
+    def __init__(
+        self,
+        shape: int | Sequence[int],
+        *,
+        current_decay: float,
+        voltage_decay: float,
+        base_noise_std: float = 0.0,
+        learn_bias: bool = True,
+        mode: Mode | str = Mode.NOISY,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(mode)
+        self.neuron_shape = _neuron_shape(shape)
+        self.params = CubaParameters(current_decay, voltage_decay, math.inf, base_noise_std)
+        _add_voltage_bias(self, learn_bias, device, dtype)
+
+    def forward(
+        self,
+        pre: Preactivation | Tensor,
+        generator: torch.Generator | None = None,
+        initial_state: CubaState | None = None,
+    ) -> Tensor:
+        mean, variance = _as_preactivation(pre)
+        _check_sequence(mean, self.neuron_shape, "CubaIntegrator")
+        state = initial_state if initial_state is not None else _zero_state(mean)
+        noisy = self.mode is Mode.NOISY
+        inputs, voltage_noise = mean, None
+        # The noise of every step is drawn and formed at once, outside the recursion.
+        if noisy and variance is not None:
+            inputs = mean + _safe_sqrt(variance) * draw_noise(
+                mean.shape, "gauss", dtype=mean.dtype, device=mean.device, generator=generator
+            )
+        if noisy and self.params.base_noise_std > 0:
+            voltage_noise = (self.params.base_noise_std * draw_noise(
+                mean.shape, "gauss", dtype=mean.dtype, device=mean.device, generator=generator
+            )).unbind(1)
+        voltage_trace = []
+        for step, step_input in enumerate(inputs.unbind(1)):   # unbind: see CubaLif.run
+            state = cuba_integrator_step(step_input, state, self.params, self.bias)
+            if voltage_noise is not None:
+                state = CubaState(state.current, state.voltage + voltage_noise[step])
+            voltage_trace.append(state.voltage)
+        return torch.stack(voltage_trace, 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"shape={self.neuron_shape}, current_decay={self.params.current_decay}, "
+            f"voltage_decay={self.params.voltage_decay}, {super().extra_repr()}"
+        )
