@@ -99,14 +99,17 @@ class ExportFolder:
         return inputs if isinstance(inputs, dict) else None
 
     def encoder(self) -> dict | None:
-        """How the export presents features to the hardware: ``input_scale``, ``input_message_bits`` and the
+        """How the export presents features to the hardware: ``input_scale``, ``input_message_bits``, the
         steps ``T`` its float model sees (the calibration inputs' second axis: static features are repeated
-        for ``T`` steps). None when ``export.json`` holds no such record (e.g. a netx file of lava-dl)."""
+        for ``T`` steps) and ``preprocessing``, how raw features became the float model's inputs (the record of
+        ``sbnn.data.preprocessing.Preprocessing``; None for exports that record none). None when ``export.json``
+        holds no such record (e.g. a netx file of lava-dl)."""
         try:
             report = self.report
             steps = int(report["provenance"]["inputs"]["calibration_shape"][1])
             return {"input_scale": float(report["input_scale"]),
-                    "input_message_bits": int(report["input_message_bits"]), "steps": steps}
+                    "input_message_bits": int(report["input_message_bits"]), "steps": steps,
+                    "preprocessing": report.get("preprocessing")}
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None
 

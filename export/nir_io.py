@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .float_network import FloatLayer, FloatNetwork
+from .nir_peers import peer_corrections, resolve_dt, single_number
 
 SYNAPSES = ("Affine", "Linear", "Conv2d")
 MAX_NEURONS = 1 << 24            # per layer; a larger shape is a damaged or hostile file (hw_sim's limit too)
@@ -176,21 +177,6 @@ def _uniform_threshold(node, name: str, shape: tuple[int, ...]) -> float:
     return float(threshold.reshape(-1)[0])
 
 
-def graph_dt(graph, dt: float | None) -> float:
-    """dt from the graph's metadata, else from any node's metadata, else ``dt``; else an error."""
-    candidates = [graph.metadata.get("dt")] + [getattr(node, "metadata", {}).get("dt") for node in graph.nodes.values()]
-    for value in candidates + [dt]:
-        if value is not None:
-            try:
-                found = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
-            except (TypeError, ValueError, IndexError):
-                raise ValueError(f"dt must be a number of seconds, found {value!r}") from None
-            if not (np.isfinite(found) and found > 0):
-                raise ValueError(f"dt must be a positive, finite number of seconds, found {found}")
-            return found
-    raise ValueError("the graph carries no dt in its metadata; give it with --dt SECONDS")
-
-
 def _shape(value, what: str) -> tuple[int, ...]:
     """A declared shape: positive integer sizes (and not absurdly many neurons)."""
     array = np.asarray(value).reshape(-1)
@@ -208,8 +194,11 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
     The graph must be a chain Input → [Flatten] → synapse → neuron → … → Output, where a neuron may also
     receive a synapse from its own output (recurrence). Errors name the node and its type.
     """
-    dt = graph_dt(graph, dt)
-    notes: list[str] = []
+    import copy
+
+    graph = copy.deepcopy(graph)   # known exporters' mistakes are corrected on this copy
+    dt, notes = resolve_dt(graph, dt)
+    notes += peer_corrections(graph, dt)
     chain = _Chain.of(graph)
     current, input_shape = _input_node(chain, notes)
     layers: list[FloatLayer] = []
@@ -379,11 +368,18 @@ def _conv_geometry(node, name: str, shape: tuple[int, ...]) -> dict:
         else:
             raise ValueError(f"node '{name}': padding '{padding}' with stride {node.stride} is not supported")
     geometry = dict(input_shape=tuple(shape), stride=pair(node.stride), padding=pair(padding),
-                    dilation=pair(node.dilation), groups=int(np.asarray(node.groups).reshape(-1)[0]))
+                    dilation=pair(node.dilation), groups=_integer(node.groups, f"node '{name}': groups"))
     if min(geometry["stride"] + geometry["dilation"]) < 1 or min(geometry["padding"]) < 0 or geometry["groups"] < 1:
         raise ValueError(f"node '{name}': stride {geometry['stride']}, dilation {geometry['dilation']} and groups "
                          f"{geometry['groups']} must be >= 1, padding {geometry['padding']} >= 0")
     return geometry
+
+
+def _integer(value, what: str) -> int:
+    number = single_number(value, what)
+    if number != round(number):
+        raise ValueError(f"{what} must be an integer, found {number}")
+    return int(number)
 
 
 def _conv_shape(weight: np.ndarray, shape: tuple[int, ...], conv: dict) -> tuple[int, int, int]:

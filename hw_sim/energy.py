@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .network import ConvLayer, DenseLayer, Network
+from .network import ConvLayer, Network
 
 PICO = 1e-12
 

@@ -6,23 +6,30 @@ the source sends at Lava step t + 1, each synapse layer adds one step of delay, 
 
 Speed comes from evaluating the network layer by layer rather than step by step: a feed-forward
 synapse's input is known for all steps once the previous layer is done, so its sums for the whole batch
-and all steps are one BLAS matrix multiply (float32 while every possible sum stays below 2^24, float64
-below 2^53, int64 otherwise: exact in each case). Only the neuron recursion and recurrent synapses walk
-through time.
+and all steps are one product (float32 while every possible sum stays below 2^24, float64 below 2^53,
+int64 otherwise: exact in each case): BLAS, an event-driven gather for sparse binary input, or torch's
+conv2d (hw_sim/conv.py). Per-layer bounds decide which wraps and casts can be skipped
+(docs/loihi.md#integer-products-in-hw_sim). Only the neuron recursion and recurrent synapses walk through
+time. torch is imported only by conv layers and event-driven products, on first use.
 """
 
 from __future__ import annotations
 
+import warnings
+import weakref
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from .arith import (STATE_MAX, STATE_SHIFT, current_factor, decay_toward_zero, du_to_alpha, dv_to_beta, prepare_dense_weights,
-                    saturate_voltage, shift_by_exponent, voltage_factor,
-                    wrap_current, wrap_signed)
+from .arith import (DECAY_UNITY, STATE_MAX, STATE_SHIFT, current_factor, decay_toward_zero, du_to_alpha, dv_to_beta,
+                    prepare_dense_weights, saturate_voltage, shift_by_exponent, voltage_factor, wrap_current,
+                    wrap_signed)
+from .conv import FLOAT32_EXACT, FLOAT64_EXACT, exact_conv2d
 from .network import ConvLayer, CubaNeurons, DenseLayer, Network, NetworkError, RunResult
 
-FLOAT32_EXACT = 1 << 24
-FLOAT64_EXACT = 1 << 53
-SPARSE_DENSITY = 0.02   # below this input density a sparse product beats BLAS on these shapes
+SPARSE_DENSITY = 0.02   # integer_matmul: below this input density scipy's sparse product beats BLAS
+EVENT_DENSITY = 0.1     # float drive: event-driven product below this binary input density ...
+EVENT_MIN_OUTPUTS = 128 # ... into this many outputs or more (benchmarks/hw_sim_speed.py --products)
 
 
 def wrap_int32(values: np.ndarray) -> np.ndarray:
@@ -33,7 +40,11 @@ def wrap_int32(values: np.ndarray) -> np.ndarray:
 def exact_matmul_dtype(weights: np.ndarray, max_abs_input: int) -> np.dtype | None:
     """The cheapest float dtype whose matmul of these integer weights with inputs up to ``max_abs_input``
     is exact (every partial sum below 2^24 or 2^53), or None when only int64 is exact."""
-    bound = int(np.abs(weights).sum(axis=-1).max(initial=0)) * int(max_abs_input)
+    return _exact_dtype(int(np.abs(weights).sum(axis=-1).max(initial=0)) * int(max_abs_input))
+
+
+def _exact_dtype(bound: int) -> np.dtype | None:
+    """float32 for sums below 2^24, float64 below 2^53, else None (int64)."""
     if bound < FLOAT32_EXACT:
         return np.dtype(np.float32)
     if bound < FLOAT64_EXACT:
@@ -119,21 +130,8 @@ def conv_synaptic_input(layer: ConvLayer, inputs: np.ndarray, max_abs_input: int
 
     ``inputs``: (rows, C, H, W) -> (rows, C_out, H_out, W_out) int64.
     """
-    import torch
-    import torch.nn.functional as F
-
-    weights = layer.weights
-    flat = weights.reshape(weights.shape[0], -1)
-    dtype = exact_matmul_dtype(flat, max_abs_input)
-    torch_dtype = {np.float32: torch.float32, np.float64: torch.float64}.get(
-        dtype.type if dtype is not None else None, torch.float64)
-    if dtype is None and np.abs(flat).sum(axis=1).max() * max_abs_input >= FLOAT64_EXACT:
-        raise NetworkError("conv sums beyond 2^53 cannot be computed exactly")
-    with torch.no_grad():
-        out = F.conv2d(torch.from_numpy(np.ascontiguousarray(inputs)).to(torch_dtype),
-                       torch.from_numpy(np.array(weights)).to(torch_dtype), stride=layer.stride,
-                       padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
-    return wrap_signed(np.rint(out.numpy()).astype(np.int64), 24)
+    sums = exact_conv2d(layer, inputs, synaptic_bound(layer.weights, max_abs_input))
+    return wrap_signed(sums.astype(np.int64), 24)
 
 
 def neuron_step(neurons: CubaNeurons, bias: np.ndarray, u: np.ndarray, v: np.ndarray,
@@ -148,6 +146,46 @@ def neuron_step(neurons: CubaNeurons, bias: np.ndarray, u: np.ndarray, v: np.nda
     return u, v, spikes
 
 
+@dataclass(eq=False)
+class _LayerPlan:
+    """What run_layer derives from a layer's weights alone, kept for the layer's lifetime (layers are frozen)."""
+
+    weights: np.ndarray                      # as Lava uses them (dense: clipped and truncated)
+    groups: list | None                      # dense: delay_groups of the weights
+    recurrent_groups: list | None
+    row_abs: int                             # the largest Σ|W| of one output (neuron or channel)
+    recurrent_bound: int                     # bound of the recurrent a_in (plus one floor per group)
+    matrices: dict = field(default_factory=dict)   # dtype -> weights.T in that dtype, contiguous
+
+
+_PLANS: dict[int, tuple[weakref.ref, _LayerPlan]] = {}
+
+
+def _layer_plan(layer: DenseLayer | ConvLayer) -> _LayerPlan:
+    """The layer's cached :class:`_LayerPlan` (computed on first use, dropped with the layer)."""
+    cached = _PLANS.get(id(layer))
+    if cached is not None and cached[0]() is layer:
+        return cached[1]
+    weights, groups, recurrent_groups, recurrent_bound = layer.weights, None, None, 0
+    if isinstance(layer, DenseLayer):
+        weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
+        groups = delay_groups(weights, layer.delays)
+        if layer.recurrent_weights is not None:
+            recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
+                                                      layer.effective_sign_mode(layer.recurrent_weights),
+                                                      layer.num_weight_bits)
+            recurrent_groups = delay_groups(recurrent_weights, layer.recurrent_delays)
+            recurrent_bound = synaptic_bound(recurrent_weights, 1, layer.weight_exp) + len(recurrent_groups)
+    plan = _LayerPlan(weights, groups, recurrent_groups, synaptic_bound(weights, 1), recurrent_bound)
+    _PLANS[id(layer)] = (weakref.ref(layer), plan)
+    weakref.finalize(layer, _PLANS.pop, id(layer), None)
+    return plan
+
+
+def _shifted(bound: int, exponent: int) -> int:
+    return bound << exponent if exponent >= 0 else bound >> -exponent
+
+
 def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: int,
               record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Run one layer over all steps. ``inputs``: (B, T, *input_shape) -> spikes (B, T, *shape) uint8.
@@ -156,28 +194,20 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     neurons see zero input at the first step.
     """
     batch, steps = inputs.shape[:2]
+    plan = _layer_plan(layer)
+    weights, groups, recurrent_groups = plan.weights, plan.groups, plan.recurrent_groups
     if isinstance(layer, ConvLayer):
-        a_in_bound = min(synaptic_bound(layer.weights, max_abs_input), 1 << 23)
+        a_in_bound = min(plan.row_abs * max_abs_input, 1 << 23)
     else:
-        weights = prepare_dense_weights(layer.weights, layer.sign_mode, layer.num_weight_bits)
-        groups = delay_groups(weights, layer.delays)
         # Each delay group's shift may floor by one more: bound + the number of groups.
-        a_in_bound = min(synaptic_bound(weights, max_abs_input, layer.weight_exp) + len(groups), INT32_LIMIT)
-    recurrent_groups = None
-    if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
-        recurrent_weights = prepare_dense_weights(layer.recurrent_weights,
-                                                  layer.effective_sign_mode(layer.recurrent_weights),
-                                                  layer.num_weight_bits)
-        recurrent_groups = delay_groups(recurrent_weights, layer.recurrent_delays)
-        a_in_bound += synaptic_bound(recurrent_weights, 1, layer.weight_exp) + len(recurrent_groups)
+        a_in_bound = min(_shifted(plan.row_abs * max_abs_input, layer.weight_exp) + len(groups), INT32_LIMIT)
+    a_in_bound += plan.recurrent_bound
     float_neurons = (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT
-
-    if (float_neurons and isinstance(layer, DenseLayer) and layer.delays is None
-            and exact_matmul_dtype(weights, max_abs_input) == np.float32):
-        # No int32 wrap can occur, and every sum is an integer below 2^24, so float32 holds the synaptic
-        # drive exactly (scaling by powers of two and flooring keep it exact): no integer round trip.
-        drive = _float32_drive(layer, weights, inputs.reshape(batch, steps, -1), max_abs_input)
-        return _run_neurons_float(layer, None, recurrent_groups, record_states, drive=drive)
+    if float_neurons:
+        drive = _float_drive(layer, weights, inputs, max_abs_input)
+        if drive is not None:
+            return _run_neurons_float(layer, None, recurrent_groups, record_states, drive=drive,
+                                      a_in_bound=a_in_bound)
     rows = inputs.reshape(batch * steps, *inputs.shape[2:])
     if isinstance(layer, ConvLayer):
         synaptic = conv_synaptic_input(layer, rows, max_abs_input)
@@ -187,31 +217,75 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
         synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input, weights)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
     if float_neurons:
-        return _run_neurons_float(layer, synaptic, recurrent_groups, record_states)
+        return _run_neurons_float(layer, synaptic, recurrent_groups, record_states, a_in_bound=a_in_bound)
     return _run_neurons_int(layer, synaptic, recurrent_groups, record_states)
 
 
-def _float32_drive(layer: DenseLayer, weights: np.ndarray, inputs: np.ndarray, max_abs_input: int) -> np.ndarray:
-    """``a_in << 6`` for all steps, time-major (T, B, out) float32, from one float32 product.
+def _float_drive(layer: DenseLayer | ConvLayer, weights: np.ndarray, inputs: np.ndarray,
+                 max_abs_input: int) -> np.ndarray | None:
+    """``a_in << 6`` for all steps, time-major (T, B, *shape), straight from one float product, or None
+    where the bounds do not prove that exact.
 
-    Exact when every |Σ W s| < 2^24 (checked by the caller): the product is then an exact integer, and
-    multiplying by powers of two (the weight exponent, then 64) and flooring stay exact in float32.
+    Called only where no int32 wrap can occur. A conv qualifies when every |sum| < 2^23 (Lava's 24-bit wrap
+    is then a no-op; torch's conv2d sums exactly, hw_sim/conv.py); a dense synapse without delays when every
+    |Σ W s| < 2^53 (float32 below 2^24): the product is an exact integer, and multiplying by powers of two
+    (the weight exponent, then 64) and flooring stay exact. No integer round trip is made.
     """
     batch, steps = inputs.shape[:2]
-    rows = np.ascontiguousarray(inputs.transpose(1, 0, 2)).reshape(steps * batch, -1)
-    matrix = np.ascontiguousarray(weights.T, dtype=np.float32)
-    if max_abs_input <= 1 and rows.size and np.count_nonzero(rows) < SPARSE_DENSITY * rows.size:
-        from scipy import sparse
-        product = np.asarray(sparse.csr_matrix(rows.astype(np.float32)) @ matrix)
+    rows = np.ascontiguousarray(np.swapaxes(inputs, 0, 1)).reshape(steps * batch, *inputs.shape[2:])
+    if isinstance(layer, ConvLayer):
+        bound = _layer_plan(layer).row_abs * max_abs_input
+        if bound >= 1 << 23:
+            return None
+        product = exact_conv2d(layer, rows, bound)
     else:
-        product = rows.astype(np.float32) @ matrix
-    if layer.weight_exp > 0:
-        product *= np.float32(2.0 ** layer.weight_exp)
-    elif layer.weight_exp < 0:
-        product *= np.float32(2.0 ** layer.weight_exp)
-        np.floor(product, out=product)
-    product *= np.float32(1 << STATE_SHIFT)
+        dtype = _exact_dtype(_layer_plan(layer).row_abs * max_abs_input)
+        if layer.delays is not None or dtype is None:
+            return None
+        matrices = _layer_plan(layer).matrices
+        if dtype not in matrices:
+            matrices[dtype] = np.ascontiguousarray(weights.T, dtype=dtype)
+        product = _float_product(rows.reshape(steps * batch, -1), matrices[dtype], max_abs_input)
+        if layer.weight_exp != 0:
+            product *= dtype.type(2.0 ** layer.weight_exp)
+            if layer.weight_exp < 0:
+                np.floor(product, out=product)
+    product *= product.dtype.type(1 << STATE_SHIFT)
     return product.reshape(steps, batch, *layer.shape)
+
+
+def _float_product(rows: np.ndarray, matrix: np.ndarray, max_abs_input: int) -> np.ndarray:
+    """``rows @ matrix`` in the matrix's float dtype (exact: the caller checked the bound).
+
+    Event-driven (:func:`event_product`) for binary rows sparser than EVENT_DENSITY into at least
+    EVENT_MIN_OUTPUTS outputs, where benchmarks/hw_sim_speed.py measured it faster; BLAS otherwise.
+    """
+    if (max_abs_input <= 1 and matrix.shape[1] >= EVENT_MIN_OUTPUTS and rows.size
+            and np.count_nonzero(rows) < EVENT_DENSITY * rows.size):
+        product = event_product(rows, matrix)
+        if product is not None:
+            return product
+    return rows.astype(matrix.dtype) @ matrix
+
+
+def event_product(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray | None:
+    """``rows @ matrix`` for binary ``rows`` (R, N) by gathering, for each row, the matrix rows of the
+    inputs that fired and summing them (torch's embedding_bag): work in proportion to the spikes, not to
+    R·N. Exact for integer matrices whose every row sum stays below 2^24 (float32) or 2^53 (float64),
+    whatever the order of the additions. None when torch is not installed (the caller uses BLAS)."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # read-only inputs: torch only reads them
+        source = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.uint8))
+        weights = torch.from_numpy(matrix)
+    fired = source.nonzero()                            # (spikes, 2): row, input; row-major order
+    counts = torch.bincount(fired[:, 0], minlength=rows.shape[0])
+    with torch.no_grad():
+        return F.embedding_bag(fired[:, 1], weights, torch.cumsum(counts, 0) - counts, mode="sum").numpy()
 
 
 RecurrentGroups = list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
@@ -250,60 +324,94 @@ def _run_neurons_int(layer, synaptic: np.ndarray, recurrent_groups: RecurrentGro
     return spikes, us, vs
 
 
+def state_bounds(neurons: CubaNeurons, drive_bound: int, steps: int, bias: int | None = None) -> tuple[int, int]:
+    """Upper bounds of |u| and |v| over ``steps`` steps, before Lava's wrap of u and saturation of v.
+
+    ``drive_bound`` bounds |a_in << 6| at every step. |u_t| ≤ α|u_(t-1)| + drive_bound sums to at most
+    drive_bound·min(T, 1/(1 - α)), with 1 - α = (4096 - factor)/4096; v likewise with u's bound plus the
+    largest |bias| (or ``bias``). Truncation and the reset only shrink the states, so the bounds hold for
+    Lava's integers; applied to the negative parts of the drive and bias alone, they bound -u and -v.
+    """
+    def accumulated(per_step: int, factor: int) -> int:
+        loss = DECAY_UNITY - factor
+        return per_step * (steps if loss <= 0 else min(steps, -(-DECAY_UNITY // loss)))
+
+    u_bound = accumulated(int(drive_bound), current_factor(neurons.du))
+    bias = int(np.abs(neurons.bias).max(initial=0)) if bias is None else bias
+    return u_bound, accumulated(u_bound + bias, voltage_factor(neurons.dv))
+
+
 def _run_neurons_float(layer, synaptic: np.ndarray | None, recurrent_groups: RecurrentGroups | None,
-                       record_states: bool, drive: np.ndarray | None = None,
+                       record_states: bool, drive: np.ndarray | None = None, a_in_bound: int = INT32_LIMIT,
                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The same recursion in float64, exact because every value is an integer below 2^53.
 
     Valid when no int32 wrap can occur (checked by the caller). ``trunc(u · f)`` with f = factor/4096 is
     exactly Lava's ``sign(p)·(|p| >> 12)``: u·factor < 2^36 and the division by 4096 are exact in float64.
-    Arrays are time-major so each step touches contiguous memory.
+    u and v live in one (2, B, ...) array, decayed and truncated together; u's wrap and v's saturation are
+    skipped where :func:`state_bounds` proves them no-ops, and the reset multiplies v by "did not fire".
+    Arrays are time-major so each step touches contiguous memory. Long because it is the one hot loop:
+    splitting it would cost a call per step.
     """
     if drive is None:
         drive = np.moveaxis(synaptic, 1, 0).astype(np.float64) * (1 << STATE_SHIFT)   # (T, B, ...): a_in << 6
     steps, batch = drive.shape[:2]
     neurons = layer.neurons
     shape = (batch, *layer.shape)
-    current_decay, voltage_decay = du_to_alpha(neurons.du), dv_to_beta(neurons.dv)
-    bias = np.broadcast_to(neurons.bias.astype(np.float64), shape)
-    threshold = float(neurons.vth << STATE_SHIFT)
-    half, full, limit = float(1 << 23), float(1 << 24), float(STATE_MAX)
     recurrent = [(delay, rows, columns, np.ascontiguousarray(group.T, dtype=np.float64) * (2.0 ** layer.weight_exp))
                  for delay, rows, columns, group in recurrent_groups or []]
+    # The drive is known: its largest |value| bounds a_in better than the weights do (one pass over it).
+    recurrent_peak = sum((int(np.abs(matrix).sum(axis=0).max(initial=0)) + 2) << STATE_SHIFT
+                         for *_, matrix in recurrent)
+    peaks = [min(int(peak) + recurrent_peak, a_in_bound << STATE_SHIFT)
+             for peak in (drive.max(initial=0), -drive.min(initial=0))]
+    u_bound, v_bound = state_bounds(neurons, max(peaks), steps)
+    _, v_low = state_bounds(neurons, peaks[1], steps, bias=int(max(0, -neurons.bias.min(initial=0))))
+    wrap_u = u_bound >= 1 << 23
+    # Above the threshold v is reset to 0 anyway, so the upper saturation matters only for thresholds at or
+    # above it; the lower one only where -v can exceed it.
+    clip_high = v_bound > STATE_MAX and neurons.vth << STATE_SHIFT >= STATE_MAX
+    clip_low = v_low > STATE_MAX or wrap_u
+    factors = np.array([du_to_alpha(neurons.du), dv_to_beta(neurons.dv)]).reshape(2, *[1] * len(shape))
+    bias = neurons.bias.astype(np.float64) if np.any(neurons.bias) else None
+    threshold = float(neurons.vth << STATE_SHIFT)
+    half, full, limit = float(1 << 23), float(1 << 24), np.float64(STATE_MAX)
     ring = 2 + max((group[0] for group in recurrent), default=0)
     pending = np.zeros((ring, batch, int(np.prod(layer.shape)))) if recurrent else None
-    u, v = np.zeros(shape), np.zeros(shape)
-    spikes = np.zeros((steps, *shape), dtype=np.uint8)
+    state = np.zeros((2, *shape))
+    u, v = state
+    quiet = np.empty((steps, *shape), dtype=bool)      # True where the neuron did not fire
     us = np.zeros((steps, *shape)) if record_states else None
     vs = np.zeros((steps, *shape)) if record_states else None
-    fired = np.zeros(shape, dtype=bool)
     for t in range(steps):
-        np.multiply(u, current_decay, out=u)
-        np.trunc(u, out=u)
+        np.multiply(state, factors, out=state)
+        np.trunc(state, out=state)
         if t > 0:
             u += drive[t - 1]
         if recurrent:
             u += pending[t % ring].reshape(shape) * (1 << STATE_SHIFT)
             pending[t % ring] = 0.0
-        if u.max(initial=0.0) > half:
-            u[u > half] -= full
-        if u.min(initial=0.0) <= -half:
-            u[u <= -half] += full
-        np.multiply(v, voltage_decay, out=v)
-        np.trunc(v, out=v)
+        if wrap_u:
+            if u.max(initial=0.0) > half:
+                u[u > half] -= full
+            if u.min(initial=0.0) <= -half:
+                u[u <= -half] += full
         v += u
-        v += bias
-        np.clip(v, -limit, limit, out=v)
-        np.greater(v, threshold, out=fired)
-        v[fired] = 0.0
-        spikes[t] = fired
+        if bias is not None:
+            v += bias
+        if clip_high:
+            np.minimum(v, limit, out=v)
+        if clip_low:
+            np.maximum(v, -limit, out=v)
+        np.less_equal(v, threshold, out=quiet[t])
+        np.multiply(v, quiet[t], out=v)
         if recurrent:
-            flat = fired.reshape(batch, -1)
+            flat = np.logical_not(quiet[t]).reshape(batch, -1)
             for delay, rows, columns, matrix in recurrent:
                 pending[(t + 1 + delay) % ring][:, rows] += np.floor(flat[:, columns].astype(np.float64) @ matrix)
         if record_states:
             us[t], vs[t] = u, v
-    spikes = np.moveaxis(spikes, 0, 1)
+    spikes = np.moveaxis(np.logical_not(quiet, out=quiet).view(np.uint8), 0, 1)
     if record_states:
         us, vs = np.moveaxis(us, 0, 1).astype(np.int64), np.moveaxis(vs, 0, 1).astype(np.int64)
     return spikes, us, vs

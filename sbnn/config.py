@@ -43,6 +43,7 @@ from sbnn.aux_loss import DEFAULT_PENALTY, DEFAULT_PENALTY_WEIGHT, PENALTIES
 # registry, so there is no second copy to drift.  The loader validates option values when the data loads.
 from sbnn.config_checks import (
     FieldError,
+    boolean,
     check_field,
     checked,
     choice,
@@ -51,6 +52,7 @@ from sbnn.config_checks import (
     integer,
     number,
     optional,
+    or_auto,
     path,
     show,
     validate_fields,
@@ -109,11 +111,17 @@ class DataConfig:
 
     Attributes:
         name: one of ``digits``, ``randman``, ``shd``, ``dvs_gesture``, ``cifar10``, ``npz``.
-        path: folder of the original files or the ``.npz`` file (relative paths are taken from the
-            current directory); unset for built-in data.  ``root`` is accepted as another name for it.
+        path: folder of the original files, or the user's file or folder (``.npz``, ``.npy`` folder,
+            ``.csv``); unset for built-in data.  ``root`` is accepted as another name for it.
+            :func:`load_config` makes a relative path absolute from the config file's folder (from the
+            current folder for ``--set``); a config built from a dict keeps it as given, and the loader
+            takes it from the current folder (docs/data.md#paths).
         steps: time steps ``T``; unset: the loader's default.
         encoding: ``none``, ``rate``, ``on_off``, ``latency`` or ``direct`` for static features.
         seed: seeds the data (digits split, Randman generation, rate encoders).
+        standardise: static features: ``"auto"`` (default) standardises each feature on the training split
+            into the encoder's range when the training features lie outside it ([0, 1]; [-1, 1] for
+            ``on_off``), ``true`` always, ``false`` never (docs/data.md#standardisation).  The export records it.
         options: loader-specific options (e.g. randman ``num_units``), given as further ``[data]`` keys.
     """
 
@@ -122,6 +130,7 @@ class DataConfig:
     steps: int | None = checked(optional(integer(at_least=1)), default=None)
     encoding: str = checked(choice(("none",) + tuple(ENCODINGS)), default="none")
     seed: int = checked(integer(at_least=0), default=0)
+    standardise: bool | str = checked(or_auto(boolean), default="auto")
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -134,6 +143,7 @@ class DataConfig:
             "steps": self.steps,
             "encoding": None if self.encoding == "none" else self.encoding,
             "seed": self.seed,
+            "standardise": self.standardise,
             **self.options,
         }
 
@@ -147,10 +157,15 @@ class TrainConfig:
             deterministic neurons and a fast-sigmoid surrogate gradient, no KL).
         estimator: gradient estimator of the noisy neurons (method ``sbnn``).
         epochs, batch_size, lr, seed: the usual; ``batch_size`` is the global batch (split over processes).
+            ``epochs = "auto"`` (the default) gives about 3,000 optimiser steps, 10 to 200 epochs
+            (docs/method.md#defaults); ``lr`` defaults to 0.005.
         optimizer: ``adam``, ``adamw`` or ``sgd``; weight_decay, momentum (sgd) go with it.
         schedule: ``cosine`` (per step, to ``lr * lr_min_ratio``), ``step`` (``lr *= step_gamma`` every
             ``step_epochs`` epochs) or ``none``.
-        kl_weight: ``beta`` of the loss ``NLL + beta * KL / N_train + aux``.
+        kl_weight: ``beta`` of the loss ``NLL + beta * KL / N_train + aux``; ``"auto"`` (the default) makes the
+            KL term a tenth of the chance-level NLL at initialisation, ``min(1, 0.1 N ln C / KL_0)``
+            (docs/method.md#defaults).  Training resolves both ``"auto"`` values and writes the numbers into
+            the run's ``config.toml``.
         kl_warmup_epochs: ``beta`` ramps linearly from 0 over this many epochs (per step); 0: no warm-up.
         aux_penalty, aux_weight: the bias-minimising auxiliary penalty (:mod:`sbnn.aux_loss`).
         grad_clip: maximum global gradient norm; unset: no clipping.
@@ -161,15 +176,20 @@ class TrainConfig:
             ``freeze_sample(eval_seed + k)``.
         eval_batch_size: batch size of the evaluation passes.
         train_eval_subset: training examples (a fixed seeded subset) on which train accuracy is
-            evaluated each epoch; unset: all.
+            evaluated; unset: all.
+        epoch_eval_subset: examples of each split (a fixed seeded subset of the train evaluation set and of
+            the test set) on which the posterior-mean network is evaluated after every epoch; ``"auto"``
+            (the default): ``min(1000, ceil(N_train / 4))``, about a tenth of the epoch's time; unset: all.
+        full_eval_every: the full Bayesian evaluation (mean, noisy and ensemble, on the train evaluation
+            set and the whole test set) runs after the last epoch and, when ``N > 0``, after every ``N``-th.
         train_subset, test_subset: use only this many examples (a fixed seeded subset); unset: all.
     """
 
     method: str = checked(choice(TRAIN_METHODS), default="sbnn")
     estimator: EstimatorConfig = checked(estimator_value(method_defaults=True), default=DEFAULT_ESTIMATOR)
-    epochs: int = checked(integer(at_least=1), default=10)
+    epochs: int | str = checked(or_auto(integer(at_least=1)), default="auto")
     batch_size: int = checked(integer(at_least=1), default=64)
-    lr: float = checked(number(above=0.0), default=1e-3)
+    lr: float = checked(number(above=0.0), default=5e-3)
     seed: int = checked(integer(at_least=0), default=0)
     optimizer: str = checked(choice(OPTIMIZERS), default="adam")
     weight_decay: float = checked(number(at_least=0.0), default=0.0)
@@ -178,7 +198,7 @@ class TrainConfig:
     lr_min_ratio: float = checked(number(at_least=0.0, at_most=1.0), default=0.0)
     step_epochs: int = checked(integer(at_least=1), default=30)
     step_gamma: float = checked(number(above=0.0, at_most=1.0), default=0.1)
-    kl_weight: float = checked(number(at_least=0.0), default=1.0)
+    kl_weight: float | str = checked(or_auto(number(at_least=0.0)), default="auto")
     kl_warmup_epochs: int = checked(integer(at_least=0), default=0)
     aux_penalty: str = checked(choice(PENALTIES), default=DEFAULT_PENALTY)
     aux_weight: float = checked(number(at_least=0.0), default=DEFAULT_PENALTY_WEIGHT)
@@ -189,6 +209,8 @@ class TrainConfig:
     eval_seed: int = checked(integer(at_least=0), default=0)
     eval_batch_size: int = checked(integer(at_least=1), default=256)
     train_eval_subset: int | None = checked(optional(integer(at_least=1)), default=1000)
+    epoch_eval_subset: int | str | None = checked(or_auto(optional(integer(at_least=1))), default="auto")
+    full_eval_every: int = checked(integer(at_least=0), default=0)
     train_subset: int | None = checked(optional(integer(at_least=1)), default=None)
     test_subset: int | None = checked(optional(integer(at_least=1)), default=None)
 
@@ -262,9 +284,15 @@ class RunConfig:
     source: str = "<config>"
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Plain nested values of every key (unset keys as ``None``), sections in :data:`SECTIONS` order."""
+        """Plain nested values of every key (unset keys as ``None``), sections in :data:`SECTIONS` order.
+
+        Paths are absolute (a relative one, which only a config built from a dict keeps, is taken from the
+        current folder, as the loader takes it), so a saved config reads the same data from anywhere."""
         data = {f.name: getattr(self.data, f.name) for f in fields(DataConfig) if f.name != "options"}
         data.update(self.data.options)
+        for key in _path_keys(data):
+            if key in data:
+                data[key] = _absolute_path(data[key], Path())
         model = {k: v for k, v in self.model.to_dict().items() if k not in _MODEL_FIELDS_NOT_KEYS}
         train = {f.name: getattr(self.train, f.name) for f in fields(TrainConfig)}
         train["estimator"] = _estimator_dict(self.train.estimator)
@@ -336,6 +364,54 @@ _DATA_KEYS: tuple[str, ...] = tuple(field_checks(DataConfig))
 _MODEL_KEYS: tuple[str, ...] = tuple(
     f.name for f in fields(ModelConfig) if f.name not in _MODEL_FIELDS_NOT_KEYS
 ) + ("estimator",)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Paths
+# ----------------------------------------------------------------------------------------------------
+
+
+def _path_keys(data: Any) -> tuple[str, ...]:
+    """The ``[data]`` keys holding a file or folder path: ``path``, ``root`` and the named data set's
+    ``path_options`` (e.g. mnist's ``file``)."""
+    keys: tuple[str, ...] = ("path", "root")
+    name = data.get("name") if isinstance(data, Mapping) else None
+    if isinstance(name, str) and name in dataset_names():
+        keys += dataset_loader(name).path_options
+    return keys
+
+
+def _absolute_path(value: Any, base: Path) -> Any:
+    """``value`` as an absolute path: ``~`` expanded, a relative path joined to ``base`` and resolved (symlinks
+    and ``..`` as the file system sees them); an absolute path unchanged.  Anything but a usable path string
+    is returned as it is, for the field checks to name."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return value
+    expanded = os.path.expanduser(value)
+    if os.path.isabs(expanded):
+        return expanded
+    try:
+        return str((base / expanded).resolve())
+    except (OSError, RuntimeError):   # a symlink loop, an unreadable folder: keep the plain join
+        return os.path.abspath(base / expanded)
+
+
+def _resolve_paths(raw: dict[str, Any], config_folder: Path, overrides: list[str]) -> dict[str, Any]:
+    """``raw`` with the ``[data]`` paths made absolute: those the file gives from ``config_folder``, those
+    ``--set`` gives from the current folder."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    overridden = set()
+    for text in overrides:
+        parts, _value = parse_override(text)
+        if parts[0] == "data" and len(parts) == 2:
+            overridden.add(parts[1])
+    data = dict(data)
+    for key in _path_keys(data):
+        if key in data:
+            data[key] = _absolute_path(data[key], Path() if key in overridden else config_folder)
+    return {**raw, "data": data}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -516,7 +592,9 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         overrides: ``"section.key=value"`` strings (``--set``), applied in order after the file.
 
     Returns:
-        The validated :class:`RunConfig` (``source`` is ``path``).
+        The validated :class:`RunConfig` (``source`` is ``path``).  Relative ``[data]`` paths (``path``,
+        ``root`` and path options such as mnist's ``file``) become absolute: taken from the config file's
+        folder, or from the current folder when ``--set`` gave them (docs/data.md#paths).
 
     Raises:
         ConfigError: the file cannot be read or parsed, or a section, key or value is invalid; the
@@ -535,7 +613,9 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         raise ConfigError(f"{source}: not valid TOML ({error})") from None
     except RecursionError:   # tomllib recurses once per nesting level of arrays and inline tables
         raise ConfigError(f"{source}: not valid TOML (arrays or tables nested too deeply)") from None
-    return config_from_dict(apply_overrides(raw, list(overrides or []), source=source), source=source)
+    overrides = list(overrides or [])
+    merged = apply_overrides(raw, overrides, source=source)
+    return config_from_dict(_resolve_paths(merged, Path(source).parent, overrides), source=source)
 
 
 def with_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:

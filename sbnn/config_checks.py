@@ -156,6 +156,21 @@ def boolean(value: Any) -> bool:
     return value
 
 
+def or_auto(check: Check) -> Check:
+    """``"auto"`` (a value chosen when the data are known), or a value ``check`` accepts."""
+    def either(value: Any) -> Any:
+        if value == "auto":
+            return "auto"
+        try:
+            return check(value)
+        except BadValue as error:
+            reason = str(error)
+            raise BadValue(reason.replace(", got", ' (or "auto"), got', 1) if ", got" in reason
+                           else f'{reason} (or "auto")') from None
+
+    return either
+
+
 def positive_integers(*, allow_empty: bool = False) -> Check:
     """A list or tuple of integers >= 1, as a tuple; empty only with ``allow_empty``."""
     def check(value: Any) -> tuple[int, ...]:

@@ -691,6 +691,34 @@ class _HardSampleWithEstimator(torch.autograd.Function):
         return grad_b * derivative, None, None, None
 
 
+class _HardOutcomeWithEstimator(torch.autograd.Function):
+    """Forward the outcomes ``b`` drawn elsewhere (0./1.); backward ``grad * g_b`` as
+    :class:`_HardSampleWithEstimator`."""
+
+    @staticmethod
+    def forward(ctx, z, b, config, generator):  # noqa: D102
+        ctx.save_for_backward(_REGISTRY[config.method].outcome_derivative(z, b, config, generator))
+        return b.clone()
+
+    @staticmethod
+    def backward(ctx, grad_b):  # noqa: D102
+        (derivative,) = ctx.saved_tensors
+        return grad_b * derivative, None, None, None
+
+
+def with_outcome_derivative(
+    z: Tensor, b: Tensor, config: EstimatorConfig, generator: torch.Generator | None = None
+) -> Tensor:
+    """The hard outcomes ``b`` (0./1., ``z``'s shape and dtype, drawn by the caller from ``z``'s noise)
+    with the backward ``db/dz := g_b`` of ``config``'s estimator attached; ``b`` itself if ``z`` needs
+    no gradient.  For hard estimators only (``config.hard``)."""
+    if not config.hard:
+        raise ValueError(f"estimator {config.method!r} has a soft forward: it has no derivative of a hard outcome")
+    if not z.requires_grad:
+        return b
+    return _HardOutcomeWithEstimator.apply(z, b, config, generator)
+
+
 def _and_list(names: tuple[str, ...]) -> str:
     quoted = [repr(name) for name in names]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
@@ -925,4 +953,5 @@ __all__ = [
     "sample_given_noise",
     "unit_probabilities",
     "unregister_estimator",
+    "with_outcome_derivative",
 ]

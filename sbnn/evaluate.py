@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -205,23 +205,44 @@ def predict_ensemble(model: SbnnModel, x: Tensor | np.ndarray, *, samples: int, 
 def predict_all(model: SbnnModel, x: Tensor | np.ndarray, *, samples: int, seed: int,
                 batch_size: int = 256) -> dict[str, Tensor]:
     """``{"mean", "noisy", "ensemble"}`` -> probabilities ``(N, C)``, see the three functions."""
+    mean = predict_mean(model, x, batch_size=batch_size)
+    if model.is_surrogate:   # a point estimate: one deterministic pass gives all three
+        return {"mean": mean, "noisy": mean, "ensemble": mean}
     return {
-        "mean": predict_mean(model, x, batch_size=batch_size),
+        "mean": mean,
         "noisy": predict_noisy(model, x, samples=samples, seed=seed, batch_size=batch_size),
         "ensemble": predict_ensemble(model, x, samples=samples, seed=seed, batch_size=batch_size),
     }
 
 
 def evaluate_split(model: SbnnModel, x: Tensor | np.ndarray, y: Tensor | np.ndarray, *, samples: int,
-                   seed: int, batch_size: int = 256, bins: int = DEFAULT_BINS) -> dict[str, dict[str, float]]:
-    """All three predictions on one split, each summarised by :func:`summarise`.
+                   seed: int, batch_size: int = 256, bins: int = DEFAULT_BINS,
+                   predictions: Sequence[str] = PREDICTIONS) -> dict[str, dict[str, float]]:
+    """The ``predictions`` (all three by default) on one split, each summarised by :func:`summarise`.
+
+    ``predictions = ("mean",)`` is the cheap evaluation training runs every epoch: one deterministic pass,
+    no noise drawn (``samples`` and ``seed`` unused).
 
     Returns:
-        ``{"mean": {...}, "noisy": {...}, "ensemble": {...}}`` with ``accuracy``, ``ece``, ``nll`` and
-        ``entropy`` each.
+        ``{"mean": {...}, "noisy": {...}, "ensemble": {...}}`` (the requested ones, in that order) with
+        ``accuracy``, ``ece``, ``nll`` and ``entropy`` each.
+
+    Raises:
+        ValueError: an unknown prediction name, or none.
     """
-    predictions = predict_all(model, x, samples=samples, seed=seed, batch_size=batch_size)
-    return {name: summarise(probabilities, y, bins) for name, probabilities in predictions.items()}
+    unknown = sorted(set(predictions) - set(PREDICTIONS))
+    if unknown or not predictions:
+        raise ValueError(f"predictions must be some of {', '.join(PREDICTIONS)}, got {list(predictions)!r}")
+    predict = {
+        "mean": lambda: predict_mean(model, x, batch_size=batch_size),
+        "noisy": lambda: predict_noisy(model, x, samples=samples, seed=seed, batch_size=batch_size),
+        "ensemble": lambda: predict_ensemble(model, x, samples=samples, seed=seed, batch_size=batch_size),
+    }
+    # The surrogate is a point estimate: its noisy and ensemble predictions are its mean one, computed once.
+    computed: dict[str, Tensor] = {}
+    for name in ("mean",) * model.is_surrogate + tuple(n for n in PREDICTIONS if n in predictions):
+        computed[name] = computed["mean"] if model.is_surrogate and "mean" in computed else predict[name]()
+    return {name: summarise(computed[name], y, bins) for name in PREDICTIONS if name in predictions}
 
 
 __all__ = [

@@ -40,6 +40,7 @@ for ``model.static_steps`` steps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -99,9 +100,13 @@ def _export_plan(run_dir: Path, config, model, data, *, weights: str, seed: int,
                   "calibration_samples": calibration_count, "dt": float(config.export.dt), "test_samples": preview,
                   "calibration_labels_sha256": array_sha256(calibration_labels),
                   "test_labels_sha256": array_sha256(test_labels)}
+    preprocessing = None if data.preprocessing is None else data.preprocessing.to_record()
+    if preprocessing is not None:
+        provenance["preprocessing_sha256"] = hashlib.sha256(json.dumps(preprocessing).encode()).hexdigest()
     settings = dict(headroom=config.export.headroom, accuracy_margin=config.export.accuracy_margin)
     inputs = export_provenance(calibration=calibration, test_inputs=test_inputs, **settings, **provenance)
     return {"network": network, "calibration": calibration, "calibration_labels": calibration_labels,
+            "preprocessing": preprocessing,
             "test_inputs": test_inputs, "test_labels": test_labels, "provenance": provenance, "settings": settings,
             "inputs": json.loads(json.dumps(inputs)),   # as export.json will hold them
             "source": {"run": str(run_dir), "weights": weights, "seed": seed if weights == "sample" else None,
@@ -127,7 +132,8 @@ def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int =
     folder, _, report = write_export(plan["network"], plan["calibration"], out, test_inputs=plan["test_inputs"],
                                      test_labels=plan["test_labels"], calibration_labels=plan["calibration_labels"],
                                      written_by=written_by, source=plan["source"], provenance=plan["provenance"],
-                                     provenance_notes={"export_config": asdict(config.export)}, **plan["settings"])
+                                     provenance_notes={"export_config": asdict(config.export)},
+                                     preprocessing=plan["preprocessing"], **plan["settings"])
     return folder, report
 
 
@@ -192,15 +198,21 @@ def _remove_stale_temporaries(run_dir: Path, export_names: list[str]) -> None:
 
 
 def _training_finished(run_dir: Path, config) -> bool:
+    """Whether ``run_dir`` holds a finished training of ``config``: checkpoint and metrics there, the recorded
+    config the same settings (``"auto"`` ones read as the values the run chose) and every epoch done."""
+    from .config import ConfigError, load_config
+    from .training.defaults import with_recorded_auto
+
     metrics = run_dir / "metrics.json"
     if not (run_dir / "checkpoint.pt").exists() or not metrics.exists():
         return False
     try:
         history = json.loads(metrics.read_text()).get("history", [])
-    except (json.JSONDecodeError, OSError):
+        recorded = load_config(run_dir / "config.toml")
+    except (json.JSONDecodeError, OSError, ConfigError):
         return False
-    saved = run_dir / "config.toml"
-    return len(history) >= config.train.epochs and saved.exists() and saved.read_text() == config.to_toml()
+    current = with_recorded_auto(config, recorded)
+    return recorded.to_dict() == current.to_dict() and len(history) >= recorded.train.epochs
 
 
 def _pipeline_exports(config, run_dir: Path) -> list[tuple[str, Path, str, int]]:

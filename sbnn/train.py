@@ -11,31 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from sbnn.training import (
-    CHECKPOINT_FILE,
-    CHECKPOINT_FORMAT,
-    CONFIG_FILE,
-    JSON_KEYS,
-    METRICS_FILE,
-    RUN_FILES,
-    RUN_MARKER,
-    EpochTotals,
-    ProcessGroup,
-    RunFolderError,
-    TrainingData,
-    TrainingError,
-    build_run_model,
-    check_run_folder,
-    default_run_dir,
-    epoch_shard,
-    kl_weight_at,
-    learning_rate_factor,
-    load_checkpoint,
-    load_trained_model,
-    load_training_data,
-    remove_stale_temporaries,
-    train,
-)
+from sbnn.training import *  # noqa: F403 (the names sbnn.train has always offered)
+from sbnn.training import __all__ as _training_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,32 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     return train_command(argv)
 
 
-__all__ = [
-    "CHECKPOINT_FILE",
-    "CHECKPOINT_FORMAT",
-    "CONFIG_FILE",
-    "EpochTotals",
-    "JSON_KEYS",
-    "METRICS_FILE",
-    "ProcessGroup",
-    "RUN_FILES",
-    "RUN_MARKER",
-    "RunFolderError",
-    "TrainingData",
-    "TrainingError",
-    "build_run_model",
-    "check_run_folder",
-    "default_run_dir",
-    "epoch_shard",
-    "kl_weight_at",
-    "learning_rate_factor",
-    "load_checkpoint",
-    "load_trained_model",
-    "load_training_data",
-    "main",
-    "remove_stale_temporaries",
-    "train",
-]
+__all__ = [*_training_names, "main"]
 
 
 if __name__ == "__main__":

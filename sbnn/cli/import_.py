@@ -14,7 +14,8 @@ from .inputs import UserError, _load_npy, _positive_int, _real, _refuse_out
 def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     importer = commands.add_parser("import", help="NIR graph from another tool -> the same export folder")
     importer.add_argument("model", help="a .nir file")
-    importer.add_argument("--dt", type=float, help="time step in seconds, when the graph's metadata has none")
+    importer.add_argument("--dt", type=float, help="time step in seconds, when the graph neither stores nor implies "
+                                                   "one (docs/formats.md#nir-peers); a contradicting one is refused")
     importer.add_argument("--out", help="export folder (default runs/<model name>/export); an existing one is "
                                         "replaced only when sbnn wrote it")
     importer.add_argument("--force", action="store_true",

@@ -122,8 +122,10 @@ class InputSet:
 
     ``x`` holds either encoded spikes/payloads ``(N, T, *input_shape)`` or raw features ``(N, *input_shape)``
     (then ``encoder`` is the export's record, :meth:`export.folder_reader.ExportFolder.encoder`, and each
-    batch is encoded as :func:`sbnn.export_evaluation.hardware_logits` does: repeated for ``T`` steps, scaled
-    and rounded (or binarised), ``network.latency`` zero steps appended)."""
+    batch goes through the recorded preprocessing, standardisation and the data encoder as in training
+    (:class:`sbnn.data.preprocessing.Preprocessing`), then is encoded as
+    :func:`sbnn.export_evaluation.hardware_logits` does: static inputs repeated for ``T`` steps, scaled and
+    rounded (or binarised), ``network.latency`` zero steps appended)."""
 
     def __init__(self, x, source: str, network, *, labels=None, encoder: dict | None = None):
         self.x, self.source, self.network, self.labels, self.encoder = x, source, network, labels, encoder
@@ -142,7 +144,14 @@ class InputSet:
             return np.asarray(x)
         from export.quantise import QuantisedNetwork
 
-        x = np.repeat(np.asarray(x, dtype=np.float64)[:, None], self.encoder["steps"], axis=1)
+        x = np.asarray(x, dtype=np.float64)
+        record = self.encoder.get("preprocessing")
+        if record is not None:
+            from sbnn.data.preprocessing import Preprocessing
+
+            x = Preprocessing.from_record(record).apply(x).astype(np.float64)
+        if x.ndim == 1 + len(self.network.input_shape):   # static inputs: the model repeats them over T
+            x = np.repeat(x[:, None], self.encoder["steps"], axis=1)
         return QuantisedNetwork(network=self.network, input_scale=self.encoder["input_scale"]).hardware_input(x)
 
     def batches(self, batch_size: int, *, label: str = "sbnn"):
@@ -164,9 +173,10 @@ class InputSet:
                 bar.close()
 
 
-def _shape_error(path, x, network) -> UserError:
+def _shape_error(path, x, network, raw_shape: tuple[int, ...]) -> UserError:
     shape = ", ".join(str(n) for n in network.input_shape)
-    return UserError(f"{path}: shape {tuple(x.shape)} fits neither raw features (N, {shape}) nor encoded "
+    raw = ", ".join(str(n) for n in raw_shape)
+    return UserError(f"{path}: shape {tuple(x.shape)} fits neither raw features (N, {raw}) nor encoded "
                      f"inputs (N, T, {shape})")
 
 
@@ -193,7 +203,8 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
         path = Path(inputs)
         x = _open_npy(path)
         encoder = None
-        if x.ndim == 1 + ndim and tuple(x.shape[1:]) == network.input_shape:
+        raw_shape = _raw_feature_shape(folder, network)
+        if x.ndim == 1 + len(raw_shape) and tuple(x.shape[1:]) == raw_shape:
             encoder = folder.encoder()
             if encoder is None:
                 raise UserError(f"{path}: raw features {tuple(x.shape)}, but {folder.path} records no input encoding "
@@ -203,7 +214,7 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
         elif x.ndim == 2 + ndim and tuple(x.shape[2:]) == network.input_shape:
             source = str(path)
         else:
-            raise _shape_error(path, x, network)
+            raise _shape_error(path, x, network, raw_shape)
         if labels is not None:
             label_values = _load_labels(Path(labels), len(x))
     elif folder.file("inputs.npy").exists():
@@ -227,6 +238,21 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
         x = x[:limit]
         label_values = None if label_values is None else label_values[:limit]
     return InputSet(x, source, network, labels=label_values, encoder=encoder)
+
+
+def _raw_feature_shape(folder: ExportFolder, network) -> tuple[int, ...]:
+    """The shape of one sample of raw features: the recorded preprocessing's (an encoding such as ``on_off`` or
+    ``rate`` changes it), else the network's input shape. A record that cannot be read is a :class:`UserError`."""
+    encoder = folder.encoder()
+    record = None if encoder is None else encoder.get("preprocessing")
+    if record is None:
+        return tuple(network.input_shape)
+    from sbnn.data.preprocessing import Preprocessing
+
+    try:
+        return Preprocessing.from_record(record).feature_shape
+    except ValueError as error:
+        raise UserError(f"{folder.file('export.json')}: {error}") from None
 
 
 def _load_labels(path: Path, count: int, *, prefix: bool = False) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Datasets for SBNN training: benchmark files read from disk, built-in offline data, encoders.
 
 Nothing here downloads. Benchmarks (SHD, DVS Gesture, CIFAR-10) are read from the original files in a
-folder the user names; digits and Randman need no files; users can bring their own arrays as an `.npz`.
+folder the user names; digits and Randman need no files; users bring their own data as an `.npz`, a
+folder of `.npy` files or a CSV table (docs/data.md#your-data).
 
 Array conventions (all numpy):
 
@@ -23,7 +24,7 @@ registration line (docs/extending.md#dataset).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -52,6 +53,10 @@ class Dataset:
         input_shape: shape of one sample at one time step (features: one sample), e.g. ``(700,)`` for SHD,
             ``(2, 128, 128)`` for DVS Gesture, ``(64,)`` for digits.
         steps: number of time steps ``T`` for spike-train inputs; None for static features.
+        classes: for data whose labels were text, the label of each class in class order (sorted);
+            None when the labels are the class indices themselves (docs/data.md#labels).
+        preprocessing: how raw features became these inputs (standardisation, encoding;
+            :class:`sbnn.data.preprocessing.Preprocessing`); None for data sets that are spike trains on disk.
     """
 
     name: str
@@ -62,6 +67,8 @@ class Dataset:
     num_classes: int
     input_shape: tuple[int, ...]
     steps: int | None = None
+    classes: tuple[str, ...] | None = None
+    preprocessing: Any = None
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -123,6 +130,8 @@ class DatasetLoader:
             features, or a file that decides; ``load_dataset`` then encodes features on request and
             checks the steps of spike trains.
         seeded: it takes ``seed`` (random splits or generation).
+        path_options: those of ``options`` whose values are file or folder paths; a run config resolves
+            them like ``path`` (relative to the config file's folder, docs/data.md#paths).
     """
 
     name: str
@@ -132,6 +141,7 @@ class DatasetLoader:
     path_help: str = "the folder holding its original files"
     spike_steps: int | None = None
     seeded: bool = False
+    path_options: tuple[str, ...] = ()
 
 
 _REGISTRY: Registry[DatasetLoader] = Registry("data set", unknown="unknown dataset {name}; choose one of {names}")
@@ -178,6 +188,8 @@ from sbnn.data.encoders import (  # noqa: E402
     rate_encode,
 )
 from sbnn.data.mnist import load_mnist  # noqa: E402
+from sbnn.data.csv_file import load_csv  # noqa: E402
+from sbnn.data.npy_folder import load_npy_folder  # noqa: E402
 from sbnn.data.npz import load_npz  # noqa: E402
 from sbnn.data.safe_pickle import restricted_pickle_load  # noqa: E402
 from sbnn.data.shd import load_shd  # noqa: E402
@@ -194,7 +206,12 @@ register_dataset(DatasetLoader("dvs_gesture", load_dvs_gesture, options=("downsa
                                needs_path=True, spike_steps=20))
 register_dataset(DatasetLoader("cifar10", load_cifar10, needs_path=True))
 register_dataset(DatasetLoader("npz", load_npz, options=("num_classes",), needs_path=True, path_help="the .npz file"))
-register_dataset(DatasetLoader("mnist", load_mnist, options=("validation", "file")))
+register_dataset(DatasetLoader("npy", load_npy_folder, options=("num_classes",), needs_path=True,
+                               path_help="the folder holding x_train.npy, y_train.npy, x_test.npy, y_test.npy"))
+register_dataset(DatasetLoader("csv", load_csv, options=("label_column", "test_fraction", "delimiter"),
+                               needs_path=True, seeded=True,
+                               path_help="a .csv file, or a folder holding train.csv and test.csv"))
+register_dataset(DatasetLoader("mnist", load_mnist, options=("validation", "file"), path_options=("file",)))
 
 # The built-in data sets (dataset_names() lists the registered ones, these and any added since).
 DATASETS: tuple[str, ...] = dataset_names()
@@ -208,16 +225,18 @@ def load_dataset(
     steps: int | None = None,
     encoding: str | None = None,
     seed: int = 0,
+    standardise: str | bool = "auto",
     **options: Any,
 ) -> Dataset:
     """Load a dataset by name.
 
     Args:
-        name: one of ``digits``, ``randman``, ``shd``, ``dvs_gesture``, ``cifar10``, ``npz``, or a name
-            registered since (:func:`register_dataset`).
+        name: one of ``digits``, ``randman``, ``shd``, ``dvs_gesture``, ``cifar10``, ``npz``, ``npy``,
+            ``csv``, ``mnist``, or a name registered since (:func:`register_dataset`).
         path: folder with the original files (``shd``: ``shd_train.h5``/``shd_test.h5``;
             ``dvs_gesture``: IBM's ``DvsGesture`` folder; ``cifar10``: the folder holding
-            ``cifar-10-batches-py`` or that folder itself) or the ``.npz`` file; None for built-in data.
+            ``cifar-10-batches-py`` or that folder itself), the ``.npz`` file, the folder of ``.npy``
+            files, or the ``.csv`` file (or folder of ``train.csv`` and ``test.csv``); None for built-in data.
         steps: time steps T. Spiking datasets: number of time bins (defaults: randman 100, shd 100,
             dvs_gesture 20). Feature datasets: length of the encoded spike train (default 25); only
             valid together with ``encoding``.
@@ -225,10 +244,12 @@ def load_dataset(
             features; ``rate``, ``on_off``, ``latency`` or ``direct`` turns them into ``(N, T, ...)``
             inputs (see :mod:`sbnn.data.encoders`). Must be None for spiking datasets.
         seed: seeds every random choice (digits split, Randman generation, rate encoders).
+        standardise: ``"auto"``, ``True`` or ``False``: static features (:func:`standardise_dataset`).
         **options: loader-specific options: digits ``test_fraction``; randman ``num_classes``,
             ``num_units``, ``intrinsic_dim``, ``samples_per_class``, ``spikes_per_unit``, ``alpha``,
             ``test_fraction``; shd ``max_time`` (s), ``binary``; dvs_gesture ``downsample``,
-            ``duration_us``, ``binary``; npz ``num_classes``.
+            ``duration_us``, ``binary``; npz and npy ``num_classes``; csv ``label_column``,
+            ``test_fraction``, ``delimiter``; mnist ``validation``, ``file``.
 
     Returns:
         The :class:`Dataset`.
@@ -238,6 +259,19 @@ def load_dataset(
         ValueError: an unknown name, option or an invalid combination of arguments.
     """
     loader = dataset_loader(name)
+    encoding = _checked_load_arguments(loader, path, steps, encoding, options)
+    try:
+        return _load(loader, path, steps, encoding, seed, options, standardise)
+    except MemoryError as error:
+        # sizes from a config or a file that do not fit: a one-line error, not a traceback
+        raise DataError(f"{name}: the data set does not fit in memory ({' '.join(str(error).split())})") from None
+
+
+def _checked_load_arguments(loader: DatasetLoader, path: Any, steps: int | None, encoding: str | None,
+                            options: dict[str, Any]) -> str | None:
+    """Refuse unknown options, encodings, a bad ``steps`` and a path given or missing against the loader;
+    returns the encoding with ``"none"`` read as None."""
+    name = loader.name
     unknown = sorted(set(options) - set(loader.options))
     if unknown:
         allowed = ", ".join(loader.options) or "none"
@@ -252,16 +286,11 @@ def load_dataset(
         raise ValueError(f"dataset {name!r} needs path= (the folder or file holding its original files)")
     if not loader.needs_path and path is not None:
         raise ValueError(f"dataset {name!r} is built in and takes no path (got {os.fspath(path)!r})")
-
-    try:
-        return _load(loader, path, steps, encoding, seed, options)
-    except MemoryError as error:
-        # sizes from a config or a file that do not fit: a one-line error, not a traceback
-        raise DataError(f"{name}: the data set does not fit in memory ({' '.join(str(error).split())})") from None
+    return encoding
 
 
 def _load(loader: DatasetLoader, path: Any, steps: int | None, encoding: str | None, seed: int,
-          options: dict[str, Any]) -> Dataset:
+          options: dict[str, Any], standardise: str | bool = "auto") -> Dataset:
     name = loader.name
     arguments = (path,) if loader.needs_path else ()
     keywords: dict[str, Any] = {"seed": seed} if loader.seeded else {}
@@ -274,11 +303,32 @@ def _load(loader: DatasetLoader, path: Any, steps: int | None, encoding: str | N
             _reject_encoding(name, encoding)
             if steps is not None and steps != dataset.steps:
                 raise ValueError(f"{name}: the file holds spike trains of {dataset.steps} steps, not {steps}")
-        elif encoding is not None:
-            dataset = encode_dataset(dataset, encoding, DEFAULT_ENCODING_STEPS if steps is None else steps, seed=seed)
-        elif steps is not None:
+        elif steps is not None and encoding is None:
             raise ValueError(f"{name}: steps={steps} needs an encoding ({', '.join(ENCODINGS)}) for static features")
+        else:
+            dataset = standardise_dataset(dataset, standardise, encoding)
+            if encoding is not None:
+                dataset = encode_dataset(dataset, encoding, DEFAULT_ENCODING_STEPS if steps is None else steps,
+                                         seed=seed)
     return dataset
+
+
+def standardise_dataset(dataset: Dataset, mode: str | bool, encoding: str | None = None) -> Dataset:
+    """Static features standardised on the training split into ``encoding``'s range when ``mode`` asks for it
+    (:func:`sbnn.data.preprocessing.should_standardise`); ``dataset.preprocessing`` records what was done."""
+    from sbnn.data.preprocessing import (Preprocessing, Standardisation, encoder_range, feature_spread,
+                                         should_standardise)
+
+    scaling = None
+    raw_range = (float(dataset.x_train.min()), float(dataset.x_train.max())) if len(dataset.x_train) else None
+    spread = feature_spread(dataset.x_train)
+    if should_standardise(mode, dataset.x_train, encoding):
+        low, high = encoder_range(encoding)
+        scaling = Standardisation.fit(dataset.x_train, low=low, high=high)
+        dataset = replace(dataset, x_train=scaling.apply(dataset.x_train), x_test=scaling.apply(dataset.x_test))
+    return replace(dataset, preprocessing=Preprocessing(feature_shape=tuple(dataset.input_shape),
+                                                        standardisation=scaling, raw_range=raw_range,
+                                                        raw_spread=spread))
 
 
 def encode_dataset(dataset: Dataset, encoding: str, steps: int, *, seed: int = 0) -> Dataset:
@@ -291,6 +341,10 @@ def encode_dataset(dataset: Dataset, encoding: str, steps: int, *, seed: int = 0
     rng = np.random.default_rng(seed)
     x_train = encode(dataset.x_train, encoding, steps, seed=rng)
     x_test = encode(dataset.x_test, encoding, steps, seed=rng)
+    from sbnn.data.preprocessing import Preprocessing
+
+    preprocessing = replace(dataset.preprocessing or Preprocessing(feature_shape=tuple(dataset.input_shape)),
+                            encoding=encoding, steps=steps, seed=seed)
     return Dataset(
         name=dataset.name,
         x_train=x_train,
@@ -300,6 +354,8 @@ def encode_dataset(dataset: Dataset, encoding: str, steps: int, *, seed: int = 0
         num_classes=dataset.num_classes,
         input_shape=tuple(x_train.shape[2:]),
         steps=steps,
+        classes=dataset.classes,
+        preprocessing=preprocessing,
     )
 
 
@@ -321,11 +377,14 @@ __all__ = [
     "direct_encode",
     "encode",
     "encode_dataset",
+    "standardise_dataset",
     "latency_encode",
     "load_cifar10",
     "load_dataset",
     "load_digits",
     "load_dvs_gesture",
+    "load_csv",
+    "load_npy_folder",
     "load_npz",
     "load_shd",
     "make_randman",

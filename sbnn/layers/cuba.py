@@ -12,13 +12,14 @@ with ``alpha = (4095 - du)/4096`` and ``beta = (4096 - dv)/4096`` for Loihi's 12
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig
+from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig, with_outcome_derivative
 from sbnn.layers.binary import _check_base_noise, fast_sigmoid_spike
 
 
@@ -109,27 +110,50 @@ def cuba_lif_step(
     return spiked.to(voltage.dtype), CubaState(current, voltage)
 
 
+def _noise_scale(variance: Tensor | None, params: CubaParameters) -> tuple[Tensor | float, Tensor | float]:
+    """``(s, 1/s)`` with ``s = sqrt(variance + s0^2)`` (numbers when ``variance`` is ``None``): the scale of
+    a step's membrane noise.  Shared by the step-by-step and the fused paths (docs/method.md#cuba-lif)."""
+    if variance is None:
+        std = math.sqrt(params.base_noise_std**2)
+        return std, 1.0 / std
+    total_variance = variance + params.base_noise_std**2
+    return torch.sqrt(total_variance), torch.rsqrt(total_variance)
+
+
+def _integrate_current(drive: Tensor, current: Tensor, params: CubaParameters, *, out: Tensor | None = None) -> Tensor:
+    """``I = alpha I' + drive`` (the sampled current), as one operation both paths share: with operands of
+    the same layout it gives the same bits in the step-by-step and the fused paths."""
+    return torch.add(drive, current, alpha=params.current_decay, out=out)
+
+
+def _integrate_voltage(
+    driven_current: Tensor, voltage: Tensor, params: CubaParameters, *, out: Tensor | None = None
+) -> Tensor:
+    """The sampled membrane before the spike, ``Vhat = (I + bias) + beta V'``; ``driven_current`` is ``I + bias``."""
+    return torch.add(driven_current, voltage, alpha=params.voltage_decay, out=out)
+
+
 def _noisy_lif_values(
     state: CubaState, step_mean: Tensor, step_variance: Tensor | None, unit_noise: Tensor,
     params: CubaParameters, bias: Tensor | float, *, out: tuple[Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor | float, Tensor]:
     """The arithmetic of one noisy step before the spike: ``(current, sampled_voltage, 1/s, z)``.
 
-    The one definition, shared by the step-by-step and the fused paths so that both give bit-identical
-    spikes for the same noise; ``out`` optionally receives ``(sampled_voltage, z)`` (the fused path
-    writes them straight into what it saves)."""
-    if step_variance is None:
-        total_variance = torch.full_like(step_mean, params.base_noise_std**2)
-    else:
-        total_variance = step_variance + params.base_noise_std**2
-    noise = torch.sqrt(total_variance) * unit_noise
-    inverse_std = torch.rsqrt(total_variance)
-    mean_current = torch.add(step_mean, state.current, alpha=params.current_decay)
-    mean_voltage = torch.add(mean_current, state.voltage, alpha=params.voltage_decay) + bias
+    ``drive = mean + s xi``, ``I = alpha I' + drive``, ``Vhat = (I + bias) + beta V'``; the spike is
+    ``Vhat > theta``, the same event as ``z + xi > 0`` for the margin ``z = (Vhat - s xi - theta)/s`` of
+    the mean membrane.  The one definition of the step, shared by the step-by-step and the fused paths
+    (whose whole-sequence operations are correctly rounded elementwise ones), so that both give
+    bit-identical spikes for the same noise; ``out`` optionally receives ``(sampled_voltage, z)``.
+    """
+    std, inverse_std = _noise_scale(step_variance, params)
+    noise = std * unit_noise
+    current = _integrate_current(step_mean + noise, state.current, params)
     sampled_out, margin_out = (None, None) if out is None else out
-    z = torch.mul(mean_voltage - params.threshold, inverse_std, out=margin_out)
-    sampled_voltage = torch.add(mean_voltage, noise, out=sampled_out)
-    return mean_current + noise, sampled_voltage, inverse_std, z
+    sampled_voltage = _integrate_voltage(current + bias, state.voltage, params, out=sampled_out)
+    if margin_out is None:   # (autograd records this path: no in-place operations)
+        return current, sampled_voltage, inverse_std, (sampled_voltage - noise - params.threshold) * inverse_std
+    z = torch.sub(sampled_voltage, noise, out=margin_out).sub_(params.threshold).mul_(inverse_std)
+    return current, sampled_voltage, inverse_std, z
 
 
 def cuba_lif_step_noisy(
@@ -175,7 +199,11 @@ def cuba_lif_step_noisy(
     current, sampled_voltage, _, z = _noisy_lif_values(
         state, input_mean, input_variance, unit_noise, params, bias
     )
-    spikes = estimator.sample_given_noise(z, unit_noise, generator=generator)
+    if estimator.hard:
+        fired = (sampled_voltage > params.threshold).to(sampled_voltage.dtype)
+        spikes = with_outcome_derivative(z, fired, estimator, generator)
+    else:
+        spikes = estimator.sample_given_noise(z, unit_noise, generator=generator)
     return spikes, CubaState(current, sampled_voltage * (1.0 - spikes))
 
 

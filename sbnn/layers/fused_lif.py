@@ -8,25 +8,48 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sbnn.layers.cuba import CubaParameters, CubaState, _noisy_lif_values
+from sbnn.estimators import EstimatorConfig
+from sbnn.layers.cuba import (
+    CubaParameters,
+    CubaState,
+    _integrate_current,
+    _integrate_voltage,
+    _noise_scale,
+    _noisy_lif_values,
+)
 from sbnn.layers.modes import _add_optional
 
 
-# Devices on which the fused LIF evaluates the estimator step by step, while the step's tensors are in
-# cache (on an accelerator one call over the whole sequence is faster).
-_PER_STEP_DERIVATIVE_DEVICES = ("cpu",)
+# Devices on which the fused LIF works through the sequence in chunks of time steps small enough to stay
+# in cache (_CHUNK_ELEMENTS numbers per tensor); on an accelerator one chunk spans the whole sequence, as
+# each operation costs a kernel launch and a step's tensors are too small to fill the device.
+_CACHE_SIZED_DEVICES = ("cpu",)
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _chunk_steps(step_tensor: Tensor, steps: int) -> int:
+    """Time steps per chunk for tensors shaped like ``step_tensor`` (one step, ``(batch, *shape)``)."""
+    if step_tensor.device.type not in _CACHE_SIZED_DEVICES:
+        return max(steps, 1)
+    return max(1, min(steps, _CHUNK_ELEMENTS // max(step_tensor.numel(), 1)))
+
+
+def _time_major(tensor: Tensor | None, start: int, stop: int) -> Tensor | None:
+    """Steps ``start:stop`` of a ``(batch, T, ...)`` tensor as a ``(steps, batch, ...)`` view."""
+    return None if tensor is None else tensor[:, start:stop].transpose(0, 1)
 
 
 class _FusedNoisyLif(torch.autograd.Function):
     """A whole sequence of noisy CUBA-LIF steps with a hand-written backward through time.
 
     Same arithmetic as :func:`cuba_lif_step_noisy` step by step (so the same spikes, bit for bit), but
-    the forward records no autograd graph and the backward is one short recursion over the adjoints of
-    ``I`` and ``V``: a step costs a few tensor operations on tensors still in cache, instead of dozens
-    recorded by autograd.  ``mean``, ``variance`` (or ``None``) and ``unit_noise`` are
-    ``(batch, T, n)`` (any neuron shape without recurrence); ``recurrent_moments`` (or ``None``) is the
-    recurrent layer's ``[mu; sigma^2]``, ``(2n, n)``, fed with the previous step's spikes as
-    :meth:`BayesianLayer.forward` does.  Outputs ``spikes``, ``voltages`` (empty unless
+    the forward records no autograd graph.  Without recurrence everything that does not depend on the
+    state (noise scale, drive, margins, the estimator's derivative) is computed for a chunk of steps at
+    once, and the recursion itself is four operations per step forward and two backward
+    (:func:`_forward_chunked`, :func:`_backward_chunked`).  ``mean``, ``variance`` (or ``None``) and
+    ``unit_noise`` are ``(batch, T, n)`` (any neuron shape without recurrence); ``recurrent_moments``
+    (or ``None``) is the recurrent layer's ``[mu; sigma^2]``, ``(2n, n)``, fed with the previous step's
+    spikes as :meth:`BayesianLayer.forward` does.  Outputs ``spikes``, ``voltages`` (empty unless
     ``record_voltage``) and the final state.  Not for the soft ``"relaxed"`` estimator.
     """
 
@@ -38,52 +61,17 @@ class _FusedNoisyLif(torch.autograd.Function):
         recurrent = recurrent_moments is not None
         spikes = torch.empty_like(mean)
         voltages = torch.empty_like(mean) if record_voltage else mean.new_empty((mean.shape[0], 0))
-        # Saved per step for the backward, time-major so that each step's slice is contiguous: the
-        # sampled voltage before the reset, z (then g z/s) and g/s, for dL/dm = dL/db g/s and
+        # Saved for the backward, time-major so that each step's slice is contiguous: the sampled
+        # voltage before the reset, z (then g z/s) and g/s, for dL/dm = dL/db g/s and
         # dL/dVar = (dL/d(noise) xi - dL/db g z/s)/(2s); with recurrence also each step's total input
-        # variance; and the spikes.
+        # variance.
         saved = torch.empty((3 + recurrent, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
             if needs_derivative else None
-        per_step_derivative = mean.device.type in _PER_STEP_DERIVATIVE_DEVICES
-        current, voltage = current0, voltage0
-        fired = torch.zeros_like(mean[:, 0])
-        for t in range(steps):
-            step_noise = unit_noise[:, t]
-            step_mean = mean[:, t]
-            step_variance = None if variance is None else variance[:, t]
-            if recurrent:
-                feedback_mean, feedback_variance = F.linear(fired, recurrent_moments).split(mean.shape[-1], -1)
-                step_mean = step_mean + feedback_mean
-                step_variance = _add_optional(step_variance, feedback_variance)
-                if saved is not None:
-                    saved[3, t] = step_variance
-            current, sampled_voltage, inverse_std, z = _noisy_lif_values(
-                CubaState(current, voltage), step_mean, step_variance, step_noise, params, bias,
-                out=None if saved is None else (saved[0, t], saved[1, t]),
-            )
-            # As sample_given_noise draws it; a fresh tensor (not the output's strided slice) feeds the
-            # recurrent product, as in the step-by-step path.
-            fired = torch.add(z, step_noise).gt_(0.0) if recurrent else \
-                torch.add(z, step_noise, out=spikes[:, t]).gt_(0.0)
-            if recurrent:
-                spikes[:, t] = fired
-            voltage = torch.addcmul(sampled_voltage, sampled_voltage, fired, value=-1.0)   # reset
-            if record_voltage:
-                voltages[:, t] = voltage
-            if needs_derivative:
-                if per_step_derivative:
-                    derivative = estimator.outcome_derivative(z, fired, generator=generator)
-                    torch.mul(derivative, inverse_std, out=saved[2, t])
-                    saved[1, t].mul_(saved[2, t])
-                else:
-                    saved[2, t] = inverse_std
-        if needs_derivative and not per_step_derivative:
-            # One call over the whole sequence: on an accelerator a step's tensors are too small to
-            # fill it, and each operation costs a kernel launch.
-            margins = saved[1]
-            derivative = estimator.outcome_derivative(margins, spikes.transpose(0, 1), generator=generator)
-            saved[2].mul_(derivative)
-            margins.mul_(saved[2])
+        run = _forward_recurrent if recurrent else _forward_chunked
+        current, voltage = run(
+            mean, variance, unit_noise, bias, current0, voltage0, recurrent_moments, params, estimator,
+            generator, spikes=spikes, voltages=voltages if record_voltage else None, saved=saved,
+        )
         if needs_derivative:
             ctx.save_for_backward(saved, unit_noise, spikes, variance, recurrent_moments)
         ctx.params = params
@@ -99,15 +87,20 @@ class _FusedNoisyLif(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grads = _LifGradients(
             # With recurrence the step's input gradients also feed the recurrent weights and earlier spikes.
-            mean=torch.empty_like(unit_noise) if needs[0] or recurrent else None,
+            mean=torch.empty_like(unit_noise),
             variance=torch.empty_like(unit_noise) if step_variances is not None else None,
             bias=torch.zeros_like(saved[0, 0]) if needs[3] else None,
         )
-        adjoint_current, adjoint_voltage = _backward_through_time(
-            ctx.params, saved, unit_noise, spikes, step_variances, recurrent_moments, grads,
-            grad_spikes=grad_spikes, grad_voltages=grad_voltages,
-            grad_final_current=grad_final_current, grad_final_voltage=grad_final_voltage,
-        )
+        if grad_voltages is not None and grad_voltages.shape[1] == 0:
+            grad_voltages = None
+        incoming = dict(grad_spikes=grad_spikes, grad_voltages=grad_voltages,
+                        grad_final_current=grad_final_current, grad_final_voltage=grad_final_voltage)
+        if recurrent:
+            adjoint_current, adjoint_voltage = _backward_through_time(
+                ctx.params, saved, unit_noise, spikes, step_variances, recurrent_moments, grads, **incoming)
+        else:
+            adjoint_current, adjoint_voltage = _backward_chunked(
+                ctx.params, saved, unit_noise, spikes, variance, grads, **incoming)
         grad_recurrent = None
         if recurrent and needs[6]:
             # d[mu; sigma^2] = sum over steps t >= 1 and the batch of [dm_t, dVar_t]^T b_{t-1}.
@@ -123,6 +116,165 @@ class _FusedNoisyLif(torch.autograd.Function):
             grad_recurrent,
             None, None, None, None, None,
         )
+
+
+def _forward_recurrent(
+    mean: Tensor, variance: Tensor | None, unit_noise: Tensor, bias: Tensor, current: Tensor, voltage: Tensor,
+    recurrent_moments: Tensor, params: CubaParameters, estimator: EstimatorConfig,
+    generator: torch.Generator | None, *, spikes: Tensor, voltages: Tensor | None, saved: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The forward of :class:`_FusedNoisyLif` with recurrence, step by step (each step's input depends
+    on the previous step's spikes).  Fills ``spikes``, ``voltages`` and ``saved``; returns the final
+    ``(current, voltage)``."""
+    cache_sized = mean.device.type in _CACHE_SIZED_DEVICES
+    fired = torch.zeros_like(mean[:, 0])
+    for t in range(mean.shape[1]):
+        feedback_mean, feedback_variance = F.linear(fired, recurrent_moments).split(mean.shape[-1], -1)
+        step_mean = mean[:, t] + feedback_mean
+        step_variance = _add_optional(None if variance is None else variance[:, t], feedback_variance)
+        if saved is not None:
+            saved[3, t] = step_variance
+        current, sampled_voltage, inverse_std, z = _noisy_lif_values(
+            CubaState(current, voltage), step_mean, step_variance, unit_noise[:, t], params, bias,
+            out=None if saved is None else (saved[0, t], saved[1, t]),
+        )
+        # A fresh tensor (not the output's strided slice) feeds the recurrent product, as in the
+        # step-by-step path.
+        fired = torch.gt(sampled_voltage, params.threshold).to(mean.dtype)
+        spikes[:, t] = fired
+        voltage = torch.addcmul(sampled_voltage, sampled_voltage, fired, value=-1.0)   # reset
+        if voltages is not None:
+            voltages[:, t] = voltage
+        if saved is not None and cache_sized:   # the estimator while the step's tensors are in cache
+            derivative = estimator.outcome_derivative(z, fired, generator=generator)
+            torch.mul(derivative, inverse_std, out=saved[2, t])
+            saved[1, t].mul_(saved[2, t])
+        elif saved is not None:
+            saved[2, t] = inverse_std
+    if saved is not None and not cache_sized:
+        # One call over the whole sequence: each operation costs a kernel launch on an accelerator.
+        derivative = estimator.outcome_derivative(saved[1], spikes.transpose(0, 1), generator=generator)
+        saved[2].mul_(derivative)
+        saved[1].mul_(saved[2])
+    return current, voltage
+
+
+def _forward_chunked(
+    mean: Tensor, variance: Tensor | None, unit_noise: Tensor, bias: Tensor, current: Tensor, voltage: Tensor,
+    recurrent_moments: None, params: CubaParameters, estimator: EstimatorConfig,
+    generator: torch.Generator | None, *, spikes: Tensor, voltages: Tensor | None, saved: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The forward of :class:`_FusedNoisyLif` without recurrence, a chunk of steps at a time.
+
+    Per chunk: the noise scale and the drive ``mean + s xi`` at once; the current recursion (one
+    operation a step); ``I + bias`` at once; the voltage recursion (sampled voltage, spike, reset: three
+    operations a step); then the margins and the estimator's derivative at once.  Per element every
+    operation is the one :func:`_noisy_lif_values` applies, on operands of the same layout where the
+    rounding could depend on it, so the spikes are those of the step-by-step path bit for bit.
+    """
+    steps = mean.shape[1]
+    chunk = _chunk_steps(current, steps)
+    # Time-major work buffers, reused by every chunk; the recursions read and write contiguous steps.
+    drive = torch.empty((chunk, *current.shape), dtype=mean.dtype, device=mean.device)
+    currents, chunk_voltages = torch.empty_like(drive), torch.empty_like(drive)
+    sampled = torch.empty_like(drive) if saved is None else None
+    for start in range(0, steps, chunk):
+        stop = min(start + chunk, steps)
+        size = stop - start
+        std, inverse_std = _noise_scale(_time_major(variance, start, stop), params)
+        noise = std * _time_major(unit_noise, start, stop)
+        torch.add(_time_major(mean, start, stop), noise, out=drive[:size])
+        for k in range(size):
+            current = _integrate_current(drive[k], current, params, out=currents[k])
+        driven = torch.add(currents[:size], bias, out=drive[:size])
+        chunk_sampled = sampled[:size] if saved is None else saved[0, start:stop]
+        for k in range(size):
+            step_sampled = _integrate_voltage(driven[k], voltage, params, out=chunk_sampled[k])
+            fired = torch.gt(step_sampled, params.threshold, out=spikes[:, start + k])
+            voltage = torch.addcmul(step_sampled, step_sampled, fired, value=-1.0, out=chunk_voltages[k])
+        if voltages is not None:
+            voltages[:, start:stop] = chunk_voltages[:size].transpose(0, 1)
+        if saved is not None:
+            margins = torch.sub(chunk_sampled, noise, out=saved[1, start:stop]).sub_(params.threshold)
+            margins.mul_(inverse_std)
+            derivative = estimator.outcome_derivative(margins, _time_major(spikes, start, stop), generator=generator)
+            torch.mul(derivative, inverse_std, out=saved[2, start:stop])
+            margins.mul_(saved[2, start:stop])
+    # (A chunk reads the previous chunk's last state before it overwrites that buffer slot.)
+    return current.clone(), voltage.clone()
+
+
+def _backward_chunked(
+    params: CubaParameters, saved: Tensor, unit_noise: Tensor, spikes: Tensor, variance: Tensor | None,
+    grads: "_LifGradients", *, grad_spikes: Tensor | None, grad_voltages: Tensor | None,
+    grad_final_current: Tensor | None, grad_final_voltage: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The adjoint recursion of :func:`_forward_chunked`, a chunk of steps at a time from the last.
+
+    With ``e_t = dL/dm_t`` (the mean membrane, through the sampled voltage and the margin) and
+    ``q_t = dL/d mean_t``: ``e_t = k_t a_t + h_t``, ``a_t = beta e_{t+1} (+ dL/dV_t)`` the adjoint of
+    the voltage after the reset, ``k_t = 1 - b_t - Vhat_t g_t/s_t`` and ``h_t = dL/db_t g_t/s_t``; and
+    ``q_t = e_t + alpha q_{t+1}``: two operations a step.  Everything else (the bias's and the
+    variance's gradients) is formed for a whole chunk at once.  Fills ``grads``; returns the adjoints
+    of the initial current and voltage.
+    """
+    steps = saved.shape[1]
+    alpha, beta = params.current_decay, params.voltage_decay
+    chunk = _chunk_steps(saved[0, 0], steps)
+    zeros = torch.zeros_like(saved[0, 0])
+    voltage_adjoint = zeros if grad_final_voltage is None else grad_final_voltage   # a_{T-1}
+    current_adjoint = zeros if grad_final_current is None else grad_final_current   # alpha q_T
+    margin_adjoint = torch.empty((chunk, *zeros.shape), dtype=zeros.dtype, device=zeros.device)  # e
+    for stop in range(steps, 0, -chunk):
+        start = max(0, stop - chunk)
+        size = stop - start
+        sampled, derivative_margin_over_std, derivative_over_std = saved[:3, start:stop].unbind(0)
+        fired = _time_major(spikes, start, stop)
+        keep = torch.addcmul(1.0 - fired, sampled, derivative_over_std, value=-1.0)       # k
+        spike_grad = _time_major(grad_spikes, start, stop)
+        drive = torch.zeros_like(keep) if spike_grad is None else spike_grad * derivative_over_std   # h
+        voltage_grad = _time_major(grad_voltages, start, stop)
+        if voltage_grad is not None:
+            drive.addcmul_(keep, voltage_grad)
+        e = margin_adjoint[:size]
+        q = _time_major(grads.mean, start, stop)
+        torch.addcmul(drive[-1], voltage_adjoint, keep[-1], out=e[-1])
+        torch.add(e[-1], current_adjoint, out=q[-1])
+        for k in range(size - 2, -1, -1):
+            torch.addcmul(drive[k], e[k + 1], keep[k], value=beta, out=e[k])
+            torch.add(e[k], q[k + 1], alpha=alpha, out=q[k])
+        if grads.bias is not None:
+            grads.bias.add_(e.sum(0))
+        if grads.variance is not None:
+            _variance_gradient_of_chunk(
+                params, e, q, voltage_adjoint, current_adjoint, sampled, fired, derivative_margin_over_std,
+                spike_grad, voltage_grad, _time_major(unit_noise, start, stop),
+                _time_major(variance, start, stop), out=_time_major(grads.variance, start, stop),
+            )
+        voltage_adjoint, current_adjoint = beta * e[0], alpha * q[0]
+    return current_adjoint, voltage_adjoint
+
+
+def _variance_gradient_of_chunk(
+    params: CubaParameters, e: Tensor, q: Tensor, last_voltage_adjoint: Tensor, last_current_adjoint: Tensor,
+    sampled: Tensor, fired: Tensor, derivative_margin_over_std: Tensor, spike_grad: Tensor | None,
+    voltage_grad: Tensor | None, unit_noise: Tensor, variance: Tensor, *, out: Tensor,
+) -> None:
+    """``dL/dVar_t = ((dL/dVhat_t + dL/dI_t) xi_t - dL/db_t g_t z_t/s_t) / (2 s_t)`` for a chunk, all
+    ``(steps, batch, ...)``: the noise ``s xi`` enters the current and the sampled voltage, and ``s``
+    divides the margin.  ``e``, ``q`` are :func:`_backward_chunked`'s adjoints of the chunk, the last
+    adjoints those that entered it from the next chunk."""
+    voltage_adjoint = torch.cat([e[1:] * params.voltage_decay, last_voltage_adjoint.unsqueeze(0)])   # a_t
+    if voltage_grad is not None:
+        voltage_adjoint += voltage_grad
+    current_adjoint = torch.cat([q[1:] * params.current_decay, last_current_adjoint.unsqueeze(0)])
+    # dL/db_t = dL/d(output spike) - a_t Vhat_t (the reset); dL/dVhat_t = a_t (1 - b_t).
+    spike_total = torch.mul(voltage_adjoint, sampled).neg_()
+    if spike_grad is not None:
+        spike_total += spike_grad
+    noise_adjoint = torch.addcmul(voltage_adjoint, voltage_adjoint, fired, value=-1.0).add_(current_adjoint)
+    std_adjoint = noise_adjoint.mul_(unit_noise).addcmul_(spike_total, derivative_margin_over_std, value=-1.0)
+    torch.mul(std_adjoint, torch.rsqrt(variance + params.base_noise_std**2).mul_(0.5), out=out)
 
 
 class _LifGradients(NamedTuple):

@@ -4,11 +4,12 @@
 ``torch.load(path, weights_only=True)``: the model, optimiser and scheduler states, the RNG states (torch,
 CUDA, numpy, python, the data-order generator), the epoch, the global step, the metrics history and the
 config.  ``--resume`` continues from it; the config may differ only in ``train.epochs``, ``device``,
-``threads`` and ``eval_batch_size`` (and ``[export]``/``[pipeline]``).
+``threads``, ``eval_batch_size`` and ``full_eval_every`` (and ``[export]``/``[pipeline]``).
 """
 
 from __future__ import annotations
 
+import filecmp
 import os
 import tomllib
 from pathlib import Path
@@ -28,7 +29,8 @@ from .run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, atomic_write
 CHECKPOINT_FORMAT = 1
 
 # Keys that may differ between a checkpoint's config and the config of the run that resumes it.
-_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("train", "threads"), ("train", "eval_batch_size")}
+_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("train", "threads"), ("train", "eval_batch_size"),
+                      ("train", "full_eval_every")}
 _RESUMABLE_SECTIONS = {"export", "pipeline"}
 
 # What a checkpoint of CHECKPOINT_FORMAT holds (:func:`save_checkpoint`), checked before any of it is used.
@@ -116,9 +118,21 @@ def config_differences(saved: RunConfig, current: RunConfig) -> list[str]:
         for key in sorted(keys):
             if (section, key) in _RESUMABLE_CHANGES:
                 continue
-            if saved_values.get(section, {}).get(key) != current_values[section].get(key):
+            saved_value, current_value = saved_values.get(section, {}).get(key), current_values[section].get(key)
+            if saved_value != current_value and not (section == "data" and _same_file(saved_value, current_value)):
                 differences.append(f"{section}.{key}")
     return differences
+
+
+def _same_file(saved: Any, current: Any) -> bool:
+    """Two ``[data]`` paths (absolute, docs/data.md#paths) naming files of identical content: a data file that
+    moved or was copied along with its project is the same data, so the run may resume."""
+    if not (isinstance(saved, str) and isinstance(current, str) and os.path.isfile(saved) and os.path.isfile(current)):
+        return False
+    try:
+        return filecmp.cmp(saved, current, shallow=False)
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------------------------------

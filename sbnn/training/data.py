@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,12 @@ from sbnn.models import SbnnModel, build_model
 
 @dataclass
 class TrainingData:
-    """The splits as CPU tensors (inputs keep the loader's dtype; the model casts them)."""
+    """The splits as CPU tensors (inputs keep the loader's dtype; the model casts them).
+
+    ``train_eval_indices`` index ``x_train``: the examples the full evaluation scores train accuracy on.
+    ``epoch_train_indices`` (a subset of them, indexing ``x_train``) and ``epoch_test_indices`` (indexing
+    ``x_test``) are what the cheap per-epoch evaluation scores (``train.epoch_eval_subset``).
+    """
 
     x_train: Tensor
     y_train: Tensor
@@ -24,6 +30,38 @@ class TrainingData:
     train_eval_indices: Tensor
     num_classes: int
     input_shape: tuple[int, ...]
+    epoch_train_indices: Tensor | None = None   # None: train_eval_indices
+    epoch_test_indices: Tensor | None = None    # None: all of x_test
+    preprocessing: Any = None   # how raw features became x (sbnn.data.preprocessing.Preprocessing), or None
+
+    def epoch_eval_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{"train": (x, y), "test": (x, y)}`` of the per-epoch evaluation."""
+        train = self.train_eval_indices if self.epoch_train_indices is None else self.epoch_train_indices
+        test = self.epoch_test_indices
+        return {"train": (self.x_train[train], self.y_train[train]),
+                "test": (self.x_test, self.y_test) if test is None else (self.x_test[test], self.y_test[test])}
+
+    def full_eval_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{"train": (x, y), "test": (x, y)}`` of the full evaluation: the train evaluation set, all of test."""
+        return {"train": (self.x_train[self.train_eval_indices], self.y_train[self.train_eval_indices]),
+                "test": (self.x_test, self.y_test)}
+
+
+EPOCH_EVAL_CAP = 1000   # examples per split of the "auto" per-epoch evaluation, at most ...
+EPOCH_EVAL_SHARE = 4    # ... and at most a quarter of the training examples
+
+
+def epoch_eval_size(setting: int | str | None, n_train: int) -> int | None:
+    """Examples per split of the per-epoch evaluation for ``train.epoch_eval_subset = setting`` (None: all).
+
+    ``"auto"``: ``min(EPOCH_EVAL_CAP, ceil(n_train / EPOCH_EVAL_SHARE))``. A posterior-mean pass costs
+    about a quarter to a sixth of a training example's noisy forward and backward pass
+    (``benchmarks/epoch_evaluation_cost.py``), so two splits of ``n_train / 4`` cost about 8-12 % of the
+    epoch, on small and large data alike; 1000 examples keep the per-epoch accuracy within about ±1.5 points.
+    """
+    if setting == "auto":
+        return min(EPOCH_EVAL_CAP, -(-n_train // EPOCH_EVAL_SHARE))
+    return setting
 
 
 def _subset(size: int, limit: int | None, seed: int) -> np.ndarray | None:
@@ -34,7 +72,8 @@ def _subset(size: int, limit: int | None, seed: int) -> np.ndarray | None:
 
 
 def load_training_data(config: RunConfig) -> TrainingData:
-    """Load the configured data set and apply ``train_subset``/``test_subset``/``train_eval_subset``.
+    """Load the configured data set and apply ``train_subset``/``test_subset``/``train_eval_subset`` (and choose
+    the ``epoch_eval_subset`` subsets).
 
     Raises:
         DataError: files missing or malformed.
@@ -58,6 +97,10 @@ def load_training_data(config: RunConfig) -> TrainingData:
     eval_indices = np.arange(len(x_train)) if eval_keep is None else eval_keep
     if len(x_train) == 0 or len(x_test) == 0:
         raise ConfigError(f"{config.source}: data: an empty split ({len(x_train)} train, {len(x_test)} test examples)")
+    # The per-epoch evaluation's subsets: of the train evaluation set and of the test set.
+    per_split = epoch_eval_size(config.train.epoch_eval_subset, len(x_train))
+    epoch_train = _subset(len(eval_indices), per_split, config.data.seed * 3 + 4)
+    epoch_test = _subset(len(x_test), per_split, config.data.seed * 3 + 5)
     return TrainingData(
         x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
         y_train=torch.from_numpy(np.ascontiguousarray(y_train)).long(),
@@ -66,6 +109,9 @@ def load_training_data(config: RunConfig) -> TrainingData:
         train_eval_indices=torch.from_numpy(eval_indices).long(),
         num_classes=int(dataset.num_classes),
         input_shape=tuple(int(s) for s in dataset.input_shape),
+        preprocessing=dataset.preprocessing,
+        epoch_train_indices=None if epoch_train is None else torch.from_numpy(eval_indices[epoch_train]).long(),
+        epoch_test_indices=None if epoch_test is None else torch.from_numpy(epoch_test).long(),
     )
 
 
@@ -83,4 +129,5 @@ def build_run_model(config: RunConfig, data: TrainingData) -> SbnnModel:
                           f"input shape {data.input_shape})") from None
 
 
-__all__ = ["TrainingData", "build_run_model", "load_training_data"]
+__all__ = ["EPOCH_EVAL_CAP", "EPOCH_EVAL_SHARE", "TrainingData", "build_run_model", "epoch_eval_size",
+           "load_training_data"]

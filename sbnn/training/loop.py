@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from sbnn.aux_loss import Penalty, make_penalty, record_activity
 from sbnn.config import ConfigError, RunConfig, TrainConfig
-from sbnn.evaluate import evaluate_split
+from sbnn.evaluate import PREDICTIONS, evaluate_split
 from sbnn.models import SbnnModel
 
 from .checkpoint import checkpoint_to_resume, restore_checkpoint, save_checkpoint
@@ -54,6 +54,7 @@ from .run_folder import (
     write_marker,
     write_metrics,
 )
+from .defaults import resolve_auto, risk_warnings
 from .schedule import kl_weight_at, make_optimizer, make_scheduler
 
 
@@ -186,6 +187,7 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
            overwrite: bool, verbose: bool, show_progress: bool) -> dict[str, Any]:
     log: Callable[[str], None] = (lambda text: print(text, flush=True)) if verbose else (lambda text: None)
     check_run_folder(run_dir)
+    config = resolve_auto(config, world_size=group.world_size, log=log)   # "auto" settings -> numbers (defaults.py)
     checkpoint = checkpoint_to_resume(config, run_dir, group, resume=resume, overwrite=overwrite, log=log)
     run, start_epoch = _set_up(config, run_dir, group, device, checkpoint, log, show_progress)
     for epoch in range(start_epoch, config.train.epochs):
@@ -215,6 +217,9 @@ def _set_up(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch
     data = load_training_data(config)
     model = build_run_model(config, data).to(device)
     model.set_mode("mean" if model.is_surrogate else "noisy")
+    if group.is_main and checkpoint is None:
+        for warning in risk_warnings(config, data, model):   # risky settings, each with the value that fixes it
+            print(f"sbnn train: warning: {warning}", file=sys.stderr, flush=True)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = make_optimizer(parameters, train_config)
     data_generator = torch.Generator().manual_seed(train_config.seed)
@@ -271,7 +276,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[EpochTotals, float, int]:
     noise = torch.Generator(device=run.device).manual_seed(noise_seed(train_config.seed, epoch, run.group.rank))
     running = EpochTotals.packed_zeros(run.device)
     beta = kl_weight_at(train_config, run.global_step, run.steps_per_epoch)
-    bar = _progress(len(batches), f"epoch {epoch + 1}/{train_config.epochs}", run.show_progress)
+    bar = _progress(len(batches), f"epoch {epoch + 1}/{train_config.epochs} training", run.show_progress)
     for batch_index, indices in enumerate(batches):
         beta = kl_weight_at(train_config, run.global_step, run.steps_per_epoch)
         step = _train_step(run, indices, noise, beta, epoch, batch_index)
@@ -347,17 +352,19 @@ def _progress(total: int, description: str, enabled: bool):
 
 def _finish_epoch(run: _Run, epoch: int, totals: EpochTotals, beta: float, step_count: int, *,
                   train_seconds: float) -> None:
-    """Rank 0 evaluates, records the epoch, writes the checkpoint and ``metrics.json`` and logs a line; the
-    other processes record the epoch's number only. All wait for rank 0."""
+    """Rank 0 evaluates (:func:`_evaluate`), records the epoch, writes the checkpoint and ``metrics.json`` and logs
+    a line; the other processes record the epoch's number only. All wait for rank 0."""
     if run.group.is_main:
+        full = full_evaluation_due(run.config.train, epoch)
         eval_start = time.perf_counter()
-        evaluation = _evaluate(run.model, run.data, run.config.train)
+        evaluation = _evaluate(run, epoch, full)
         eval_seconds = time.perf_counter() - eval_start
         record = {
             "epoch": epoch + 1,
             "lr": float(run.optimizer.param_groups[0]["lr"]),
             "kl_weight": float(beta),
             "loss": totals.loss_record(step_count),
+            "evaluation": evaluation["evaluation"],
             "train": {"batch_accuracy": totals.batch_accuracy, **evaluation["train"]},
             "test": evaluation["test"],
             "train_seconds": train_seconds,
@@ -367,30 +374,72 @@ def _finish_epoch(run: _Run, epoch: int, totals: EpochTotals, beta: float, step_
         run.history.append(record)
         save_checkpoint(run.run_dir, run.config, run.model, run.optimizer, run.scheduler, run.data_generator,
                         run.device, epoch + 1, run.global_step, run.history, run.group)
-        run.log(_format_epoch(record, run.config.train.epochs))
+        run.log(_format_epoch(record, run.config.train.epochs, run.config.train.eval_samples))
     else:
         run.history.append({"epoch": epoch + 1})
     barrier(run.group)
 
 
-def _evaluate(model: SbnnModel, data: TrainingData, train: TrainConfig) -> dict[str, Any]:
-    common = dict(samples=train.eval_samples, seed=train.eval_seed, batch_size=train.eval_batch_size)
-    eval_x = data.x_train[data.train_eval_indices]
-    eval_y = data.y_train[data.train_eval_indices]
-    return {
-        "train": evaluate_split(model, eval_x, eval_y, **common),
-        "test": evaluate_split(model, data.x_test, data.y_test, **common),
-    }
+def full_evaluation_due(train: TrainConfig, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (0-based) ends with the full evaluation: the last one, and every
+    ``train.full_eval_every``-th when that is > 0."""
+    completed = epoch + 1
+    return completed >= train.epochs or (train.full_eval_every > 0 and completed % train.full_eval_every == 0)
 
 
-def _format_epoch(record: dict[str, Any], epochs: int) -> str:
+def evaluation_label(full: bool, samples: int, examples: int) -> str:
+    """What an epoch's evaluation runs, as progress shows it: ``evaluating (mean, 2000 examples)`` or
+    ``full evaluation (noisy ×8, ensemble ×8)``."""
+    if full:
+        return f"full evaluation (noisy ×{samples}, ensemble ×{samples})"
+    return f"evaluating (mean, {examples} examples)"
+
+
+def _evaluate(run: _Run, epoch: int, full: bool) -> dict[str, Any]:
+    """The epoch's evaluation on the model in place (its mode is restored; no training state is touched).
+
+    Per epoch: the posterior-mean prediction on the fixed ``train.epoch_eval_subset`` subsets; the full
+    evaluation (see :func:`full_evaluation_due`): mean, noisy and ensemble on the train evaluation set and
+    the whole test set. Returns ``{"evaluation": {"kind", "train_examples", "test_examples"}, "train": ...,
+    "test": ...}``, the splits as :func:`sbnn.evaluate.evaluate_split` returns them.
+    """
+    train = run.config.train
+    sets = run.data.full_eval_sets() if full else run.data.epoch_eval_sets()
+    predictions = PREDICTIONS if full else ("mean",)
+    examples = sum(len(y) for _, y in sets.values())
+    label = evaluation_label(full, train.eval_samples, examples)
+    if full:
+        run.log(f"epoch {epoch + 1}/{train.epochs}: {label} on {len(sets['train'][1])} train and "
+                f"{len(sets['test'][1])} test examples")
+    bar = _progress(len(sets) * len(predictions), f"epoch {epoch + 1}/{train.epochs} {label}", run.show_progress)
+    result: dict[str, Any] = {"evaluation": {"kind": "full" if full else "mean",
+                                             **{f"{split}_examples": len(y) for split, (_, y) in sets.items()}}}
+    for split, (x, y) in sets.items():
+        result[split] = {}
+        for prediction in predictions:
+            result[split].update(evaluate_split(run.model, x, y, samples=train.eval_samples, seed=train.eval_seed,
+                                                batch_size=train.eval_batch_size, predictions=(prediction,)))
+            bar.update(1)
+    bar.close()
+    return result
+
+
+def _format_epoch(record: dict[str, Any], epochs: int, samples: int) -> str:
+    """The epoch's log line; a record of an earlier version (no ``evaluation``) counts as a full evaluation."""
     test = record["test"]
+    evaluation = record.get("evaluation", {"kind": "full"})
+    full = evaluation["kind"] == "full"
+    accuracies = f"test mean {100 * test['mean']['accuracy']:.1f}%"
+    if full:
+        accuracies += (f" noisy {100 * test['noisy']['accuracy']:.1f}% "
+                       f"ensemble {100 * test['ensemble']['accuracy']:.1f}%")
+    examples = evaluation.get("train_examples", 0) + evaluation.get("test_examples", 0)
     return (
         f"epoch {record['epoch']}/{epochs}: loss {record['loss']['total']:.4f} (nll {record['loss']['nll']:.4f}, "
         f"kl {record['loss']['kl_term']:.4f}, aux {record['loss']['aux']:.4f}), train batches "
-        f"{100 * record['train']['batch_accuracy']:.1f}% | test mean {100 * test['mean']['accuracy']:.1f}% "
-        f"noisy {100 * test['noisy']['accuracy']:.1f}% ensemble {100 * test['ensemble']['accuracy']:.1f}% "
-        f"(ECE mean {test['mean']['ece']:.3f}) | {record['seconds']:.1f} s"
+        f"{100 * record['train']['batch_accuracy']:.1f}% | {accuracies} (ECE mean {test['mean']['ece']:.3f}) | "
+        f"training {record['train_seconds']:.1f} s, {evaluation_label(full, samples, examples)} "
+        f"{record['eval_seconds']:.1f} s"
     )
 
 

@@ -104,12 +104,17 @@ def write_json(path: Path, document: Any) -> None:
 
 
 def run_summary(history: list[dict[str, Any]], run_dir: Path, method: str) -> dict[str, Any]:
-    """The summary of a run's epoch records (``metrics.json``'s ``summary``; what :func:`train` returns)."""
+    """The summary of a run's epoch records (``metrics.json``'s ``summary``; what :func:`train` returns).
+
+    The accuracies are the last record's; the noisy and ensemble ones are None unless that record holds the
+    full evaluation (the last epoch of a finished run always does; an unfinished run's last may not).
+    """
     last = history[-1] if history else None
+    test = last["test"] if last else {}
     return {
-        "test_accuracy_mean": last["test"]["mean"]["accuracy"] if last else None,
-        "test_accuracy_noisy": last["test"]["noisy"]["accuracy"] if last else None,
-        "test_accuracy_ensemble": last["test"]["ensemble"]["accuracy"] if last else None,
+        "test_accuracy_mean": test["mean"]["accuracy"] if last else None,
+        "test_accuracy_noisy": test["noisy"]["accuracy"] if "noisy" in test else None,
+        "test_accuracy_ensemble": test["ensemble"]["accuracy"] if "ensemble" in test else None,
         "epochs": len(history),
         "seconds": float(sum(record["seconds"] for record in history)),
         "run_dir": str(run_dir),

@@ -69,18 +69,12 @@ def expected_nir_verdict(path: Path, edit: tuple) -> str:
         return UNDECIDED
     if kind == "float" and integer_field(path, field):   # an integer parameter stored as float: nir's types decide
         return UNDECIDED
-    if kind == "grow" and field in FIRST_VALUE_TAKEN:   # known reader bug, see the xfail test below
-        return UNDECIDED
     return expected_field_verdict(nir_field_role(nir_node_types(path), field), edit, every_dataset_checked=True)
 
 
 def integer_field(path: Path, field: str) -> bool:
     with h5py.File(path, "r") as handle:
         return isinstance(handle[field], h5py.Dataset) and handle[field].dtype.kind in "iu"
-
-
-# Single-valued parameters of which the mapping takes the first value, whatever follows it.
-FIRST_VALUE_TAKEN = {"node/metadata/dt", "node/nodes/syn0/groups"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,8 +124,6 @@ def test_nir_non_finite_and_absurd_values_are_refused(exchange_files, tmp_path, 
         guarded(read_nir, path)
 
 
-@pytest.mark.xfail(strict=True, reason="reader bug: a single-valued NIR parameter stored with several values "
-                                      "is read as its first value instead of being refused")
 @pytest.mark.parametrize("kind, field", [("nir", "node/metadata/dt"), ("nir_conv", "node/nodes/syn0/groups")])
 def test_nir_parameter_with_several_values_is_refused(exchange_files, tmp_path, kind, field):
     path = tmp_path / "model.nir"

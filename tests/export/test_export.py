@@ -115,7 +115,7 @@ def test_unmappable_nodes_are_errors_naming_node_and_type(tmp_path, node, messag
 
 
 def test_dt_from_metadata_or_argument_or_error(tmp_path):
-    graph = _single_layer_graph(nir.LIF(tau=np.full(5, 0.01), r=np.full(5, 10.0), v_leak=np.zeros(5),
+    graph = _single_layer_graph(nir.LIF(tau=np.full(5, 0.01), r=np.ones(5), v_leak=np.zeros(5),
                                         v_threshold=np.ones(5)))
     graph.metadata = {}
     nir.write(tmp_path / "g.nir", graph)
@@ -227,7 +227,8 @@ def test_our_nir_in_norse_reproduces_our_float_spikes(tmp_path):
 
 
 def test_norse_to_nir_time_constants_are_caught(tmp_path):
-    """norse.to_nir writes τ = dt·τ (docs/formats.md#norse): importing it must fail loudly, not deploy."""
+    """norse.to_nir writes τ = dt·τ (docs/formats.md#norse): without --dt the import names norse and asks
+    for it; with it, the time constants are corrected (docs/formats.md#nir-peers)."""
     import torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -237,9 +238,11 @@ def test_norse_to_nir_time_constants_are_caught(tmp_path):
     nir.write(tmp_path / "norse.nir", normalise_graph(graph))   # norse leaves tensors and 0-d arrays
     result = run_cli("import", tmp_path / "norse.nir", "--out", tmp_path / "export")
     assert result.returncode == 2 and "--dt" in result.stderr and "Traceback" not in result.stderr
+    assert "norse's to_nir" in result.stderr and not (tmp_path / "export").exists()
+    # with the model's dt, the signature is unambiguous: τ·dt and w_in are corrected, with a note
     result = run_cli("import", tmp_path / "norse.nir", "--dt", "1e-3", "--out", tmp_path / "export")
-    assert result.returncode == 2 and "larger than a time constant" in result.stderr
-    assert not (tmp_path / "export").exists()
+    assert result.returncode == 0 and "norse" in result.stdout and "corrected" in result.stdout, result.stderr
+    assert np.isclose(read_nir(tmp_path / "export" / "model.nir")[0].layers[0].beta, 0.9)
 
 
 def test_nirtorch_written_graph_imports_and_deploys(tmp_path):

@@ -574,7 +574,7 @@ def test_npz_malformed(tmp_path: Path, damage: str, expected: str) -> None:
         elif damage == "float_labels":
             arrays["y_train"] = np.array([0.0, 1.0, 1.0])
         elif damage == "bad_ndim":
-            arrays["x_train"] = np.zeros((3, 1, 1, 2))
+            arrays["x_train"] = np.zeros((3,))   # 4-D (images) and 5-D (frames) are layouts now
         elif damage == "test_shape":
             arrays["x_test"] = np.zeros((1, 5))
         elif damage == "negative_label":

@@ -383,13 +383,17 @@ def _stepwise_noisy_lif(lif, mean, variance, generator, initial_state):
     (EstimatorConfig("agr", tau=1.0), (6,), True, True),
     (EstimatorConfig("iwst", p=0.5), (6,), False, True),
 ])
-@pytest.mark.parametrize("per_step", [True, False])
-def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_variance, recurrent, per_step,
+@pytest.mark.parametrize("chunk", ["step", "chunk", "sequence"])
+def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_variance, recurrent, chunk,
                                                       monkeypatch):
     # CubaLif runs noisy layers through one autograd function with a hand-written backward through time;
-    # it must give the loop's spikes bit for bit and the loop's gradients, whether it evaluates the
-    # estimator per step (CPU) or once per sequence (accelerators), with recurrent weights too.
-    monkeypatch.setattr(fused_lif, "_PER_STEP_DERIVATIVE_DEVICES", ("cpu",) if per_step else ())
+    # it must give the loop's spikes bit for bit and the loop's gradients, whether it works through time
+    # a step at a time, in chunks of steps (CPU: 7 steps here, the last chunk shorter) or over the whole
+    # sequence at once (accelerators), with recurrent weights too.
+    per_step = chunk == "step"
+    elements = 3 * math.prod(shape) * (7 if chunk == "chunk" else 1)
+    monkeypatch.setattr(fused_lif, "_CACHE_SIZED_DEVICES", () if chunk == "sequence" else ("cpu",))
+    monkeypatch.setattr(fused_lif, "_CHUNK_ELEMENTS", elements)
     batch, steps = 3, 40
     lif = CubaLif(shape, current_decay=0.8, voltage_decay=0.9, threshold=0.6, base_noise_std=0.2,
                   estimator=estimator, recurrent=recurrent, dtype=F64)
@@ -468,3 +472,20 @@ def test_integrator_matches_plain_loop_and_is_noisy_in_noisy_mode():
     readout.mode = "noisy"
     pre = Preactivation(inputs, torch.full_like(inputs, 0.1))
     assert not torch.equal(readout(pre, generator=_generator(1)), trace)
+
+
+def test_outcome_with_estimator_derivative_passes_g_b_and_refuses_soft_estimators():
+    # The step-by-step noisy LIF draws its spikes as Vhat > theta and attaches the estimator's g_b to them.
+    from sbnn.estimators import with_outcome_derivative
+
+    estimator = EstimatorConfig("agr", tau=0.5)
+    z = torch.linspace(-3.0, 3.0, 13, dtype=F64).requires_grad_(True)
+    outcomes = (torch.arange(13) % 3 == 0).to(F64)
+    spikes = with_outcome_derivative(z, outcomes, estimator)
+    assert torch.equal(spikes, outcomes)
+    weights = torch.randn(13, generator=_generator(1), dtype=F64)
+    (spikes * weights).sum().backward()
+    torch.testing.assert_close(z.grad, weights * estimator.outcome_derivative(z.detach(), outcomes))
+    assert with_outcome_derivative(z.detach(), outcomes, estimator) is outcomes
+    with pytest.raises(ValueError, match="soft forward"):
+        with_outcome_derivative(z, outcomes, EstimatorConfig("relaxed", tau=0.5))

@@ -496,3 +496,18 @@ def test_every_weight_layer_of_the_resnet_is_bayesian():
     names = [name for name, _ in model.weight_layers()]
     assert names[0] == "stem" and names[-1] == "readout.synapse"
     assert all(isinstance(layer, BayesianLayer) for _, layer in model.weight_layers())
+
+
+def test_surrogate_evaluation_runs_one_deterministic_pass_for_all_three_predictions():
+    # A point estimate's noisy and ensemble predictions are its mean one: evaluation must not recompute it.
+    from sbnn.evaluate import evaluate_split, predict_all
+
+    model = build_model(ModelConfig(kind="snn", hidden=(8,), surrogate=True), (5,), 3, seed=0)
+    x = (torch.rand(6, 12, 5, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    passes = []
+    model.register_forward_hook(lambda module, args, output: passes.append(1))
+    predictions = predict_all(model, x, samples=4, seed=0)
+    assert len(passes) == 1
+    assert predictions["noisy"] is predictions["mean"] and predictions["ensemble"] is predictions["mean"]
+    summary = evaluate_split(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), samples=4, seed=0)
+    assert len(passes) == 2 and summary["noisy"] == summary["mean"] == summary["ensemble"]

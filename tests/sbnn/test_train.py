@@ -279,7 +279,8 @@ def test_surrogate_baseline_trains_with_zero_kl(tmp_path):
     history = json.loads((tmp_path / "run" / METRICS_FILE).read_text())["history"]
     for record in history:
         assert record["loss"]["kl"] == 0.0 and record["loss"]["kl_term"] == 0.0
-        assert record["test"]["mean"] == record["test"]["noisy"] == record["test"]["ensemble"]
+    last = history[-1]["test"]   # the full evaluation: the last epoch's
+    assert last["mean"] == last["noisy"] == last["ensemble"]
     assert summary["test_accuracy_mean"] == summary["test_accuracy_noisy"] == summary["test_accuracy_ensemble"]
     weights = _weights(tmp_path / "run")
     initial = build_model(config.model, (16,), 3, seed=config.train.seed).state_dict()
@@ -381,3 +382,116 @@ def test_trained_model_reloads_with_its_predictions(tmp_path):
     _assert_same_weights(model.state_dict(), _weights(tmp_path / "run"))
     x = (torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(0)) < 0.1).float()
     assert predict_mean(model, x).shape == (4, 3)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation scheduling: the posterior mean on a subset per epoch, the full evaluation at the end and
+# every train.full_eval_every epochs
+# ----------------------------------------------------------------------------------------------------
+
+
+def _kinds(run_dir: Path) -> list[str]:
+    return [record["evaluation"]["kind"] for record in json.loads((run_dir / METRICS_FILE).read_text())["history"]]
+
+
+def test_epochs_hold_only_the_mean_evaluation_and_the_last_the_full_one(tmp_path):
+    config = load_config(_config_file(tmp_path), ["train.epochs=3", "train.epoch_eval_subset=20"])
+    summary = train(config, tmp_path / "run", json_mode=True)
+    metrics = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
+    first, second, last = metrics["history"]
+    for record in (first, second):
+        assert record["evaluation"] == {"kind": "mean", "train_examples": 20, "test_examples": 20}
+        assert set(record["test"]) == {"mean"} and set(record["train"]) == {"batch_accuracy", "mean"}
+        assert set(record["test"]["mean"]) == {"accuracy", "ece", "nll", "entropy"}
+        assert 0 < record["eval_seconds"] < record["seconds"]
+    # TINY: 180 examples, 144 train (60 of them evaluated: train_eval_subset) and 36 test
+    assert last["evaluation"] == {"kind": "full", "train_examples": 60, "test_examples": 36}
+    for split in ("train", "test"):
+        assert set(last[split]) - {"batch_accuracy"} == {"mean", "noisy", "ensemble"}
+    assert metrics["summary"]["test_accuracy_noisy"] == last["test"]["noisy"]["accuracy"] == summary[
+        "test_accuracy_noisy"]
+    # the subsets are fixed: the same seed scores the same examples (first epoch: same weights, same numbers)
+    again = train(config, tmp_path / "again", json_mode=True)
+    assert _without_timing(json.loads((tmp_path / "again" / METRICS_FILE).read_text())["history"]) \
+        == _without_timing(metrics["history"]) and again["test_accuracy_mean"] == summary["test_accuracy_mean"]
+
+
+def test_full_evaluation_every_n_epochs_and_on_resume_with_a_new_n(tmp_path):
+    constant = "train.schedule='none'"   # the run resumed to a longer one follows the same schedule
+    config = load_config(_config_file(tmp_path), [constant, "train.epochs=5", "train.full_eval_every=2"])
+    train(config, tmp_path / "run", json_mode=True)
+    assert _kinds(tmp_path / "run") == ["mean", "full", "mean", "full", "full"]
+    # full_eval_every does not change the weights, so a run may resume with another one
+    short = load_config(_config_file(tmp_path), [constant, "train.epochs=2"])
+    train(short, tmp_path / "resumed", json_mode=True)
+    assert _kinds(tmp_path / "resumed") == ["mean", "full"]
+    # epoch_eval_subset = "auto": a quarter of the 144 training examples per split (of 60 train-evaluated, 36 test)
+    first = json.loads((tmp_path / "resumed" / METRICS_FILE).read_text())["history"][0]
+    assert first["evaluation"] == {"kind": "mean", "train_examples": 36, "test_examples": 36}
+    longer = load_config(_config_file(tmp_path), [constant, "train.epochs=5", "train.full_eval_every=3"])
+    train(longer, tmp_path / "resumed", resume=True, json_mode=True)
+    assert _kinds(tmp_path / "resumed") == ["mean", "full", "full", "mean", "full"]
+    _assert_same_weights(_weights(tmp_path / "resumed"), _weights(tmp_path / "run"))
+
+
+def test_progress_and_epoch_lines_say_what_is_evaluated(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)   # the progress bar shows on a terminal only
+    config = load_config(_config_file(tmp_path), ["train.epoch_eval_subset=30"])
+    train(config, tmp_path / "run")
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("epoch 1/2: loss ") and "test mean " in lines[0] and "noisy" not in lines[0]
+    assert lines[0].endswith(" s") and "| training " in lines[0] and "evaluating (mean, 60 examples) " in lines[0]
+    assert lines[1] == "epoch 2/2: full evaluation (noisy ×2, ensemble ×2) on 60 train and 36 test examples"
+    assert " noisy " in lines[2] and " ensemble " in lines[2] and "full evaluation (noisy ×2, ensemble ×2) " in lines[2]
+    for text in ("epoch 1/2 training", "epoch 1/2 evaluating (mean, 60 examples)",
+                 "epoch 2/2 full evaluation (noisy ×2, ensemble ×2)"):
+        assert text in captured.err
+
+
+def test_automatic_per_epoch_evaluation_size():
+    from sbnn.training.data import epoch_eval_size
+
+    assert epoch_eval_size("auto", 144) == 36 and epoch_eval_size("auto", 4001) == 1000
+    assert epoch_eval_size("auto", 1) == 1 and epoch_eval_size(None, 10) is None and epoch_eval_size(7, 10) == 7
+
+    from sbnn.config import ConfigError
+
+    for bad in ("epoch_eval_subset='many'", "epoch_eval_subset=0", "full_eval_every=-1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(ROOT / "examples" / "quickstart.toml", [f"train.{bad}"])
+
+
+def test_a_summary_of_an_unfinished_run_has_no_noisy_or_ensemble_accuracy(tmp_path):
+    from sbnn.training.run_folder import run_summary
+
+    mean_only = {"test": {"mean": {"accuracy": 0.5}}, "seconds": 1.0}
+    summary = run_summary([mean_only], tmp_path, "sbnn")
+    assert summary["test_accuracy_mean"] == 0.5
+    assert summary["test_accuracy_noisy"] is None and summary["test_accuracy_ensemble"] is None
+
+
+def test_mean_only_evaluation_equals_the_full_evaluations_mean():
+    model = build_model(ModelConfig(kind="snn", hidden=(8,), init_gain=3.0), (6,), 3, seed=0)
+    x = (torch.rand(12, 5, 6, generator=torch.Generator().manual_seed(2)) < 0.3).float()
+    labels = torch.arange(12) % 3
+    full = evaluate_split(model, x, labels, samples=2, seed=0)
+    mean = evaluate_split(model, x, labels, samples=2, seed=0, predictions=("mean",))
+    assert mean == {"mean": full["mean"]}
+    assert evaluate_split(model, x, labels, samples=2, seed=0, predictions=("ensemble", "noisy")) == {
+        "noisy": full["noisy"], "ensemble": full["ensemble"]}
+    with pytest.raises(ValueError, match="predictions must be"):
+        evaluate_split(model, x, labels, samples=2, seed=0, predictions=("median",))
+
+
+def test_metrics_json_fields_are_documented(tmp_path):
+    config = load_config(_config_file(tmp_path), ["train.epochs=1"])
+    train(config, tmp_path / "run", json_mode=True)
+    metrics = json.loads((tmp_path / "run" / METRICS_FILE).read_text())
+    text = (ROOT / "docs" / "formats.md").read_text()
+    section = text[text.index('<a id="metrics-json"></a>'):]
+    record = metrics["history"][0]
+    names = [*metrics, *metrics["summary"], *record, *record["loss"], *record["evaluation"], *record["train"],
+             *record["test"], *record["test"]["mean"]]
+    missing = sorted({name for name in names if f"`{name}`" not in section})
+    assert not missing, f"docs/formats.md#metrics-json does not name {missing}"

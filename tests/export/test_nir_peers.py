@@ -1,0 +1,188 @@
+"""Other libraries' models, exported by their own NIR exporters, import faithfully (docs/formats.md#nir-peers).
+
+Each library builds a 64-32-10 network on sklearn's digits (rate-coded spikes, T = 25, seeded) with the
+same weights (random ReLU features and a ridge read-out, no training), exports it with its own exporter,
+and ``read_nir`` + the quantiser map it to hw_sim. The library's own forward and hw_sim then see the same
+spike inputs; their predictions (the read-out's mean voltage) must agree on ≥ 98 % of the samples.
+A library that cannot be imported skips its test with the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import nir
+import numpy as np
+import pytest
+
+from export.nir_io import NIRImportError, normalise_graph, read_nir
+from export.quantise import quantise
+
+T, SAMPLES, HIDDEN, READOUT_THRESHOLD = 25, 300, 32, 100.0   # the read-out never reaches its threshold
+AGREEMENT = 0.98
+
+
+@pytest.fixture(scope="module")
+def digits() -> dict:
+    """Spike inputs (SAMPLES, T, 64), labels, and the weights every library's model gets."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x, labels = data.data / 16.0, data.target
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0.0, 0.35, (HIDDEN, 64))
+    train = slice(SAMPLES, None)
+    features = np.maximum(x[train] @ w1.T, 0.0)
+    targets = np.eye(10)[labels[train]]
+    w2 = np.linalg.solve(features.T @ features + 1.0 * np.eye(HIDDEN), features.T @ targets).T
+    spikes = (rng.random((SAMPLES, T, 64)) < x[:SAMPLES, None, :]).astype(np.float32)
+    return {"spikes": spikes, "labels": labels[:SAMPLES], "w1": w1.astype(np.float32),
+            "w2": (w2 * 4.0).astype(np.float32)}
+
+
+def hardware_predictions(path, spikes: np.ndarray, **kwargs) -> tuple[np.ndarray, list[str]]:
+    """Import ``path``, quantise on the first 100 samples, run hw_sim: argmax of the read-out's mean v."""
+    network, notes = read_nir(path, **kwargs)
+    quantised = quantise(network, spikes[:100])
+    latency = quantised.network.latency
+    outcome = quantised.network.run(quantised.hardware_input(spikes), record_states=True)
+    assert not any("spikes" in str(w) and "read-out" in str(w) for w in quantised.warnings)
+    return outcome.v[-1][:, latency:latency + spikes.shape[1]].mean(axis=1).argmax(axis=1), notes
+
+
+def agreement(library: np.ndarray, hardware: np.ndarray, labels: np.ndarray, name: str) -> float:
+    share = float(np.mean(library == hardware))
+    print(f"{name}: library accuracy {np.mean(library == labels):.3f}, hw_sim accuracy "
+          f"{np.mean(hardware == labels):.3f}, predictions kept {share:.3f}")
+    assert np.mean(library == labels) > 0.5, "the model's predictions are not meaningful"
+    return share
+
+
+def test_snntorch_synaptic_imports_with_dt_inferred(digits, tmp_path):
+    snn = pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    import torch
+    from snntorch.export_nir import export_to_nir
+
+    def synaptic(n: int, threshold: float, **kwargs):   # per-neuron parameters: its exporter needs them
+        return snn.Synaptic(alpha=torch.full((n,), 0.5), beta=torch.full((n,), 0.8), threshold=torch.full(
+            (n,), threshold), init_hidden=True, reset_mechanism="zero", reset_delay=False, **kwargs)
+
+    first, second = torch.nn.Linear(64, HIDDEN, bias=False), torch.nn.Linear(HIDDEN, 10, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.from_numpy(digits["w1"]))
+        second.weight.copy_(torch.from_numpy(digits["w2"]))
+    model = torch.nn.Sequential(first, synaptic(HIDDEN, 1.0), second, synaptic(10, READOUT_THRESHOLD, output=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nir.write(tmp_path / "snntorch.nir", export_to_nir(model, torch.zeros(1, 64), ignore_dims=[0]))
+    voltages = []
+    with torch.no_grad():
+        for t in range(T):
+            voltages.append(model(torch.from_numpy(digits["spikes"][:, t]))[2].numpy())
+    library = np.stack(voltages, axis=1).mean(axis=1).argmax(axis=1)
+    hardware, notes = hardware_predictions(tmp_path / "snntorch.nir", digits["spikes"])
+    assert any("dt = 0.0001 s inferred" in note for note in notes)
+    assert any("snnTorch" in note and "reset_mechanism='zero'" in note for note in notes)
+    assert agreement(library, hardware, digits["labels"], "snnTorch") >= AGREEMENT
+    with pytest.raises(NIRImportError, match=r"--dt 0.0005 contradicts the file: .* dt = 0.0001 s"):
+        read_nir(tmp_path / "snntorch.nir", dt=5e-4)
+    read_nir(tmp_path / "snntorch.nir", dt=1e-4)   # the right dt is accepted
+
+
+def test_norse_lif_imports_with_its_exporter_bugs_corrected(digits, tmp_path):
+    pytest.importorskip("norse", reason="norse is not installed")
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import norse.torch as norse
+
+        dt = 1e-3   # α = 1 − dt·500 = 0.5, β = 1 − dt·200 = 0.8; norse's v gain is dt·τ_mem⁻¹ = 0.2
+        cells = [norse.LIFCell(norse.LIFParameters(tau_syn_inv=torch.tensor(500.0), tau_mem_inv=torch.tensor(200.0),
+                                                   v_th=torch.tensor(threshold)), dt=dt)
+                 for threshold in (1.0, READOUT_THRESHOLD)]
+        first, second = torch.nn.Linear(64, HIDDEN, bias=False), torch.nn.Linear(HIDDEN, 10, bias=False)
+        with torch.no_grad():
+            first.weight.copy_(torch.from_numpy(digits["w1"]) / 0.2)
+            second.weight.copy_(torch.from_numpy(digits["w2"]) / 0.2)
+        model = norse.SequentialState(first, cells[0], second, cells[1])
+        nir.write(tmp_path / "norse.nir", normalise_graph(norse.to_nir(model, torch.zeros(1, 64), dt=dt)))
+    # norse adds the input to the current after the voltage step: one step of delay per layer, like Loihi,
+    # so it runs the same padded input hw_sim gets and its read-out is taken over the same steps.
+    latency = 2
+    x = np.concatenate([digits["spikes"], np.zeros((SAMPLES, latency, 64), np.float32)], axis=1)
+    states, voltages = [None, None], []
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            hidden, states[0] = cells[0](first(torch.from_numpy(x[:, t])), states[0])
+            _, states[1] = cells[1](second(hidden), states[1])
+            voltages.append(states[1].v.numpy())
+    library = np.stack(voltages, axis=1)[:, latency:].mean(axis=1).argmax(axis=1)
+    with pytest.raises(NIRImportError, match="norse's to_nir .* give --dt"):
+        read_nir(tmp_path / "norse.nir")
+    hardware, notes = hardware_predictions(tmp_path / "norse.nir", digits["spikes"], dt=dt)
+    assert any("norse" in note and "corrected" in note for note in notes)
+    assert agreement(library, hardware, digits["labels"], "norse") >= AGREEMENT
+
+
+def test_sinabs_iaf_imports_with_dt_inferred(digits, tmp_path):
+    pytest.importorskip("sinabs", reason="sinabs is not installed")
+    import torch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import sinabs.layers as sl
+        from sinabs.activation import MembraneReset, SingleSpike
+        from sinabs.nir import to_nir
+
+        def iaf(threshold: float):   # Loihi's neuron: one spike a step, reset to zero
+            return sl.IAFSqueeze(spike_threshold=threshold, spike_fn=SingleSpike, reset_fn=MembraneReset(),
+                                 batch_size=1)
+
+        first, second = torch.nn.Linear(64, HIDDEN, bias=False), torch.nn.Linear(HIDDEN, 10, bias=False)
+        with torch.no_grad():
+            first.weight.copy_(torch.from_numpy(digits["w1"]))
+            second.weight.copy_(torch.from_numpy(digits["w2"]))
+        model = torch.nn.Sequential(first, iaf(1.0), second, iaf(READOUT_THRESHOLD))
+        model(torch.zeros(1, 64))   # sinabs reads the layer shapes from the neurons' state
+        nir.write(tmp_path / "sinabs.nir", normalise_graph(to_nir(model, torch.zeros(1, 64))))
+        for layer in (model[1], model[3]):
+            layer.batch_size = SAMPLES
+            layer.reset_states()
+        voltages = []
+        with torch.no_grad():
+            for t in range(T):
+                model(torch.from_numpy(digits["spikes"][:, t]))
+                voltages.append(model[3].v_mem.numpy().copy())
+    library = np.stack(voltages, axis=1).mean(axis=1).argmax(axis=1)
+    hardware, notes = hardware_predictions(tmp_path / "sinabs.nir", digits["spikes"])
+    assert any("dt = 1 s inferred" in note for note in notes)
+    assert agreement(library, hardware, digits["labels"], "sinabs") >= AGREEMENT
+    with pytest.raises(NIRImportError, match="contradicts the file"):
+        read_nir(tmp_path / "sinabs.nir", dt=1e-3)
+
+
+def test_rockpool_lif_is_refused_naming_its_exporter_bugs(tmp_path):
+    pytest.importorskip("rockpool", reason="Rockpool is not installed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from rockpool.nn.combinators import Sequential
+        from rockpool.nn.modules import LinearTorch, LIFTorch
+        from rockpool.nn.modules.torch.nir import to_nir
+
+        model = Sequential(LinearTorch((64, HIDDEN)), LIFTorch(HIDDEN), LinearTorch((HIDDEN, 10)), LIFTorch(10))
+        nir.write(tmp_path / "rockpool.nir", normalise_graph(to_nir(model)))
+    for dt in (None, 1e-3):
+        with pytest.raises(NIRImportError, match=r"Rockpool's to_nir .* dt = 0.001 s.*w_in = τ_syn/dt"):
+            read_nir(tmp_path / "rockpool.nir", dt=dt)
+
+
+def test_wrong_dt_is_one_line_and_exit_2(tmp_path):
+    """A --dt that contradicts the file's own (here our metadata's) is refused on the command line."""
+    from conftest import run_cli
+    from fuzzing import small_float_network
+
+    from export.nir_io import write_nir
+
+    write_nir(small_float_network(conv=False), tmp_path / "model.nir")
+    result = run_cli("import", tmp_path / "model.nir", "--dt", "5e-4", "--out", tmp_path / "export")
+    assert result.returncode == 2 and "contradicts the file" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "export").exists()
