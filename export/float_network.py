@@ -2,7 +2,7 @@
 
 Per layer and step t (no synaptic delay; ``s_in`` is the previous layer's output at the same step)::
 
-    I(t) = α·I(t-1) + W·s_in(t) [+ W_rec·s(t-1)]
+    I(t) = α·I(t-1) + W·s_in(t) [+ W_rec·s(t-1)] [+ c]
     V(t) = β·V(t-1) + I(t) + bias
     s(t) = V(t) > θ,  V(t) ← 0 where s(t)        (readout layers never spike; V is their output)
 
@@ -32,7 +32,9 @@ class FloatLayer:
 
     ``weight``: (out, in) for dense (``in`` = flattened previous layer, C, H, W order), (C_out, C_in/groups,
     kH, kW) for conv (torch cross-correlation). ``bias`` is layer-shaped, added to V every step.
-    ``threshold`` is None for a readout.
+    ``current_bias`` (dense only; None when there is none) is ``(out,)``, added to I every step (a NIR
+    ``Linear``/``Affine`` bias); the quantiser carries it exactly with always-on inputs
+    (docs/formats.md#nir-read). ``threshold`` is None for a readout.
     """
 
     kind: str                                   # "dense" or "conv"
@@ -47,6 +49,7 @@ class FloatLayer:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    current_bias: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("dense", "conv"):
@@ -61,6 +64,9 @@ class FloatLayer:
             raise ValueError("conv needs a (C_out, C_in, kH, kW) weight and a (C, H, W) input shape")
         if self.bias.shape != self.shape:
             raise ValueError(f"bias shape {self.bias.shape} does not match layer shape {self.shape}")
+        if self.current_bias is not None and (self.kind != "dense" or self.current_bias.shape != self.shape):
+            raise ValueError(f"a current bias needs a dense layer and shape {self.shape}, found {self.kind} "
+                             f"and {self.current_bias.shape}")
 
     @property
     def readout(self) -> bool:
@@ -125,6 +131,8 @@ def simulate(network: FloatNetwork, x: np.ndarray, *, record_voltage: bool = Fal
             if recurrent is not None:
                 drive = drive + fired @ recurrent.T
             current = layer.alpha * current + drive
+            if layer.current_bias is not None:
+                current = current + layer.current_bias
             voltage = layer.beta * voltage + current + layer.bias
             if record_peaks is not None:
                 peak_current = max(peak_current, float(np.abs(current).max(initial=0.0)))
@@ -152,13 +160,13 @@ def from_loihi(network) -> FloatNetwork:
     linear (the float model cannot represent the floor of a negative exponent on the summed input).
     """
     from hw_sim.arith import STATE_SHIFT, du_to_alpha, dv_to_beta, prepare_dense_weights
-    from hw_sim.network import ConvLayer
+    from hw_sim.network import ConvLayer, DenseLayer
 
     layers = []
     for layer in network.layers:
         neurons = layer.neurons
         common = dict(alpha=du_to_alpha(neurons.du), beta=dv_to_beta(neurons.dv),
-                      threshold=None if getattr(layer, "readout", False) else float(neurons.vth),
+                      threshold=None if isinstance(layer, DenseLayer) and layer.readout else float(neurons.vth),
                       bias=neurons.bias.astype(np.float64) / (1 << STATE_SHIFT))
         if isinstance(layer, ConvLayer):
             layers.append(FloatLayer(kind="conv", weight=layer.weights.astype(np.float64), input_shape=layer.input_shape,

@@ -7,8 +7,9 @@
     export.json      quantisation report: per layer scale, what was clipped or clamped, weight error, |u|/|v|
                      headroom, the hardware-vs-float accuracy check, warnings, and the provenance (hashes of
                      the checkpoint and calibration data, settings, code version)
-                     and ``preprocessing``: how raw features become the model's inputs (per-feature
-                     standardisation fitted on the training split, the encoding; docs/data.md#standardisation)
+                     and ``preprocessing``: how raw features become the model's inputs (the scaling
+                     into the encoder's range fitted on the training split, the encoding; docs/data.md#standardisation)
+                     and ``classes``: each class's name, for data whose labels were text (docs/formats.md#export-json)
     inputs.npy       (optional) the integer test inputs the hardware receives, for verify/simulate
     labels.npy       (optional) their labels
     .sbnn-export     the marker: which command wrote the folder (and from what), and the files it wrote
@@ -91,7 +92,8 @@ def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | 
                  written_by: str = "sbnn export", calibration_labels: np.ndarray | None = None,
                  accuracy_margin: float = ACCURACY_MARGIN, provenance: dict | None = None,
                  provenance_notes: dict | None = None,
-                 preprocessing: dict | None = None) -> tuple[Path, QuantisedNetwork, dict]:
+                 preprocessing: dict | None = None,
+                 classes: list[str] | tuple[str, ...] | None = None) -> tuple[Path, QuantisedNetwork, dict]:
     """Export ``network`` to ``out_dir`` (replacing it whole). Returns (folder, quantised network, report).
 
     An existing ``out_dir`` is replaced only when :func:`check_replaceable` allows it (else
@@ -100,7 +102,8 @@ def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | 
     part of :func:`export_provenance`, e.g. the checkpoint's hash) and ``provenance_notes`` (recorded for
     the reader, never compared: the whole ``[export]`` section, ``git describe``) go into ``export.json``.
     ``preprocessing`` (how raw features become the float inputs: ``sbnn.data.preprocessing.Preprocessing.to_record``)
-    is recorded as ``export.json["preprocessing"]`` for ``sbnn simulate --inputs raw.npy``.
+    is recorded as ``export.json["preprocessing"]`` for ``sbnn simulate --inputs raw.npy``; ``classes`` (the
+    name of each class, in class order, for text labels) as ``export.json["classes"]``.
     ``export.json`` is strict JSON: a NaN or infinity anywhere is an :class:`ExportError`, nothing written."""
     out_dir = Path(out_dir)
     check_replaceable(out_dir)
@@ -127,6 +130,7 @@ def write_export(network: FloatNetwork, calibration: np.ndarray, out_dir: str | 
         report = {"source": source or {}, "dt": from_file.dt, "notes": notes,
                   "logit_scale": float(network.metadata.get("logit_scale", 1.0)), **quantised.report(),
                   **({"preprocessing": preprocessing} if preprocessing is not None else {}),
+                  **({"classes": [str(name) for name in classes]} if classes is not None else {}),
                   "files": list(FILES) + (["inputs.npy"] if test_inputs is not None else [])
                   + (["labels.npy"] if test_labels is not None else []),
                   "provenance": {"inputs": inputs, "notes": {**(provenance_notes or {}), "git": git_describe()}}}

@@ -68,7 +68,8 @@ class ExportFolder:
     @cached_property
     def quantised(self) -> QuantisedNetwork:
         """The network with ``export.json``'s input encoding (:meth:`QuantisedNetwork.hardware_input`)."""
-        return QuantisedNetwork(network=self.network, input_scale=self.report["input_scale"])
+        return QuantisedNetwork(network=self.network, input_scale=self.report["input_scale"],
+                                always_on=int(self.report.get("always_on_inputs", 0)))
 
     def float_network(self) -> FloatNetwork:
         """The float network of ``model.nir``."""
@@ -103,15 +104,26 @@ class ExportFolder:
         steps ``T`` its float model sees (the calibration inputs' second axis: static features are repeated
         for ``T`` steps) and ``preprocessing``, how raw features became the float model's inputs (the record of
         ``sbnn.data.preprocessing.Preprocessing``; None for exports that record none). None when ``export.json``
-        holds no such record (e.g. a netx file of lava-dl)."""
+        holds no such record (e.g. a netx file of lava-dl). ``always_on``: the input channels the export appends,
+        1 at every presented step (current biases, docs/formats.md#nir-read)."""
         try:
             report = self.report
             steps = int(report["provenance"]["inputs"]["calibration_shape"][1])
             return {"input_scale": float(report["input_scale"]),
                     "input_message_bits": int(report["input_message_bits"]), "steps": steps,
-                    "preprocessing": report.get("preprocessing")}
+                    "preprocessing": report.get("preprocessing"),
+                    "always_on": int(report.get("always_on_inputs", 0))}
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None
+
+    def classes(self) -> list[str] | None:
+        """The name of each class in class order (``export.json["classes"]``, recorded for text labels), or None
+        when the folder records none or the record is not a list of strings."""
+        try:
+            names = self.report.get("classes")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return names if isinstance(names, list) and all(isinstance(name, str) for name in names) else None
 
     def sha256s(self) -> dict[str, str]:
         """The hashes of ``export.json`` and ``loihi.h5``, which ``results.json`` records for each export."""

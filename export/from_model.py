@@ -9,9 +9,16 @@ metadata), without Loihi's one step of delay per layer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .float_network import FloatLayer, FloatNetwork
+
+if TYPE_CHECKING:
+    import torch
+
+    from sbnn.models import LayerSpec
 
 
 def float_network_from_model(model, *, dt: float = 1e-3, weights: str = "mean", seed: int = 0) -> FloatNetwork:
@@ -27,24 +34,27 @@ def float_network_from_model(model, *, dt: float = 1e-3, weights: str = "mean", 
         specs = model.describe()
     finally:
         model.set_mode(previous)
-    layers = []
-    for spec in specs:
-        if spec.kind == "flatten":
-            continue   # a dense layer after a conv layer reads it flattened (C, H, W) by construction
-        numpy = lambda tensor: None if tensor is None else tensor.detach().cpu().double().numpy()  # noqa: E731
-        common = dict(weight=numpy(spec.weight), alpha=float(spec.current_decay), beta=float(spec.voltage_decay),
-                      threshold=None if spec.neuron == "integrator" else float(spec.threshold),
-                      bias=numpy(spec.bias) if spec.bias is not None else np.zeros(spec.output_shape),
-                      recurrent_weight=numpy(spec.recurrent_weight))
-        if spec.kind == "conv":
-            layers.append(FloatLayer(kind="conv", input_shape=tuple(spec.input_shape), stride=tuple(spec.stride),
-                                     padding=tuple(spec.padding), dilation=tuple(spec.dilation),
-                                     groups=int(spec.groups), **common))
-        else:
-            layers.append(FloatLayer(kind="dense", **common))
+    # A flatten has no float layer: a dense layer after a conv layer reads it flattened (C, H, W) by construction.
+    layers = [_float_layer(spec) for spec in specs if spec.kind != "flatten"]
     return FloatNetwork(input_shape=tuple(model.input_shape), layers=tuple(layers), dt=float(dt),
                         metadata={"weights": weights, "seed": seed if weights == "sample" else None,
                                   "logit_scale": float(model.logit_scale.detach())})
+
+
+def _numpy(tensor: "torch.Tensor | None") -> np.ndarray | None:
+    return None if tensor is None else tensor.detach().cpu().double().numpy()
+
+
+def _float_layer(spec: "LayerSpec") -> FloatLayer:
+    """One :class:`sbnn.models.LayerSpec` as a FloatLayer: the same fields under the same names, as numpy."""
+    geometry = {}
+    if spec.kind == "conv":
+        geometry = dict(input_shape=tuple(spec.input_shape), stride=tuple(spec.stride), padding=tuple(spec.padding),
+                        dilation=tuple(spec.dilation), groups=int(spec.groups))
+    return FloatLayer(kind=spec.kind, weight=_numpy(spec.weight), alpha=float(spec.alpha), beta=float(spec.beta),
+                      threshold=None if spec.readout else float(spec.threshold),
+                      bias=_numpy(spec.bias) if spec.bias is not None else np.zeros(spec.output_shape),
+                      recurrent_weight=_numpy(spec.recurrent_weight), **geometry)
 
 
 def as_sequence(x: np.ndarray, input_shape: tuple[int, ...], steps: int) -> np.ndarray:

@@ -6,7 +6,7 @@ w_in = τ_syn/dt, so that a CubaLIF node is exactly ``I' = αI + W·x``, ``V' = 
 with α = 1 − dt/τ_syn and β = 1 − dt/τ_mem. Our per-step voltage bias b is written as
 ``v_leak = b / (1 − β)``.
 
-Writing: dense → ``Linear``, conv → ``Conv2d`` (zero bias), a ``Flatten`` between conv and dense, neurons →
+Writing: dense → ``Linear`` (``Affine`` when it has a current bias), conv → ``Conv2d`` (zero bias), a ``Flatten`` between conv and dense, neurons →
 ``CubaLIF`` (readout: ``CubaLI``), recurrence → a ``Linear`` from the neuron node back to itself.
 
 Reading (ours and other tools' graphs): ``Affine``/``Linear``/``Conv2d`` synapses followed by ``CubaLIF``,
@@ -68,6 +68,9 @@ def to_nir(network: FloatNetwork):
             nodes[synapse] = nir.Conv2d(input_shape=tuple(layer.input_shape[1:]), weight=weight, stride=layer.stride,
                                         padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                                         bias=np.zeros(weight.shape[0]), metadata=dict(meta))
+        elif layer.current_bias is not None:
+            nodes[synapse] = nir.Affine(weight=weight, bias=np.asarray(layer.current_bias, dtype=np.float64),
+                                        metadata=dict(meta))
         else:
             nodes[synapse] = nir.Linear(weight=weight, metadata=dict(meta))
         edges.append((previous, synapse))
@@ -303,10 +306,13 @@ def _synapse_layer(chain: _Chain, synapse_name: str, shape: tuple[int, ...], dt:
         raise ValueError(f"node '{neuron_name}' ({neuron_kind}): {error}")
     if np.any(synaptic_bias != 0):
         per_neuron = np.broadcast_to(synaptic_bias.reshape(-1, *([1] * (len(out_shape) - 1))), out_shape)
-        fields["bias"] = fields["bias"] + per_neuron * bias_gain
-        if fields["alpha"] > 0:
-            notes.append(f"'{synapse_name}': a constant synaptic bias enters the current; mapped to the "
-                         f"voltage bias with the same steady state (exact after the current settles)")
+        if layer_kind == "dense":   # exact: the quantiser feeds it to the current through always-on inputs
+            fields["current_bias"] = per_neuron * gain
+        else:
+            fields["bias"] = fields["bias"] + per_neuron * bias_gain
+            if fields["alpha"] > 0:
+                notes.append(f"'{synapse_name}': a constant synaptic bias of a Conv2d enters the current; mapped "
+                             f"to the voltage bias with the same steady state (exact after the current settles)")
     recurrent_weight = _recurrent_weight(chain, neuron_name, synapse_name, out_shape, gain)
     layer = FloatLayer(kind=layer_kind, weight=weight * gain, recurrent_weight=recurrent_weight, **conv, **fields)
     return layer, neuron_name

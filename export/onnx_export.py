@@ -87,7 +87,7 @@ class FloatStep(nn.Module):
                 drive = drive + previous_spikes @ getattr(self, f"wr{k}").t()
             current = layer.alpha * current + drive
             voltage = layer.beta * voltage + current + getattr(self, f"b{k}")
-            if layer.threshold is None:
+            if layer.readout:
                 spikes = torch.zeros_like(voltage)
                 out = voltage
             else:
@@ -208,7 +208,7 @@ class IntegerStep(nn.Module):
             next_state += [next_buffer, u, v]
             if recurrent:
                 next_state.append(self._synapse(k, layer, spikes, getattr(self, f"wr{k}"), recurrent_buffer))
-            out = v if getattr(layer, "readout", False) else spikes
+            out = v if isinstance(layer, DenseLayer) and layer.readout else spikes
             signal = spikes
         return (out, *next_state)
 

@@ -38,6 +38,7 @@ import hw_sim
 from hw_sim.arith import STATE_MAX, STATE_SHIFT, alpha_to_du, beta_to_dv
 from hw_sim.network import DU_RANGE, DV_RANGE, NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Layer, Network
 
+from .current_bias import add_relays, carried_layers, source_counts
 from .float_network import ExportError, FloatLayer, FloatNetwork
 
 WEIGHT_MAX = 127
@@ -60,19 +61,27 @@ class QuantisedNetwork:
     warnings: list[str] = field(default_factory=list)
     input_saturation: dict = field(default_factory=dict)
     accuracy_check: dict | None = None
+    always_on: int = 0                    # input channels appended by encode_input, 1 at every step (current biases)
 
     def encode_input(self, x: np.ndarray) -> np.ndarray:
-        """Float inputs (batch, T, *input_shape) -> the integer spikes or payloads the hardware receives."""
+        """Float inputs (batch, T, *input_shape) -> the integer spikes or payloads the hardware receives,
+        (batch, T, N + always_on) when the network carries current biases: ``always_on`` channels that are 1
+        at every step (docs/formats.md#nir-read)."""
         x = np.asarray(x, dtype=np.float64)
         if self.network.input_message_bits == 0:
-            return (x != 0).astype(np.uint8)
-        limit = (1 << self.network.input_message_bits) - 1
-        return np.clip(np.rint(x * self.input_scale), 0, limit).astype(np.int64)
+            encoded = (x != 0).astype(np.uint8)
+        else:
+            limit = (1 << self.network.input_message_bits) - 1
+            encoded = np.clip(np.rint(x * self.input_scale), 0, limit).astype(np.int64)
+        if not self.always_on:
+            return encoded
+        return np.concatenate([encoded, np.ones((*encoded.shape[:-1], self.always_on), encoded.dtype)], axis=-1)
 
     def hardware_input(self, x: np.ndarray) -> np.ndarray:
         """:meth:`encode_input` of ``x`` followed by ``network.latency`` zero steps, so that the last layer
-        sees every input step (what every evaluation of an export on float inputs runs)."""
-        return self.encode_input(pad_steps(x, self.network.latency))
+        sees every input step (what every evaluation of an export on float inputs runs); always-on channels
+        are 1 while the input is presented and 0 in the zero steps."""
+        return pad_steps(self.encode_input(x), self.network.latency)
 
     def input_clipping(self, x: np.ndarray) -> dict:
         """How many of the float inputs ``x`` :meth:`encode_input` changes beyond rounding: non-zero inputs
@@ -89,6 +98,7 @@ class QuantisedNetwork:
 
     def report(self) -> dict:
         return {"input_scale": self.input_scale, "input_message_bits": self.network.input_message_bits,
+                "always_on_inputs": self.always_on,
                 "netx_exact": hw_sim.netx_exact(self.network), "layers": self.layers,
                 "input_saturation": self.input_saturation, "accuracy_check": self.accuracy_check,
                 "saturation_total": sum(sum(entry.get("saturation", {}).values()) for entry in self.layers)
@@ -134,6 +144,7 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
         input_scale = ((1 << INPUT_MESSAGE_BITS) - 1) / peak
         _check_input_outliers(calibration, input_scale, peak, warnings)
 
+    network, carried = carried_layers(network, warnings)
     peaks, float_output = _float_run(network, calibration)
     layers, report = [], []
     previous_shape = tuple(network.input_shape)
@@ -146,14 +157,31 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
         layers.append(integer_layer)
         report.append(entry)
         previous_shape = integer_layer.shape
-    integer_network = Network(input_shape=tuple(network.input_shape), layers=tuple(layers),
-                              input_message_bits=INPUT_MESSAGE_BITS if graded else 0)
-    result = QuantisedNetwork(network=integer_network, input_scale=input_scale, layers=report, warnings=warnings)
+    layers, always_on = _carry_current_biases(network, carried, layers, report)
+    input_shape = tuple(network.input_shape)
+    integer_network = Network(input_shape=(input_shape[0] + always_on,) if always_on else input_shape,
+                              layers=tuple(layers), input_message_bits=INPUT_MESSAGE_BITS if graded else 0)
+    result = QuantisedNetwork(network=integer_network, input_scale=input_scale, layers=report, warnings=warnings,
+                              always_on=always_on)
     result.input_saturation = result.input_clipping(calibration)
     outcome = _measure_headroom(result, calibration)
     result.accuracy_check = _accuracy_check(network, result, outcome, float_output, labels, accuracy_margin)
     _check_finite(result.report(), "export report")
     return result
+
+
+def _carry_current_biases(network: FloatNetwork, carried: list[int], layers: list[Layer],
+                          report: list[dict]) -> tuple[list[Layer], int]:
+    """The integer layers with always-on sources and relay neurons carrying the ``carried`` layers' current
+    biases exactly (:mod:`export.current_bias`), and the number of always-on input channels."""
+    counts = source_counts(network, carried, [entry["scale"] for entry in report],
+                           [entry["vth"] for entry in report], WEIGHT_MAX)
+    for index, sources in enumerate(counts):
+        relays = counts[index + 1] if index + 1 < len(counts) else 0
+        current_bias = network.layers[index].current_bias if index in carried else None
+        layers[index] = add_relays(index, layers[index], current_bias, report[index]["scale"], sources, relays)
+        report[index].update(always_on_sources=sources, relay_neurons=relays)
+    return layers, counts[0] if counts else 0
 
 
 def _checked_calibration(network: FloatNetwork, calibration: np.ndarray,
@@ -215,7 +243,7 @@ def _quantise_layer(index: int, layer: FloatLayer, peaks: tuple[float, float], *
     scaled_bias = np.rint(layer.bias * scale)
     bias_mant = np.clip(scaled_bias, -BIAS_MANT_MAX, BIAS_MANT_MAX).astype(np.int64)
     saturation["bias_mantissa"] = int(np.count_nonzero(np.abs(scaled_bias) > BIAS_MANT_MAX))
-    if layer.threshold is None:
+    if layer.readout:
         vth, raw_vth = NEVER_FIRES, None
     else:
         raw_vth = round(layer.threshold * scale)
@@ -234,7 +262,7 @@ def _quantise_layer(index: int, layer: FloatLayer, peaks: tuple[float, float], *
         # once netx's (or our) weight-bit choice keeps the LSB; MIXED drops it, so pre-shift by one.
         integer_layer = DenseLayer(weights=int_weights[0] * 2, neurons=neurons, weight_exp=-1, num_weight_bits=8,
                                    recurrent_weights=int_weights[1] * 2 if len(int_weights) > 1 else None,
-                                   readout=layer.threshold is None)
+                                   readout=layer.readout)
     current_peak, voltage_peak = peaks
     return integer_layer, {
         "layer": index, "kind": layer.kind, "scale": scale, "limited_by": limited_by,

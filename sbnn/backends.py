@@ -146,6 +146,9 @@ def run_torch(network: Network, x: np.ndarray, *, folder: Path, workers: int | N
     if not export.has("model.nir", "export.json"):
         raise MissingExportFiles(f"{folder}: the float backend needs model.nir and export.json (an sbnn export folder)")
     float_network = export.float_network()
+    always_on = int(export.report.get("always_on_inputs", 0))   # channels the float model adds as current biases
+    if always_on:
+        x = x[..., :-always_on]
     input_scale = export.report.get("input_scale", 1.0)
     spikes, voltages = float_network.run(x / input_scale if network.input_message_bits else x)
     readout = voltages[-1][:, :x.shape[1] - network.latency] if float_network.layers[-1].readout else None

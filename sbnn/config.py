@@ -119,8 +119,8 @@ class DataConfig:
         steps: time steps ``T``; unset: the loader's default.
         encoding: ``none``, ``rate``, ``on_off``, ``latency`` or ``direct`` for static features.
         seed: seeds the data (digits split, Randman generation, rate encoders).
-        standardise: static features: ``"auto"`` (default) standardises each feature on the training split
-            into the encoder's range when the training features lie outside it ([0, 1]; [-1, 1] for
+        standardise: static features: ``"auto"`` (default) scales them on the training split into the
+            encoder's range (together when they share a range, else per feature) when the training features lie outside it ([0, 1]; [-1, 1] for
             ``on_off``), ``true`` always, ``false`` never (docs/data.md#standardisation).  The export records it.
         options: loader-specific options (e.g. randman ``num_units``), given as further ``[data]`` keys.
     """

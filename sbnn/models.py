@@ -240,7 +240,7 @@ class LayerSpec:
 
     Attributes:
         name: the layer's module path in the model (e.g. ``"layers.1"``); a flatten has its own name.
-        kind: ``"linear"`` (dense synapses), ``"conv"`` (2-D conv synapses) or ``"flatten"`` (no weights:
+        kind: ``"dense"`` (dense synapses), ``"conv"`` (2-D conv synapses) or ``"flatten"`` (no weights:
             the next dense layer reads the ``(C, H, W)`` output in C-major order, netx's flatten).
         input_shape, output_shape: per example and time step, ``(N,)`` or ``(C, H, W)``.
         weight: the weights to deploy: the posterior mean in modes ``"mean"`` and ``"noisy"``, the frozen
@@ -248,18 +248,20 @@ class LayerSpec:
         input_binary: whether the layer's input is 0/1 spikes (``False`` for a real-valued first layer).
         stride, padding, dilation, groups: conv geometry (``None`` for other kinds).
         neuron: ``"cuba_lif"``, ``"binary"`` (a CUBA neuron without memory: ``alpha = beta = 0``,
-            fires when ``V > threshold``) or ``"integrator"`` (non-spiking readout); ``None`` for flatten.
-        current_decay, voltage_decay: ``alpha``, ``beta`` per step, in [0, 1].
-        threshold: fires when ``V > threshold`` (voltage units); ``None`` for the integrator.
+            fires when ``V > threshold``) or ``"integrator"`` (non-spiking readout, :attr:`readout`);
+            ``None`` for flatten.
+        alpha, beta: current and voltage decay per step, in [0, 1].
+        threshold: fires when ``V > threshold`` (voltage units); ``None`` for the readout.
         bias: per-neuron voltage bias, shaped ``output_shape`` (float), added every step.
         recurrent_weight: ``(N, N)`` weights from the layer's own previous-step spikes, or ``None``.
 
     Dynamics per step (no delay in the float model): ``I = alpha I + W s_in (+ W_rec s_prev)``,
     ``V = beta V + I + bias``, ``s = 1[V > threshold]``, ``V <- 0`` where ``s`` (binary and cuba_lif).
+    The names are :class:`export.float_network.FloatLayer`'s, so export copies the fields across.
     """
 
     name: str
-    kind: Literal["linear", "conv", "flatten"]
+    kind: Literal["dense", "conv", "flatten"]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     weight: Tensor | None = None
@@ -269,11 +271,26 @@ class LayerSpec:
     dilation: tuple[int, int] | None = None
     groups: int | None = None
     neuron: NeuronKind | None = None
-    current_decay: float | None = None
-    voltage_decay: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
     threshold: float | None = None
     bias: Tensor | None = None
     recurrent_weight: Tensor | None = None
+
+    @property
+    def readout(self) -> bool:
+        """Whether this is the non-spiking readout (neuron ``"integrator"``), as ``FloatLayer.readout``."""
+        return self.neuron == "integrator"
+
+    @property
+    def current_decay(self) -> float | None:
+        """The old name of :attr:`alpha` (read-only, kept for code written against it)."""
+        return self.alpha
+
+    @property
+    def voltage_decay(self) -> float | None:
+        """The old name of :attr:`beta` (read-only, kept for code written against it)."""
+        return self.beta
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -361,7 +378,7 @@ class SynapticLayer(nn.Module):
                 dilation=_pair(synapse.dilation), groups=int(synapse.groups),
             )
         else:
-            kind = "linear"
+            kind = "dense"
         specs.append(LayerSpec(
             name=name, kind=kind, input_shape=synapse_input_shape, output_shape=self.output_shape,
             weight=_export_tensor(synapse.effective_weight()), input_binary=synapse.binary_input,
@@ -390,19 +407,14 @@ class SynapticLayer(nn.Module):
         neurons = self.neurons
         fields_: dict[str, Any] = {"neuron": self.neuron_kind, "bias": self._voltage_bias()}
         if isinstance(neurons, NoisyBinaryUnits):
-            fields_.update(current_decay=0.0, voltage_decay=0.0, threshold=neurons.threshold)
+            fields_.update(alpha=0.0, beta=0.0, threshold=neurons.threshold)
         elif isinstance(neurons, CubaLif):
-            fields_.update(
-                current_decay=neurons.params.current_decay, voltage_decay=neurons.params.voltage_decay,
-                threshold=neurons.params.threshold,
-            )
+            fields_.update(alpha=neurons.params.current_decay, beta=neurons.params.voltage_decay,
+                           threshold=neurons.params.threshold)
             if neurons.recurrent is not None:
                 fields_["recurrent_weight"] = _export_tensor(neurons.recurrent.effective_weight())
         elif isinstance(neurons, CubaIntegrator):
-            fields_.update(
-                current_decay=neurons.params.current_decay, voltage_decay=neurons.params.voltage_decay,
-                threshold=None,
-            )
+            fields_.update(alpha=neurons.params.current_decay, beta=neurons.params.voltage_decay, threshold=None)
         else:  # pragma: no cover - the builders only create the three kinds above
             raise TypeError(f"unknown neuron module {type(neurons).__name__}")
         return fields_

@@ -103,10 +103,13 @@ def _export_plan(run_dir: Path, config, model, data, *, weights: str, seed: int,
     preprocessing = None if data.preprocessing is None else data.preprocessing.to_record()
     if preprocessing is not None:
         provenance["preprocessing_sha256"] = hashlib.sha256(json.dumps(preprocessing).encode()).hexdigest()
+    classes = getattr(data, "classes", None)
+    if classes is not None:
+        provenance["classes"] = list(classes)
     settings = dict(headroom=config.export.headroom, accuracy_margin=config.export.accuracy_margin)
     inputs = export_provenance(calibration=calibration, test_inputs=test_inputs, **settings, **provenance)
     return {"network": network, "calibration": calibration, "calibration_labels": calibration_labels,
-            "preprocessing": preprocessing,
+            "preprocessing": preprocessing, "classes": classes,
             "test_inputs": test_inputs, "test_labels": test_labels, "provenance": provenance, "settings": settings,
             "inputs": json.loads(json.dumps(inputs)),   # as export.json will hold them
             "source": {"run": str(run_dir), "weights": weights, "seed": seed if weights == "sample" else None,
@@ -133,7 +136,8 @@ def export_run(run_dir: str | os.PathLike, *, weights: str = "mean", seed: int =
                                      test_labels=plan["test_labels"], calibration_labels=plan["calibration_labels"],
                                      written_by=written_by, source=plan["source"], provenance=plan["provenance"],
                                      provenance_notes={"export_config": asdict(config.export)},
-                                     preprocessing=plan["preprocessing"], **plan["settings"])
+                                     preprocessing=plan["preprocessing"], classes=plan.get("classes"),
+                                     **plan["settings"])
     return folder, report
 
 

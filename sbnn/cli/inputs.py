@@ -55,7 +55,8 @@ def add_input_options(command: argparse.ArgumentParser) -> None:
                          help="exactly this many samples, the first ones (default: all; 8 random ones); "
                               "more than the inputs hold is an error")
     command.add_argument("--batch-size", type=_positive_int, default=256,
-                         help="samples simulated at a time, bounding memory (default 256)")
+                         help="samples simulated at a time, bounding memory (default 256; results do not "
+                              "depend on it)")
     command.add_argument("--steps", type=_positive_int, default=50, help="steps of random input (default 50)")
     command.add_argument("--density", type=float, default=0.2, help="random input spike density")
     command.add_argument("--seed", type=int, default=0, help="seed of the random input")
@@ -137,7 +138,9 @@ class InputSet:
     def steps(self) -> int:
         return int(self.encoder["steps"] + self.network.latency) if self.encoder else int(self.x.shape[1])
 
-    def encode(self, x) -> np.ndarray:
+    def encode(self, x, first: int = 0) -> np.ndarray:
+        """Samples ``first, first + 1, ...`` of the set, ``x`` (their rows), as hardware inputs; a rate code
+        draws sample ``first + i``'s spikes from its own stream, so the result does not depend on the batches."""
         import numpy as np
 
         if self.encoder is None:
@@ -149,10 +152,11 @@ class InputSet:
         if record is not None:
             from sbnn.data.preprocessing import Preprocessing
 
-            x = Preprocessing.from_record(record).apply(x).astype(np.float64)
+            x = Preprocessing.from_record(record).apply(x, first=first).astype(np.float64)
         if x.ndim == 1 + len(self.network.input_shape):   # static inputs: the model repeats them over T
             x = np.repeat(x[:, None], self.encoder["steps"], axis=1)
-        return QuantisedNetwork(network=self.network, input_scale=self.encoder["input_scale"]).hardware_input(x)
+        return QuantisedNetwork(network=self.network, input_scale=self.encoder["input_scale"],
+                                always_on=self.encoder.get("always_on", 0)).hardware_input(x)
 
     def batches(self, batch_size: int, *, label: str = "sbnn"):
         """(start, encoded batch) over the whole set; a progress bar on stderr when it is a terminal."""
@@ -164,7 +168,7 @@ class InputSet:
             bar = tqdm(total=len(self), unit="sample", desc=label, file=sys.stderr, leave=False)
         try:
             for start in starts:
-                batch = self.encode(self.x[start:start + batch_size])
+                batch = self.encode(self.x[start:start + batch_size], first=start)
                 yield start, batch
                 if bar is not None:
                     bar.update(len(batch))
@@ -213,6 +217,9 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
             source = f"{path} (raw features, encoded by {folder.file('export.json')})"
         elif x.ndim == 2 + ndim and tuple(x.shape[2:]) == network.input_shape:
             source = str(path)
+        elif _is_sequence_without_always_on(folder, network, x):
+            encoder = folder.encoder()
+            source = f"{path} (input sequences; the export appends its always-on input channels)"
         else:
             raise _shape_error(path, x, network, raw_shape)
         if labels is not None:
@@ -240,13 +247,24 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
     return InputSet(x, source, network, labels=label_values, encoder=encoder)
 
 
+def _is_sequence_without_always_on(folder: ExportFolder, network, x) -> bool:
+    """Whether ``x`` is (N, T, features) for an export that appends always-on input channels (current biases of
+    an imported model, docs/formats.md#nir-read): the float model's inputs, which the export's encoder completes."""
+    encoder = folder.encoder()
+    always_on = 0 if encoder is None else encoder.get("always_on", 0)
+    shape = tuple(network.input_shape)
+    return bool(always_on) and x.ndim == 2 + len(shape) and tuple(x.shape[2:]) == (shape[0] - always_on, *shape[1:])
+
+
 def _raw_feature_shape(folder: ExportFolder, network) -> tuple[int, ...]:
     """The shape of one sample of raw features: the recorded preprocessing's (an encoding such as ``on_off`` or
     ``rate`` changes it), else the network's input shape. A record that cannot be read is a :class:`UserError`."""
     encoder = folder.encoder()
     record = None if encoder is None else encoder.get("preprocessing")
     if record is None:
-        return tuple(network.input_shape)
+        always_on = 0 if encoder is None else encoder.get("always_on", 0)
+        shape = tuple(network.input_shape)
+        return (shape[0] - always_on, *shape[1:]) if always_on else shape
     from sbnn.data.preprocessing import Preprocessing
 
     try:

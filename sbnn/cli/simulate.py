@@ -56,7 +56,7 @@ def command_simulate(args: argparse.Namespace) -> int:
     rates = [total / size if size else 0.0 for total, size in spike_sums]
     summary = {"backend": args.backend, "samples": len(inputs), "steps": steps, "input": source,
                "output_spikes": output_spikes, "firing_rates": rates, "seconds": seconds,
-               "accuracy": accuracy, "readout_rule": rule}
+               "accuracy": accuracy, "readout_rule": rule, **_named_classes(path, predictions, inputs.labels)}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -66,4 +66,25 @@ def command_simulate(args: argparse.Namespace) -> int:
         print(f"  readout rule: {rule}")
         if accuracy is not None:
             print(f"  accuracy {accuracy:.4f} on {len(inputs)} labelled samples ({rule})")
+        for name, share in summary.get("per_class_accuracy", {}).items():
+            print(f"  class {name}: accuracy {'-' if share is None else f'{share:.4f}'}")
     return EXIT_OK
+
+
+def _named_classes(path, predictions, labels) -> dict:
+    """``classes`` (the class names the export records for text labels, in class order) and, with labels,
+    ``per_class_accuracy``: name -> the share of that class's samples predicted as it (None when the inputs hold
+    none of it). Empty when the export records no names."""
+    import numpy as np
+
+    from export.folder_reader import ExportFolder
+
+    names = ExportFolder.holding(path).classes()
+    if names is None:
+        return {}
+    named: dict = {"classes": names}
+    if labels is not None:
+        named["per_class_accuracy"] = {
+            name: float(np.mean(predictions[labels == k] == k)) if np.any(labels == k) else None
+            for k, name in enumerate(names)}
+    return named

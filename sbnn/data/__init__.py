@@ -334,13 +334,16 @@ def standardise_dataset(dataset: Dataset, mode: str | bool, encoding: str | None
 def encode_dataset(dataset: Dataset, encoding: str, steps: int, *, seed: int = 0) -> Dataset:
     """Turn a static-feature dataset into spike trains ``(N, steps, ...)`` with one of :data:`ENCODINGS`.
 
-    The train split is encoded first, then the test split, from one generator seeded with ``seed``.
+    The rate codes draw sample ``i`` of the train split from the stream ``(seed, TRAIN_STREAM, i)`` and sample
+    ``i`` of the test split from ``(seed, TEST_STREAM, i)`` (:mod:`sbnn.data.encoders`), as ``sbnn simulate
+    --inputs raw.npy`` does for the file's sample ``i``.
     """
+    from sbnn.data.encoders import TEST_STREAM, TRAIN_STREAM
+
     if dataset.is_spiking:
         raise ValueError(f"{dataset.name}: already spike trains; encoders apply to static features")
-    rng = np.random.default_rng(seed)
-    x_train = encode(dataset.x_train, encoding, steps, seed=rng)
-    x_test = encode(dataset.x_test, encoding, steps, seed=rng)
+    x_train = encode(dataset.x_train, encoding, steps, seed=(seed, TRAIN_STREAM))
+    x_test = encode(dataset.x_test, encoding, steps, seed=(seed, TEST_STREAM))
     from sbnn.data.preprocessing import Preprocessing
 
     preprocessing = replace(dataset.preprocessing or Preprocessing(feature_shape=tuple(dataset.input_shape)),

@@ -2,22 +2,25 @@
 encoder of ``[data] encoding`` (docs/data.md#standardisation).
 
 Analog features of unknown scale (a wine's proline near 1,700 beside ratios near 0.1, a signal's signed
-samples, pixels 0-255) are mapped feature by feature into the encoder's range: the mean and standard
-deviation of each feature are measured on the training split, and
+samples, pixels 0-255) are mapped affinely into the encoder's range, fitted on the training split:
 
-    x' = clip(centre + (x - mean) / std * half / SPREAD, low, high)
+* features that share a range (:func:`shares_range`: the largest per-feature peak |x| within
+  ``SHARED_SPREAD`` (10) times the median one, as pixels or a waveform's samples) are scaled together: the
+  0.1 and 99.9 percentiles (``SHARED_TAIL``) of all their training values land on [low, high], beyond clips,
+  so an image's 0 stays at ``low`` and its contrast fills the range;
+* otherwise (tables of unequal units) each feature on its own: its mean ± ``SPREAD`` (3) standard deviations
+  land on [low, high], beyond clips.
 
-sends mean ± ``SPREAD`` (3) standard deviations onto [low, high] = [0, 1] (centre 0.5, half-width 0.5) for the
-encoders that take intensities (none/direct: an analog first layer whose Loihi payloads are unsigned;
-``rate``; ``latency``), or onto [-1, 1] (centre 0) for ``on_off``, which codes the sign on two channel groups.
-A feature constant on the training split (std 0) keeps a divisor of 1.
+[low, high] = [0, 1] for the encoders that take intensities (none/direct: an analog first layer whose Loihi
+payloads are unsigned; ``rate``; ``latency``), [-1, 1] for ``on_off``, which codes the sign on two channel
+groups. A constant feature (or constant shared data) maps to the range's centre.
 
 ``[data] standardise`` is ``"auto"`` (the default: standardise when the training features lie outside the
 encoder's range, so data already in [0, 1] such as digits, MNIST and CIFAR-10 pass unchanged), ``true`` or
 ``false``. :class:`Preprocessing` is the whole record (standardisation, encoding, steps, seed and the raw
 feature shape); the export writes it into ``export.json`` (``preprocessing``) so that ``sbnn simulate EXPORT
---inputs raw.npy`` presents raw features exactly as training did (the rate codes draw fresh spikes from the
-recorded seed).
+--inputs raw.npy`` presents raw features exactly as training did (the rate codes draw each sample's spikes
+from the recorded seed and the sample's index in the file, as for the test split: docs/data.md#encoders).
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from sbnn.data.encoders import ENCODINGS, encode
+from sbnn.data.encoders import ENCODINGS, TEST_STREAM, encode
 
 STANDARDISE_MODES: tuple[str, ...] = ("auto", "true", "false")   # [data] standardise: "auto", true or false
-SPREAD = 3.0          # standard deviations on each side of the mean that fill the encoder's range
-RECORD_FORMAT = 1     # the version of Preprocessing.to_record's layout
+SPREAD = 3.0          # per-feature rule: standard deviations on each side of the mean that fill the range
+SHARED_SPREAD = 10.0  # features share a range when the largest peak |x| is at most this times the median one
+SHARED_TAIL = 0.001   # shared rule: the training values' SHARED_TAIL and 1 - SHARED_TAIL quantiles fill the range
+QUANTILE_VALUES = 10_000_000   # the shared quantiles are taken on at most about this many values (a fixed stride)
+RECORD_FORMAT = 2     # the version of Preprocessing.to_record's layout (1: mean/std/spread, still read)
 
 
 def encoder_range(encoding: str | None) -> tuple[float, float]:
@@ -41,32 +47,76 @@ def encoder_range(encoding: str | None) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Standardisation:
-    """Per-feature affine map into ``[low, high]``, fitted on a training split (:meth:`fit`).
+    """Affine map of each feature's raw interval ``[lower, upper]`` onto the encoder's range ``[low, high]``,
+    clipping beyond, fitted on a training split (:meth:`fit`).
 
     Attributes:
-        mean, std: float64 ``(*feature_shape)``, the training split's per-feature mean and standard deviation
-            (std 1 where a feature is constant).
-        low, high: the encoder's range the map fills (``mean ± SPREAD·std`` lands on its ends; beyond clips).
+        lower, upper: float64 ``(*feature_shape)``, the raw values (the features' units) that land on ``low``
+            and ``high``: the 0.1 and 99.9 percentiles of all training values when ``shared``, else each
+            feature's mean ∓ ``SPREAD`` standard deviations (std 1 where a feature is constant).
+        low, high: the encoder's range.
+        shared: whether one interval serves all features (:func:`shares_range`).
     """
 
-    mean: np.ndarray
-    std: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
     low: float = 0.0
     high: float = 1.0
+    shared: bool = False
 
     @classmethod
-    def fit(cls, x_train: np.ndarray, *, low: float = 0.0, high: float = 1.0) -> "Standardisation":
-        """Statistics of ``x_train`` ``(N, *feature_shape)`` along the sample axis."""
+    def fit(cls, x_train: np.ndarray, *, low: float = 0.0, high: float = 1.0,
+            shared: bool | None = None) -> "Standardisation":
+        """The map for ``x_train`` ``(N, *feature_shape)``; ``shared`` None: :func:`shares_range` decides."""
         x = np.asarray(x_train, dtype=np.float64)
-        mean, std = x.mean(axis=0), x.std(axis=0)
-        std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-        return cls(mean=mean, std=std, low=float(low), high=float(high))
+        shared = shares_range(x) if shared is None else bool(shared)
+        if shared:
+            values = x.ravel()[::max(1, x.size // QUANTILE_VALUES)]   # every k-th value: at most ~10^7
+            smallest, largest = np.quantile(values, [SHARED_TAIL, 1.0 - SHARED_TAIL])
+            if low < 0:   # a signed code (on_off): 0 stays 0, so a background does not fire the off channels
+                centre, half = np.zeros(x.shape[1:]), np.full(x.shape[1:], max(abs(smallest), abs(largest)))
+            else:
+                centre = np.full(x.shape[1:], (largest + smallest) / 2)
+                half = np.full(x.shape[1:], (largest - smallest) / 2)
+        else:
+            centre, half = x.mean(axis=0), SPREAD * x.std(axis=0)
+        half = np.where(half > 1e-12 * np.maximum(1.0, np.abs(centre)), half, SPREAD)
+        return cls(lower=centre - half, upper=centre + half, low=float(low), high=float(high), shared=shared)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Raw features ``(N, *feature_shape)`` -> float32 values in ``[low, high]``, same shape."""
-        half, centre = (self.high - self.low) / 2, (self.high + self.low) / 2
-        scaled = centre + (np.asarray(x, dtype=np.float64) - self.mean) / self.std * (half / SPREAD)
-        return np.clip(scaled, self.low, self.high).astype(np.float32)
+        unit = (np.asarray(x, dtype=np.float64) - self.lower) / (self.upper - self.lower)
+        return np.clip(self.low + unit * (self.high - self.low), self.low, self.high).astype(np.float32)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON-ready ``standardise`` entry of :meth:`Preprocessing.to_record`."""
+        return {"rule": "shared" if self.shared else "per_feature", "lower": self.lower.ravel().tolist(),
+                "upper": self.upper.ravel().tolist(), "range": [self.low, self.high]}
+
+    @classmethod
+    def from_record(cls, record: Any, shape: tuple[int, ...]) -> "Standardisation":
+        """The inverse of :meth:`to_record`; also reads format 1's ``mean``/``std``/``spread``. Raises ValueError,
+        KeyError or TypeError on a malformed record."""
+        low, high = (float(v) for v in record["range"])
+        if "mean" in record:                     # format 1: mean ± spread·std onto the range
+            mean = np.asarray(record["mean"], dtype=np.float64).reshape(shape)
+            half = float(record["spread"]) * np.asarray(record["std"], dtype=np.float64).reshape(shape)
+            lower, upper, shared = mean - half, mean + half, False
+        else:
+            lower = np.asarray(record["lower"], dtype=np.float64).reshape(shape)
+            upper = np.asarray(record["upper"], dtype=np.float64).reshape(shape)
+            if record["rule"] not in ("shared", "per_feature"):
+                raise ValueError(f"standardise: unknown rule {record['rule']!r}")
+            shared = record["rule"] == "shared"
+        if not (np.all(np.isfinite(lower)) and np.all(np.isfinite(upper)) and np.all(upper > lower)):
+            raise ValueError("standardise: the raw interval is not finite and increasing")
+        return cls(lower=lower, upper=upper, low=low, high=high, shared=shared)
+
+
+def shares_range(x_train: np.ndarray) -> bool:
+    """Whether the features of ``x_train`` ``(N, *feature_shape)`` share one range: the largest per-feature
+    peak |x| is at most :data:`SHARED_SPREAD` times the median non-zero one (pixels, a waveform's samples)."""
+    return feature_spread(x_train) <= SHARED_SPREAD
 
 
 def features_outside(x_train: np.ndarray, encoding: str | None) -> tuple[float, float] | None:
@@ -117,24 +167,24 @@ class Preprocessing:
     raw_range: tuple[float, float] | None = field(default=None, compare=False)
     raw_spread: float = field(default=1.0, compare=False)
 
-    def apply(self, x: np.ndarray, *, seed: int | np.random.Generator | None = None) -> np.ndarray:
+    def apply(self, x: np.ndarray, *, first: int = 0) -> np.ndarray:
         """Raw features -> model inputs: standardised ``(N, *feature_shape)`` float32, or encoded ``(N, steps,
-        ...)`` when there is an encoding (rate codes drawn from ``seed``, default :attr:`seed`)."""
+        ...)`` when there is an encoding. The rate codes encode ``x[i]`` as the test split's sample ``first + i``
+        (the stream ``(seed, TEST_STREAM, first + i)``, :mod:`sbnn.data.encoders`): the same spikes whatever the
+        batches, and for the whole raw test split the very spikes the run was evaluated on."""
         x = np.asarray(x)
         if self.standardisation is not None:
             x = self.standardisation.apply(x)
         if self.encoding is None:
             return x
-        return encode(x, self.encoding, self.steps, seed=self.seed if seed is None else seed)
+        return encode(x, self.encoding, self.steps, seed=(self.seed, TEST_STREAM), first=first)
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-ready description (``export.json["preprocessing"]``); :meth:`from_record` reads it back."""
         scaling = self.standardisation
         return {"format": RECORD_FORMAT, "feature_shape": list(self.feature_shape), "encoding": self.encoding or "none",
                 "steps": self.steps, "seed": self.seed,
-                "standardise": None if scaling is None else {
-                    "mean": scaling.mean.ravel().tolist(), "std": scaling.std.ravel().tolist(),
-                    "range": [scaling.low, scaling.high], "spread": SPREAD}}
+                "standardise": None if scaling is None else scaling.to_record()}
 
     @classmethod
     def from_record(cls, record: Any) -> "Preprocessing":
@@ -144,14 +194,7 @@ class Preprocessing:
             encoding = None if record["encoding"] == "none" else str(record["encoding"])
             steps = None if record["steps"] is None else int(record["steps"])
             scaling = record["standardise"]
-            standardisation = None
-            if scaling is not None:
-                low, high = (float(v) for v in scaling["range"])
-                mean = np.asarray(scaling["mean"], dtype=np.float64).reshape(shape)
-                std = np.asarray(scaling["std"], dtype=np.float64).reshape(shape)
-                if float(scaling["spread"]) != SPREAD or not np.all(np.isfinite(mean)) or not np.all(std > 0):
-                    raise ValueError("standardise: spread, mean or std out of range")
-                standardisation = Standardisation(mean=mean, std=std, low=low, high=high)
+            standardisation = None if scaling is None else Standardisation.from_record(scaling, shape)
             if encoding is not None and (encoding not in ENCODINGS or steps is None or steps < 1):
                 raise ValueError(f"encoding {encoding!r} with steps {steps}")
             return cls(feature_shape=shape, standardisation=standardisation, encoding=encoding, steps=steps,
@@ -160,5 +203,5 @@ class Preprocessing:
             raise ValueError(f"preprocessing record: {error}") from None
 
 
-__all__ = ["Preprocessing", "SPREAD", "STANDARDISE_MODES", "Standardisation", "encoder_range",
-           "feature_spread", "features_outside", "should_standardise"]
+__all__ = ["Preprocessing", "SHARED_SPREAD", "SPREAD", "STANDARDISE_MODES", "Standardisation", "encoder_range",
+           "feature_spread", "features_outside", "shares_range", "should_standardise"]

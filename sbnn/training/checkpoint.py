@@ -199,8 +199,9 @@ def _cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
 def save_checkpoint(run_dir: Path, config: RunConfig, model: SbnnModel, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, data_generator: torch.Generator,
                     device: torch.device, epoch: int, global_step: int, history: list[dict[str, Any]],
-                    group: ProcessGroup) -> None:
-    """Write ``checkpoint.pt`` after ``epoch`` (1-based), then ``metrics.json`` (rank 0 only)."""
+                    group: ProcessGroup, classes: tuple[str, ...] | None = None) -> None:
+    """Write ``checkpoint.pt`` after ``epoch`` (1-based), then ``metrics.json`` (rank 0 only; ``classes``: the
+    class names of text labels)."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
@@ -219,7 +220,7 @@ def save_checkpoint(run_dir: Path, config: RunConfig, model: SbnnModel, optimize
     }
     # The checkpoint first: metrics.json never describes an epoch that the checkpoint lacks.
     atomic_write(run_dir / CHECKPOINT_FILE, lambda file: torch.save(checkpoint, file))
-    write_metrics(run_dir, history, config.train.method)
+    write_metrics(run_dir, history, config.train.method, classes)
 
 
 # ----------------------------------------------------------------------------------------------------

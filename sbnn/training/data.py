@@ -33,6 +33,7 @@ class TrainingData:
     epoch_train_indices: Tensor | None = None   # None: train_eval_indices
     epoch_test_indices: Tensor | None = None    # None: all of x_test
     preprocessing: Any = None   # how raw features became x (sbnn.data.preprocessing.Preprocessing), or None
+    classes: tuple[str, ...] | None = None   # each class's name when the labels were text (Dataset.classes)
 
     def epoch_eval_sets(self) -> dict[str, tuple[Tensor, Tensor]]:
         """``{"train": (x, y), "test": (x, y)}`` of the per-epoch evaluation."""
@@ -110,6 +111,7 @@ def load_training_data(config: RunConfig) -> TrainingData:
         num_classes=int(dataset.num_classes),
         input_shape=tuple(int(s) for s in dataset.input_shape),
         preprocessing=dataset.preprocessing,
+        classes=None if dataset.classes is None else tuple(str(name) for name in dataset.classes),
         epoch_train_indices=None if epoch_train is None else torch.from_numpy(eval_indices[epoch_train]).long(),
         epoch_test_indices=None if epoch_test is None else torch.from_numpy(epoch_test).long(),
     )

@@ -235,7 +235,7 @@ def _set_up(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch
         log(f"{run_dir}: resuming after epoch {start_epoch}")
 
     if group.is_main:
-        _prepare_run_folder(run_dir, config, history if checkpoint is not None else None)
+        _prepare_run_folder(run_dir, config, history if checkpoint is not None else None, data.classes)
     network: nn.Module = model
     if group.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -249,7 +249,8 @@ def _set_up(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch
     return run, start_epoch
 
 
-def _prepare_run_folder(run_dir: Path, config: RunConfig, resumed_history: list[dict[str, Any]] | None) -> None:
+def _prepare_run_folder(run_dir: Path, config: RunConfig, resumed_history: list[dict[str, Any]] | None,
+                        classes: tuple[str, ...] | None = None) -> None:
     """Rank 0, before the first epoch: the folder, its marker and ``config.toml``; when resuming, ``metrics.json``
     as of the checkpoint. The temporaries a killed run left are removed first."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -259,7 +260,7 @@ def _prepare_run_folder(run_dir: Path, config: RunConfig, resumed_history: list[
     if resumed_history is not None:
         # metrics.json is written just after the checkpoint, so a run killed between the two has it one
         # epoch behind; the checkpoint's history is the record (and a finished run trains no more epochs).
-        write_metrics(run_dir, resumed_history, config.train.method)
+        write_metrics(run_dir, resumed_history, config.train.method, classes)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,7 +374,7 @@ def _finish_epoch(run: _Run, epoch: int, totals: EpochTotals, beta: float, step_
         }
         run.history.append(record)
         save_checkpoint(run.run_dir, run.config, run.model, run.optimizer, run.scheduler, run.data_generator,
-                        run.device, epoch + 1, run.global_step, run.history, run.group)
+                        run.device, epoch + 1, run.global_step, run.history, run.group, run.data.classes)
         run.log(_format_epoch(record, run.config.train.epochs, run.config.train.eval_samples))
     else:
         run.history.append({"epoch": epoch + 1})

@@ -122,9 +122,12 @@ def run_summary(history: list[dict[str, Any]], run_dir: Path, method: str) -> di
     }
 
 
-def write_metrics(run_dir: Path, history: list[dict[str, Any]], method: str) -> None:
-    """``metrics.json``: the epoch records and their summary."""
-    write_json(run_dir / METRICS_FILE, {"history": history, "summary": run_summary(history, run_dir, method)})
+def write_metrics(run_dir: Path, history: list[dict[str, Any]], method: str,
+                  classes: tuple[str, ...] | None = None) -> None:
+    """``metrics.json``: the epoch records, their summary and, for text labels, each class's name in class
+    order (``classes``, docs/formats.md#metrics-json)."""
+    names = {} if classes is None else {"classes": list(classes)}
+    write_json(run_dir / METRICS_FILE, {"history": history, "summary": run_summary(history, run_dir, method), **names})
 
 
 def write_marker(run_dir: Path) -> None:

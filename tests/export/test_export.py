@@ -91,12 +91,13 @@ def test_each_neuron_node_type_maps_to_the_discrete_equations(tmp_path, neuron, 
     np.testing.assert_allclose(layer.weight, 0.5 * gain)
 
 
-def test_synaptic_bias_and_v_leak_become_voltage_bias():
+def test_synaptic_bias_becomes_current_bias_and_v_leak_voltage_bias():
     lif = nir.LIF(tau=np.full(5, 0.01), r=np.full(5, 10.0), v_leak=np.full(5, 2.0), v_threshold=np.ones(5))
     graph = _single_layer_graph(lif, nir.Affine(weight=np.ones((5, 3)), bias=np.full(5, 0.3)))
     network, notes = from_nir(graph)
-    np.testing.assert_allclose(network.layers[0].bias, 0.1 * 2.0 + 0.3)   # (1 - β)·v_leak + r·dt/τ·b
-    assert notes == []   # exact when there is no synaptic current
+    np.testing.assert_allclose(network.layers[0].bias, 0.1 * 2.0)   # (1 - β)·v_leak
+    np.testing.assert_allclose(network.layers[0].current_bias, 0.3)   # r·dt/τ·b, added to the current
+    assert notes == []
 
 
 @pytest.mark.parametrize("node, message", [

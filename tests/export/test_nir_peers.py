@@ -9,6 +9,7 @@ A library that cannot be imported skips its test with the reason.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import nir
@@ -58,8 +59,10 @@ def agreement(library: np.ndarray, hardware: np.ndarray, labels: np.ndarray, nam
     return share
 
 
-def test_snntorch_synaptic_imports_with_dt_inferred(digits, tmp_path):
-    snn = pytest.importorskip("snntorch", reason="snnTorch is not installed")
+def snntorch_synaptic_model(digits: dict, path, *, bias: bool):
+    """snnTorch's Synaptic 64-32-10 model with the digits weights (its Linear biases, if any, from torch's
+    default initialisation under the current seed), written to ``path`` by snnTorch's own exporter."""
+    import snntorch as snn
     import torch
     from snntorch.export_nir import export_to_nir
 
@@ -67,14 +70,22 @@ def test_snntorch_synaptic_imports_with_dt_inferred(digits, tmp_path):
         return snn.Synaptic(alpha=torch.full((n,), 0.5), beta=torch.full((n,), 0.8), threshold=torch.full(
             (n,), threshold), init_hidden=True, reset_mechanism="zero", reset_delay=False, **kwargs)
 
-    first, second = torch.nn.Linear(64, HIDDEN, bias=False), torch.nn.Linear(HIDDEN, 10, bias=False)
+    first, second = torch.nn.Linear(64, HIDDEN, bias=bias), torch.nn.Linear(HIDDEN, 10, bias=bias)
     with torch.no_grad():
         first.weight.copy_(torch.from_numpy(digits["w1"]))
         second.weight.copy_(torch.from_numpy(digits["w2"]))
     model = torch.nn.Sequential(first, synaptic(HIDDEN, 1.0), second, synaptic(10, READOUT_THRESHOLD, output=True))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nir.write(tmp_path / "snntorch.nir", export_to_nir(model, torch.zeros(1, 64), ignore_dims=[0]))
+        nir.write(path, export_to_nir(model, torch.zeros(1, 64), ignore_dims=[0]))
+    return model
+
+
+def test_snntorch_synaptic_imports_with_dt_inferred(digits, tmp_path):
+    pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    import torch
+
+    model = snntorch_synaptic_model(digits, tmp_path / "snntorch.nir", bias=False)
     voltages = []
     with torch.no_grad():
         for t in range(T):
@@ -87,6 +98,61 @@ def test_snntorch_synaptic_imports_with_dt_inferred(digits, tmp_path):
     with pytest.raises(NIRImportError, match=r"--dt 0.0005 contradicts the file: .* dt = 0.0001 s"):
         read_nir(tmp_path / "snntorch.nir", dt=5e-4)
     read_nir(tmp_path / "snntorch.nir", dt=1e-4)   # the right dt is accepted
+
+
+def test_snntorch_linear_biases_enter_the_current_exactly(digits, tmp_path):
+    """snnTorch's ``nn.Linear`` biases (its default initialisation, seeded) are added to the synaptic current:
+    the imported float model reproduces snnTorch's forward up to float32 rounding, and hw_sim, which gets
+    them through an always-on input channel and a relay neuron, keeps ≥ 98 % of its predictions."""
+    pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    import torch
+
+    torch.manual_seed(0)
+    model = snntorch_synaptic_model(digits, tmp_path / "biased.nir", bias=True)
+    with torch.no_grad():
+        voltages = np.stack([model(torch.from_numpy(digits["spikes"][:, t]))[2].numpy() for t in range(T)], axis=1)
+    network, notes = read_nir(tmp_path / "biased.nir")
+    assert not any("steady state" in note for note in notes)
+    _, float_voltages = network.run(digits["spikes"], record_voltage=True)
+    assert np.abs(float_voltages[-1] - voltages).max() < 1e-4 * np.abs(voltages).max()
+    quantised = quantise(network, digits["spikes"][:100])
+    assert quantised.always_on == 1 and quantised.network.input_shape == (65,)
+    assert [entry["relay_neurons"] for entry in quantised.layers] == [1, 0]
+    assert quantised.report()["always_on_inputs"] == 1
+    hardware, _ = hardware_predictions(tmp_path / "biased.nir", digits["spikes"])
+    library = voltages.mean(axis=1).argmax(axis=1)
+    assert agreement(library, hardware, digits["labels"], "snnTorch with Linear biases") >= AGREEMENT
+
+
+def test_current_biases_reach_each_layer_with_its_first_input_step():
+    """With no input and no decay of the current (α = 0), each layer's u in hw_sim is exactly its integer
+    current bias from the step it first sees the input (column k + 1 for layer k, docs/loihi.md#timing) to
+    the last presented step, and 0 before: relays (three where the next layer has a threshold above one
+    8-bit weight) pass the always-on channels on with the data's delay, also through a layer without bias."""
+    from export.float_network import FloatLayer, FloatNetwork
+
+    rng = np.random.default_rng(3)
+    sizes, steps = (4, 5, 3, 2), 6
+    layers = []
+    for index in range(3):
+        weight = rng.uniform(-1.0, 1.0, (sizes[index + 1], sizes[index]))
+        weight[0, 0] = 1.0                                   # the scale maps 1.0 to 127: vth = 2.5·127 = 318
+        current_bias = None if index == 1 else rng.uniform(-0.4, 0.4, sizes[index + 1])
+        layers.append(FloatLayer(kind="dense", weight=weight, alpha=0.0, beta=0.9, threshold=None if index == 2
+                                 else 2.5, bias=np.zeros(sizes[index + 1]), current_bias=current_bias))
+    network = FloatNetwork(input_shape=(4,), layers=tuple(layers))
+    quantised = quantise(network, np.zeros((2, steps, 4)))
+    assert quantised.always_on == 3 and [entry["relay_neurons"] for entry in quantised.layers] == [3, 1, 0]
+    outcome = quantised.network.run(quantised.hardware_input(np.zeros((1, steps, 4))), record_states=True)
+    for index, layer in enumerate(layers):
+        u = outcome.u[index][0, :, :sizes[index + 1]]
+        expected = np.zeros_like(u)
+        if layer.current_bias is not None:
+            expected[index + 1:index + 1 + steps] = np.rint(layer.current_bias * quantised.layers[index]["scale"]) * 64
+        np.testing.assert_array_equal(u, expected)
+        if index < 2:   # the relays fire at every step their layer sees the input
+            relays = outcome.spikes[index][0, index + 1:index + 1 + steps, sizes[index + 1]:]
+            assert relays.all() and not outcome.spikes[index][0, :index + 1].any()
 
 
 def test_norse_lif_imports_with_its_exporter_bugs_corrected(digits, tmp_path):
@@ -186,3 +252,28 @@ def test_wrong_dt_is_one_line_and_exit_2(tmp_path):
     result = run_cli("import", tmp_path / "model.nir", "--dt", "5e-4", "--out", tmp_path / "export")
     assert result.returncode == 2 and "contradicts the file" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "export").exists()
+
+
+def test_imported_current_biases_run_from_the_command_line(digits, tmp_path):
+    """`sbnn import` of snnTorch Linear biases then `sbnn simulate --inputs` with the user's own spike trains
+    (N, T, 64): the command appends the always-on channel the export added (1 while the input is presented,
+    0 in the latency padding) and runs what hw_sim runs on ``hardware_input`` of the same spikes."""
+    pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    import torch
+    from conftest import run_cli
+
+    torch.manual_seed(0)
+    snntorch_synaptic_model(digits, tmp_path / "biased.nir", bias=True)
+    np.save(tmp_path / "calibration.npy", digits["spikes"][:100])
+    np.save(tmp_path / "x.npy", digits["spikes"][:60])
+    done = run_cli("import", tmp_path / "biased.nir", "--calibration", tmp_path / "calibration.npy",
+                   "--out", tmp_path / "export", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_cli("simulate", tmp_path / "export", "--inputs", tmp_path / "x.npy", "--batch-size", "7", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    quantised = quantise(read_nir(tmp_path / "biased.nir")[0], digits["spikes"][:100])
+    direct = quantised.network.run(quantised.hardware_input(digits["spikes"][:60]))
+    assert summary["steps"] == T + quantised.network.latency
+    assert summary["firing_rates"] == pytest.approx([float(np.mean(s)) for s in direct.spikes], abs=1e-12)
+    assert summary["firing_rates"][0] > 0

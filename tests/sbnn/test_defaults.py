@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +16,6 @@ from sbnn.data.preprocessing import SPREAD, Preprocessing, Standardisation
 from sbnn.training import load_training_data
 from sbnn.training.defaults import (EPOCH_RANGE, KL_SHARE, auto_epochs, auto_kl_weight, initial_kl, resolve_auto,
                                     risk_warnings)
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _unscaled_npz(path: Path, *, n_train: int = 96, n_test: int = 32, seed: int = 0) -> Path:
@@ -47,22 +43,42 @@ def _minimal_config(tmp_path: Path, *extra: str) -> Path:
 
 def test_standardisation_is_fitted_on_the_training_split_only(tmp_path):
     x_train = np.array([[0.0, 100.0], [2.0, 300.0], [4.0, 200.0]])
-    scaling = Standardisation.fit(x_train)
-    assert np.allclose(scaling.mean, [2.0, 200.0]) and np.allclose(scaling.std, x_train.std(axis=0))
+    scaling, std = Standardisation.fit(x_train, shared=False), x_train.std(axis=0)
+    assert np.allclose(scaling.lower, [2.0, 200.0] - SPREAD * std) and np.allclose(scaling.upper, [2.0, 200.0] + SPREAD * std)
     # mean -> the centre of [0, 1]; mean ± SPREAD std -> its ends; beyond clips
-    mapped = scaling.apply(np.array([[2.0, 200.0], [2.0 + SPREAD * scaling.std[0], 200.0 - SPREAD * scaling.std[1]], [1e6, -1e6]]))
+    mapped = scaling.apply(np.array([[2.0, 200.0], [2.0 + SPREAD * std[0], 200.0 - SPREAD * std[1]], [1e6, -1e6]]))
     assert np.allclose(mapped, [[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]])
-    constant = Standardisation.fit(np.ones((4, 1)))
-    assert constant.std[0] == 1.0 and np.allclose(constant.apply(np.ones((1, 1))), 0.5)
-    signed = Standardisation.fit(x_train, low=-1.0, high=1.0)
+    for shared in (True, False):                         # a constant feature lands on the centre
+        constant = Standardisation.fit(np.full((4, 1), 7.0), shared=shared)
+        assert np.allclose(constant.apply(np.full((1, 1), 7.0)), 0.5)
+    signed = Standardisation.fit(x_train, low=-1.0, high=1.0, shared=False)
     assert np.allclose(signed.apply(x_train).mean(axis=0), 0.0, atol=1e-6)
 
     path = _unscaled_npz(tmp_path / "d.npz")
     dataset = load_dataset("npz", path=path)
     raw = np.load(path)
-    assert np.allclose(dataset.preprocessing.standardisation.mean, raw["x_train"].mean(axis=0), rtol=1e-5)
+    fitted = dataset.preprocessing.standardisation      # features of unequal ranges: one map each
+    assert not fitted.shared and np.allclose((fitted.lower + fitted.upper) / 2, raw["x_train"].mean(axis=0), rtol=1e-5)
     assert dataset.x_train.min() >= 0 and dataset.x_train.max() <= 1
     assert np.allclose(dataset.x_test, dataset.preprocessing.standardisation.apply(raw["x_test"]))
+
+
+def test_features_sharing_a_range_are_scaled_together():
+    """Pixels 0-255 (a border pixel almost always 0): one map for all keeps 0 at 0 and a rare faint border value
+    faint; each pixel on its own would blow that value up to full intensity and shift the background."""
+    rng = np.random.default_rng(0)
+    pixels = np.where(rng.random((300, 64)) < 0.3, rng.integers(1, 256, (300, 64)), 0).astype(np.float64)
+    pixels[:, :8] = 0.0
+    pixels[0, 0] = 5.0
+    shared = Standardisation.fit(pixels)
+    assert shared.shared and np.all(shared.lower == 0.0) and np.all(shared.upper > 250.0)
+    mapped = shared.apply(pixels)
+    assert np.all(mapped[pixels == 0] == 0.0) and mapped[0, 0] < 0.03 and mapped.max() == 1.0
+    per_feature = Standardisation.fit(pixels, shared=False)
+    background = per_feature.apply(pixels)[:, 8:][pixels[:, 8:] == 0]
+    assert per_feature.apply(pixels)[0, 0] == 1.0 and np.all(background > 0.3)
+    table = np.abs(np.random.default_rng(1).normal(0, 1, (50, 3))) * [1700.0, 0.1, 5.0]
+    assert not Standardisation.fit(table).shared
 
 
 def test_auto_leaves_features_in_the_encoders_range_alone():
@@ -74,15 +90,21 @@ def test_auto_leaves_features_in_the_encoders_range_alone():
 
 
 def test_the_preprocessing_record_round_trips_and_rejects_nonsense():
-    scaling = Standardisation.fit(np.arange(12.0).reshape(4, 3) ** 2)
-    original = Preprocessing(feature_shape=(3,), standardisation=scaling, encoding="rate", steps=5, seed=3)
-    again = Preprocessing.from_record(json.loads(json.dumps(original.to_record())))
     x = np.array([[1.0, 50.0, 3.0]])
-    assert again.feature_shape == (3,) and np.array_equal(again.apply(x), original.apply(x))
+    for shared in (True, False):
+        scaling = Standardisation.fit(np.arange(12.0).reshape(4, 3) ** 2, shared=shared)
+        original = Preprocessing(feature_shape=(3,), standardisation=scaling, encoding="rate", steps=5, seed=3)
+        again = Preprocessing.from_record(json.loads(json.dumps(original.to_record())))
+        assert again.feature_shape == (3,) and again.standardisation.shared == shared
+        assert np.array_equal(again.apply(x), original.apply(x))
     record = original.to_record()
-    record["standardise"]["std"][0] = -1.0
+    record["standardise"]["upper"][0] = record["standardise"]["lower"][0]
     with pytest.raises(ValueError, match="preprocessing record"):
         Preprocessing.from_record(record)
+    # format 1 (mean, std, spread) still reads: mean ± spread·std onto the range
+    old = {**record, "format": 1, "standardise": {"mean": [1.0, 2.0, 3.0], "std": [0.5, 1.0, 2.0], "range": [0.0, 1.0],
+                                                 "spread": SPREAD}}
+    assert np.allclose(Preprocessing.from_record(old).standardisation.upper, [2.5, 5.0, 9.0])
 
 
 def test_auto_kl_weight_and_epochs():
@@ -114,12 +136,13 @@ def test_minimal_config_resolves_auto_and_warns_about_risky_settings(tmp_path):
 
 def test_minimal_config_trains_exports_and_runs_raw_features_on_hardware(tmp_path, capsys):
     """The whole path: training prints the warnings, the run's config.toml holds the resolved values, the
-    export records the standardisation, and sbnn simulate on raw features matches the pipeline's inputs."""
+    export records the standardisation, and sbnn simulate on raw features matches the pipeline's inputs.
+    In-process (``sbnn.cli.main``): two fresh interpreters importing torch cost more than the rest."""
+    from sbnn.cli import main
     from sbnn.training import train
 
     config = _minimal_config(tmp_path)
     run = tmp_path / "run"
-    sbnn = [sys.executable, "-m", "sbnn"]
     train(load_config(config, ["train.epochs=1", "train.kl_weight=1.0", "data.standardise=false"]), tmp_path / "risky",
           json_mode=True)
     assert capsys.readouterr().err.count("sbnn train: warning: ") == 2
@@ -127,18 +150,18 @@ def test_minimal_config_trains_exports_and_runs_raw_features_on_hardware(tmp_pat
     assert "warning" not in capsys.readouterr().err
     saved = load_config(run / "config.toml")
     assert isinstance(saved.train.kl_weight, float) and saved.train.epochs == 20
-    exported = subprocess.run(sbnn + ["export", str(run), "--json"], capture_output=True, text=True, cwd=ROOT)
-    assert exported.returncode == 0, exported.stderr
+    assert main(["export", str(run), "--json"]) == 0
+    capsys.readouterr()
     report = json.loads((run / "export" / "export.json").read_text())
     raw = np.load(tmp_path / "unscaled.npz")
-    assert np.allclose(report["preprocessing"]["standardise"]["mean"], raw["x_train"].mean(axis=0), rtol=1e-5)
+    recorded = report["preprocessing"]["standardise"]
+    assert recorded["rule"] == "per_feature"
+    assert np.allclose(np.add(recorded["lower"], recorded["upper"]) / 2, raw["x_train"].mean(axis=0), rtol=1e-5)
     np.save(tmp_path / "x.npy", raw["x_test"])
     np.save(tmp_path / "y.npy", raw["y_test"])
-    simulated = subprocess.run(sbnn + ["simulate", str(run / "export"), "--backend", "hw_sim", "--inputs",
-                                       str(tmp_path / "x.npy"), "--labels", str(tmp_path / "y.npy"), "--json"],
-                               capture_output=True, text=True, cwd=ROOT)
-    assert simulated.returncode == 0, simulated.stderr
-    accuracy = json.loads(simulated.stdout)["accuracy"]
+    assert main(["simulate", str(run / "export"), "--backend", "hw_sim", "--inputs", str(tmp_path / "x.npy"),
+                 "--labels", str(tmp_path / "y.npy"), "--json"]) == 0
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
     assert accuracy > 0.6    # chance is about 1/3; unstandardised, the export rounds most features to 0
     from sbnn.export_evaluation import hardware_logits, model_sequences
     from sbnn.training import load_trained_model

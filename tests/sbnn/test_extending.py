@@ -208,7 +208,7 @@ def test_a_registered_neuron_model_configures_trains_and_exports(integrate_and_f
     summary = train(config, tmp_path / "run", json_mode=True)
     assert summary["epochs"] == 1 and 0.0 <= summary["test_accuracy_mean"] <= 1.0
     hidden = load_trained_model(tmp_path / "run").describe()[0]
-    assert (hidden.neuron, hidden.current_decay, hidden.voltage_decay) == ("cuba_lif", 0.0, 4095 / 4096)
+    assert (hidden.neuron, hidden.alpha, hidden.beta) == ("cuba_lif", 0.0, 4095 / 4096)
     folder, _ = export_run(tmp_path / "run")
     neurons = hw_sim.load(folder / "loihi.h5").layers[0].neurons
     assert (neurons.du, neurons.dv) == (4095, 1)

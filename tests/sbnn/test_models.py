@@ -349,9 +349,9 @@ def _run_specs(specs: list[LayerSpec], x: torch.Tensor) -> tuple[torch.Tensor, d
             current, voltage, previous = state.get(index, (zeros, zeros, zeros))
             if spec.recurrent_weight is not None:
                 synaptic = synaptic + previous @ spec.recurrent_weight.T
-            current = spec.current_decay * current + synaptic
-            voltage = spec.voltage_decay * voltage + current + spec.bias
-            if spec.neuron == "integrator":
+            current = spec.alpha * current + synaptic
+            voltage = spec.beta * voltage + current + spec.bias
+            if spec.readout:
                 spikes = voltage
             else:
                 spikes = (voltage > spec.threshold).float()
@@ -398,29 +398,31 @@ def test_describe_reports_the_mean_or_the_frozen_sample_and_reproduces_the_model
             logits, rates = _run_specs(specs, x)
             torch.testing.assert_close(logits, model(x), rtol=1e-5, atol=1e-5)
         assert len(rates) == len(layer_specs) - 1 and all(0.02 < r < 0.9 for r in rates.values()), rates
-    assert specs[-1].neuron == "integrator" and specs[-1].threshold is None
+    assert specs[-1].neuron == "integrator" and specs[-1].readout and specs[-1].threshold is None
     assert specs[-1].output_shape == (NUM_CLASSES,)
 
 
 def test_describe_fields_per_kind():
     bnn_specs = _small("bnn")[0].describe()
-    assert [s.kind for s in bnn_specs] == ["flatten", "linear", "linear", "linear"]
+    assert [s.kind for s in bnn_specs] == ["flatten", "dense", "dense", "dense"]
+    assert [s.readout for s in bnn_specs] == [False, False, False, True]
     assert bnn_specs[0].input_shape == (3, 4, 4) and bnn_specs[0].output_shape == (48,)
     assert [s.weight.shape for s in bnn_specs[1:]] == [(12, 48), (10, 12), (NUM_CLASSES, 10)]
     for spec in bnn_specs[1:3]:
-        neuron = (spec.neuron, spec.current_decay, spec.voltage_decay, spec.threshold)
+        neuron = (spec.neuron, spec.alpha, spec.beta, spec.threshold)
         assert neuron == ("binary", 0.0, 0.0, 0.0)
     assert bnn_specs[1].input_binary is False and bnn_specs[2].input_binary is True
 
     conv_specs = _small("conv_snn")[0].describe()
-    assert [s.kind for s in conv_specs] == ["conv", "conv", "flatten", "linear", "linear"]
+    assert [s.kind for s in conv_specs] == ["conv", "conv", "flatten", "dense", "dense"]
     first, second = conv_specs[:2]
     assert first.weight.shape == (3, 2, 3, 3) and first.stride == (2, 2) and first.padding == (1, 1)
     assert first.output_shape == (3, 6, 6) and first.dilation == (1, 1) and first.groups == 1
     assert second.weight.shape == (4, 3, 1, 1) and second.padding == (0, 0)
     assert second.output_shape == (4, 3, 3)
-    neuron = (first.neuron, first.current_decay, first.voltage_decay, first.threshold)
+    neuron = (first.neuron, first.alpha, first.beta, first.threshold)
     assert neuron == ("cuba_lif", 0.5, 0.875, 1.0)
+    assert (first.current_decay, first.voltage_decay) == (0.5, 0.875)   # the old names still read
     assert conv_specs[2].output_shape == (36,) and conv_specs[3].recurrent_weight.shape == (6, 6)
 
 
