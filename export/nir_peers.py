@@ -10,8 +10,11 @@ Before :func:`export.nir_io.from_nir` maps a graph, :func:`resolve_dt` settles d
   dt is inferred from it, and a different ``--dt`` is refused;
 * norse's ``to_nir`` (1.1.0) writes ``τ·dt`` instead of τ and ``w_in = 1``: recognised from ``r = w_in = 1``
   with every time constant shorter than the given dt, and corrected (τ/dt, w_in = τ_syn/dt) with a note;
+* Sinabs's ``to_nir`` (3.1) writes ``LIF``/``LI`` (its ``LIF``/``ExpLeak``) with τ in steps, ``r = 1`` and
+  ``v_leak = 0`` for a neuron that decays by exactly ``e^(−1/τ)`` a step: recognised (no ``--dt``, or
+  ``--dt 1``), dt = 1 step, and the decay mapped exactly (τ → 1/(1 − e^(−1/τ))) with a note;
 * Rockpool's ``to_nir`` (3.1) writes ``r = τ·e^(−dt/τ)/dt``, leaves ``w_in = 1`` and drops the bias:
-  recognised and refused, naming the fix.
+  recognised and refused, saying why (the bias is lost, the reset differs).
 
 Nothing here guesses: a graph that fits no convention still needs ``--dt``.
 """
@@ -94,6 +97,9 @@ def resolve_dt(graph, dt: float | None) -> tuple[float, list[str]]:
     if implied is not None:
         _refuse_contradiction(implied, given, "its neurons' r = τ/dt (the unit-gain convention) imply")
         return implied, [f"dt = {implied:g} s inferred from r = τ/dt (the graph carries no dt)"]
+    if sinabs_signature(graph) and (given is None or given == 1.0):
+        return 1.0, ["dt = 1 (one step) taken from Sinabs's convention (τ in steps, r = 1; the graph carries "
+                     "no dt)"]
     _refuse_rockpool(graph)
     if given is None:
         if norse_signature(graph):
@@ -136,6 +142,41 @@ def norse_signature(graph) -> bool:
     return True
 
 
+def sinabs_signature(graph) -> bool:
+    """Sinabs's ``to_nir``: ``Affine`` synapses only, neurons ``LIF``/``LI``/``IF`` with at least one
+    ``LIF``/``LI``, ``r = 1`` everywhere, ``v_leak = 0`` and every τ ≥ 1 (time constants in steps)."""
+    neurons = _neurons(graph)
+    if not neurons or any(type(node).__name__ == "Linear" for node in graph.nodes.values()):
+        return False
+    if any(kind not in ("LIF", "LI", "IF") for kind, _ in neurons) or all(kind == "IF" for kind, _ in neurons):
+        return False
+    for kind, node in neurons:
+        r = _values(node, "r")
+        if r is None or not np.all(r == 1):
+            return False
+        if kind != "IF" and (not np.all(_values(node, "v_leak") == 0) or not np.all(_values(node, "tau") >= 1)):
+            return False
+    return True
+
+
+SINABS = ("written by Sinabs's to_nir (τ in steps, r = 1, v_leak = 0): the decay is Sinabs's exact e^(−1/τ) a "
+          "step, not NIR's Euler 1 − 1/τ (give --dt SECONDS to read the file as NIR's Euler form instead); "
+          "the input gain is NIR's r·(1 − e^(−1/τ)), Sinabs's norm_input=True (its LIF default): a layer built "
+          "with norm_input=False (ExpLeak's default) has gain 1: for a hidden layer set r = 1/(1 − e^(−1/τ)) in "
+          "the file (a read-out's predictions do not change); its exporter also drops tau_syn, so a LIF with "
+          "synaptic dynamics does not import faithfully")
+
+
+def _sinabs_correction(graph) -> list[str]:
+    """Rewrite Sinabs's τ (steps) as the τ whose Euler step with dt = 1 is ``e^(−1/τ)``:
+    τ' = 1/(1 − e^(−1/τ)); ``r = 1`` then gives the gain ``1 − e^(−1/τ)`` of NIR's equation solved exactly
+    over one step."""
+    for kind, node in _neurons(graph):
+        if kind in ("LIF", "LI"):
+            node.tau = 1.0 / -np.expm1(-1.0 / np.asarray(node.tau, dtype=np.float64))
+    return [SINABS]
+
+
 def rockpool_dt(graph) -> float | None:
     """The dt (s) of Rockpool's convention ``r = τ_mem·e^(−dt/τ_mem)/dt`` with ``w_in = 1``, when every
     CubaLIF node agrees on one; None otherwise (or without CubaLIF nodes)."""
@@ -160,9 +201,10 @@ def _refuse_rockpool(graph) -> None:
     rockpool = rockpool_dt(graph)
     if rockpool is not None:
         raise ValueError(f"the graph looks like Rockpool's to_nir output (r = τ·e^(−dt/τ)/dt with dt = "
-                         f"{rockpool:g} s, w_in = 1): Rockpool 3.1 writes w_in = 1 where its synapse adds the "
-                         f"whole input (it should be τ_syn/dt) and writes v_leak = 0 whatever the neurons' "
-                         f"bias; set w_in = τ_syn/dt and the bias in the file (or write the nodes yourself)")
+                         f"{rockpool:g} s, w_in = 1), which cannot be imported faithfully: Rockpool 3.1 steps "
+                         f"I ← e^(−dt/τ_syn)·(I + x), v ← e^(−dt/τ_mem)·v + I + b, but writes w_in = 1 and "
+                         f"r for other gains, v_leak = 0 whatever the bias b, and LIFTorch subtracts the threshold "
+                         f"per spike (several a step), which Loihi's reset to zero cannot reproduce")
 
 
 def peer_corrections(graph, dt: float) -> list[str]:
@@ -170,6 +212,8 @@ def peer_corrections(graph, dt: float) -> list[str]:
     for the dt already resolved; the notes say what was changed and why."""
     if graph.metadata.get("dt") is not None:
         return []
+    if dt == 1.0 and sinabs_signature(graph):
+        return _sinabs_correction(graph)
     neurons = [(kind, node) for kind, node in _neurons(graph) if kind not in ("IF", "I")]
     if not norse_signature(graph) or not all(
             np.all(_values(node, name) < dt) for kind, node in neurons

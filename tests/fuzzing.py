@@ -81,16 +81,9 @@ def guarded(function, *args, **kwargs):
     return outcome.get("value")
 
 
-def read_or_refuse(error_type: type[ValueError], path: Path, function, *args, **kwargs):
-    """Run a reader on ``path``: it returns, or raises ``error_type`` with one line naming the file (then
-    None). Any other exception (MemoryError included) propagates and fails the test. Where the verdict is
-    known, use :func:`assert_verdict` instead."""
-    verdict, outcome = reader_verdict(error_type, path, function, *args, **kwargs)
-    return outcome if verdict == ACCEPT else None
-
-
 def reader_verdict(error_type: type[ValueError], path: Path, function, *args, **kwargs) -> tuple[str, object]:
-    """(:data:`ACCEPT`, what the reader returned) or (:data:`REFUSE`, the one-line message naming the file)."""
+    """(:data:`ACCEPT`, what the reader returned) or (:data:`REFUSE`, the one-line message naming the file).
+    Any other exception (MemoryError included) propagates and fails the test."""
     assert issubclass(error_type, ValueError)
     try:
         return ACCEPT, guarded(function, *args, **kwargs)
@@ -143,16 +136,30 @@ def damaged_bytes(data: bytes, prefix: bytes = b"") -> st.SearchStrategy[bytes]:
     return st.one_of(random_bytes(prefix), truncations(data), byte_flips(data))
 
 
-def hdf5_byte_damage(data: bytes) -> st.SearchStrategy[tuple[str, bytes]]:
-    """(expected verdict, damaged copy of the HDF5 file ``data``). Random bytes behind the HDF5 signature
-    and a truncated file (libhdf5 compares the stored end-of-file address with the file's size) are refused;
-    byte flips are undecided (HDF5 without metadata checksums cannot tell a flipped weight from a written
-    one), unless every flip writes the byte that was there, which leaves the file as it was."""
+def byte_damage(data: bytes, prefix: bytes = b"") -> st.SearchStrategy[tuple[str, bytes]]:
+    """(expected verdict, damaged copy of ``data``) for a format whose random bytes behind ``prefix`` and whose
+    truncations are all refused (see the callers for why): byte flips are undecided (a flipped weight is
+    a valid file), unless every flip writes the byte that was there, which leaves the file as it was."""
     def flipped(damaged: bytes) -> tuple[str, bytes]:
         return (ACCEPT if damaged == data else UNDECIDED), damaged
-    return st.one_of(random_bytes(HDF5_MAGIC).map(lambda damaged: (REFUSE, damaged)),
+    return st.one_of(random_bytes(prefix).map(lambda damaged: (REFUSE, damaged)),
                      truncations(data).map(lambda damaged: (REFUSE, damaged)),
                      byte_flips(data).map(flipped))
+
+
+def hdf5_byte_damage(data: bytes) -> st.SearchStrategy[tuple[str, bytes]]:
+    """:func:`byte_damage` of the HDF5 file ``data``: random bytes behind the HDF5 signature are refused,
+    and so is a truncated file (libhdf5 compares the stored end-of-file address with the file's size);
+    flips stay undecided (HDF5 without metadata checksums cannot tell a flipped weight from a written one)."""
+    return byte_damage(data, HDF5_MAGIC)
+
+
+def zip_byte_damage(data: bytes) -> st.SearchStrategy[tuple[str, bytes]]:
+    """:func:`byte_damage` of the zip archive ``data`` (a torch checkpoint or an npz): random bytes behind a
+    local-header signature hold no archive, and a truncated one has lost (part of) its end-of-central-directory
+    record; flips stay undecided (a flip in a stored member's data or in a field no reader checks leaves
+    a readable archive)."""
+    return byte_damage(data, b"PK\x03\x04")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -174,30 +181,16 @@ HUGE_DECLARED_SIDE = st.integers(1 << 7, 1 << 20)
 assert (1 << 7) ** 2 * 8 > SMALL_DATASET_BYTES
 
 
-def hdf5_edits(paths: list[str]) -> st.SearchStrategy[tuple]:
-    """One structural edit of an HDF5 file, its verdict not decided: a field's values poisoned (NaN, ±Inf,
-    huge) in its own shape, a field replaced by another array, a field declared huge or small (chunked,
-    nothing stored), a field or group deleted, a field turned into a link to another file."""
-    return st.one_of(
-        st.tuples(st.just("poison"), st.sampled_from(paths),
-                  st.sampled_from([np.nan, np.inf, -np.inf, 1e308, 2.0 ** 62])),
-        st.tuples(st.just("replace"), st.sampled_from(paths), ARRAYS),
-        st.tuples(st.just("declare"), st.sampled_from(paths),
-                  st.tuples(st.integers(1, 1 << 20), st.integers(1, 1 << 20))),
-        st.tuples(st.just("delete"), st.sampled_from(paths + parent_groups(paths))),
-        st.tuples(st.just("link"), st.sampled_from(paths)),
-    )
-
-
 def decidable_hdf5_edits(paths: list[str], poison_values: list[float]) -> st.SearchStrategy[tuple]:
     """Edits whose verdict follows from the kind of edit and the role of the field it hits (see
     :func:`expected_field_verdict`), plus random replacements (``replace``), which stay undecided."""
     value_fields = [path for path in paths if path.rsplit("/", 1)[-1] in VALUE_FIELDS]
     groups = parent_groups(paths)
+    swaps = [st.tuples(st.just("swap"), st.sampled_from(value_fields))] if value_fields else []
     return st.one_of(
         st.tuples(st.just("poison"), st.sampled_from(paths), st.sampled_from(poison_values)),
         st.tuples(st.sampled_from(["empty", "string", "grow", "float", "attribute", "link"]), st.sampled_from(paths)),
-        st.tuples(st.just("swap"), st.sampled_from(value_fields)),
+        *swaps,
         st.tuples(st.just("declare"), st.sampled_from(paths), st.tuples(HUGE_DECLARED_SIDE, HUGE_DECLARED_SIDE)),
         st.tuples(st.just("delete"), st.sampled_from(paths + groups)),
         st.tuples(st.just("unknown"), st.sampled_from(groups)),
@@ -214,8 +207,8 @@ def parent_groups(paths: list[str]) -> list[str]:
 
 
 def apply_hdf5_edit(source: Path, target: Path, edit: tuple) -> None:
-    """Copy ``source`` to ``target`` and apply ``edit`` (from :func:`hdf5_edits` or
-    :func:`decidable_hdf5_edits`); an edit that does not apply to the field it drew is rejected (assume)."""
+    """Copy ``source`` to ``target`` and apply ``edit`` (from :func:`decidable_hdf5_edits`, or a
+    ``("replace", field, array)``); an edit that does not apply to the field it drew is rejected (assume)."""
     shutil.copyfile(source, target)
     kind, path = edit[0], edit[1]
     with h5py.File(target, "a") as handle:

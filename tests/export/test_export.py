@@ -141,12 +141,16 @@ def test_quantised_network_tracks_the_float_model(options):
     # float model of the quantised network (same integers, float arithmetic, no delay) vs the float model
     float_spikes = network.run(x)[0]
     quantised_float = from_loihi(quantised.network).run(quantised.encode_input(x))[0]
-    for a, b in zip(float_spikes[:-1], quantised_float[:-1]):
-        assert np.mean(a == b) > 0.95
+    # Seeded: the spikes that differ, measured per hidden layer and between hw_sim and its float model (of
+    # 19200, 46080 and 19200 per layer, 18880 and 45312 for hw_sim); +5 for other machines' float rounding.
+    layer_mismatches, hw_sim_mismatches = {(): ([90], 8), ("conv",): ([232, 46], 9),
+                                           ("recurrent",): ([167], 84)}[tuple(sorted(options))]
+    for a, b, measured in zip(float_spikes[:-1], quantised_float[:-1], layer_mismatches, strict=True):
+        assert np.count_nonzero(a != b) <= measured + 5
     # hw_sim vs the float model of the quantised network: the same up to one step of delay per layer
     hardware = quantised.network.run(quantised.encode_input(x)).spikes
     first = hardware[0][:, 1:]
-    assert np.mean(first == quantised_float[0][:, :-1]) > 0.97
+    assert np.count_nonzero(first != quantised_float[0][:, :-1]) <= hw_sim_mismatches + 5
 
 
 def test_graded_inputs_are_sent_as_payloads():
@@ -284,7 +288,8 @@ def test_nirtorch_written_graph_imports_and_deploys(tmp_path):
     hardware = deployed.run(x).spikes[0]
     assert float_spikes.sum() > 0
     assert abs(float_spikes.mean() - hardware.mean()) < 0.02 + 0.05 * float_spikes.mean()
-    assert np.mean(hardware[:, 1:] == float_spikes[:, :-1]) > 0.95
+    # seeded: 33 of 11328 spikes differ (measured); +5 for other machines' float rounding
+    assert np.count_nonzero(hardware[:, 1:] != float_spikes[:, :-1]) <= 33 + 5
 
 
 def test_import_rejects_unmappable_graph_with_exit_2(tmp_path):

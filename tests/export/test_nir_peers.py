@@ -190,40 +190,68 @@ def test_norse_lif_imports_with_its_exporter_bugs_corrected(digits, tmp_path):
     assert agreement(library, hardware, digits["labels"], "norse") >= AGREEMENT
 
 
-def test_sinabs_iaf_imports_with_dt_inferred(digits, tmp_path):
-    pytest.importorskip("sinabs", reason="sinabs is not installed")
+def sinabs_predictions(digits: dict, path, hidden, readout) -> np.ndarray:
+    """A Sinabs 64-32-10 model with the digits weights and the given neuron layers (made with batch_size=1),
+    written to ``path`` by Sinabs's own exporter; its predictions (argmax of the read-out's mean v_mem)."""
     import torch
+    from sinabs.nir import to_nir
+
+    first, second = torch.nn.Linear(64, HIDDEN, bias=False), torch.nn.Linear(HIDDEN, 10, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(torch.from_numpy(digits["w1"]))
+        second.weight.copy_(torch.from_numpy(digits["w2"]))
+    model = torch.nn.Sequential(first, hidden, second, readout)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import sinabs.layers as sl
-        from sinabs.activation import MembraneReset, SingleSpike
-        from sinabs.nir import to_nir
-
-        def iaf(threshold: float):   # Loihi's neuron: one spike a step, reset to zero
-            return sl.IAFSqueeze(spike_threshold=threshold, spike_fn=SingleSpike, reset_fn=MembraneReset(),
-                                 batch_size=1)
-
-        first, second = torch.nn.Linear(64, HIDDEN, bias=False), torch.nn.Linear(HIDDEN, 10, bias=False)
-        with torch.no_grad():
-            first.weight.copy_(torch.from_numpy(digits["w1"]))
-            second.weight.copy_(torch.from_numpy(digits["w2"]))
-        model = torch.nn.Sequential(first, iaf(1.0), second, iaf(READOUT_THRESHOLD))
         model(torch.zeros(1, 64))   # sinabs reads the layer shapes from the neurons' state
-        nir.write(tmp_path / "sinabs.nir", normalise_graph(to_nir(model, torch.zeros(1, 64))))
-        for layer in (model[1], model[3]):
-            layer.batch_size = SAMPLES
-            layer.reset_states()
-        voltages = []
-        with torch.no_grad():
-            for t in range(T):
-                model(torch.from_numpy(digits["spikes"][:, t]))
-                voltages.append(model[3].v_mem.numpy().copy())
-    library = np.stack(voltages, axis=1).mean(axis=1).argmax(axis=1)
+        nir.write(path, normalise_graph(to_nir(model, torch.zeros(1, 64))))
+    for layer in (hidden, readout):
+        layer.batch_size = SAMPLES
+        layer.reset_states()
+    voltages = []
+    with torch.no_grad():
+        for t in range(T):
+            model(torch.from_numpy(digits["spikes"][:, t]))
+            voltages.append(readout.v_mem.numpy().copy())
+    return np.stack(voltages, axis=1).mean(axis=1).argmax(axis=1)
+
+
+def test_sinabs_iaf_imports_with_dt_inferred(digits, tmp_path):
+    pytest.importorskip("sinabs", reason="sinabs is not installed")
+    import sinabs.layers as sl
+    from sinabs.activation import MembraneReset, SingleSpike
+
+    def iaf(threshold: float):   # Loihi's neuron: one spike a step, reset to zero
+        return sl.IAFSqueeze(spike_threshold=threshold, spike_fn=SingleSpike, reset_fn=MembraneReset(), batch_size=1)
+
+    library = sinabs_predictions(digits, tmp_path / "sinabs.nir", iaf(1.0), iaf(READOUT_THRESHOLD))
     hardware, notes = hardware_predictions(tmp_path / "sinabs.nir", digits["spikes"])
     assert any("dt = 1 s inferred" in note for note in notes)
     assert agreement(library, hardware, digits["labels"], "sinabs") >= AGREEMENT
     with pytest.raises(NIRImportError, match="contradicts the file"):
         read_nir(tmp_path / "sinabs.nir", dt=1e-3)
+
+
+def test_sinabs_lif_imports_with_its_exact_decay(digits, tmp_path):
+    """Sinabs's LIF (τ = 5 steps, norm_input=True: v' = e^(−1/τ)·v + (1 − e^(−1/τ))·x) and ExpLeak read-out
+    (norm_input=False, gain 1: a read-out's scale does not change its predictions), exported by Sinabs:
+    dt = 1 step without --dt, β = e^(−1/τ) exactly (not 1 − 1/τ), ≥ 98 % of predictions kept."""
+    pytest.importorskip("sinabs", reason="sinabs is not installed")
+    import sinabs.layers as sl
+    from sinabs.activation import MembraneReset, SingleSpike
+
+    tau = 5.0
+    hidden = sl.LIFSqueeze(tau_mem=tau, spike_threshold=0.5, spike_fn=SingleSpike, reset_fn=MembraneReset(),
+                           batch_size=1)
+    library = sinabs_predictions(digits, tmp_path / "sinabs_lif.nir", hidden,
+                                 sl.ExpLeakSqueeze(tau_mem=tau, batch_size=1))
+    network, notes = read_nir(tmp_path / "sinabs_lif.nir")
+    assert any("dt = 1 (one step)" in note for note in notes) and any("Sinabs's exact" in note for note in notes)
+    assert [layer.beta for layer in network.layers] == pytest.approx([np.exp(-1 / tau)] * 2, rel=1e-6)
+    hardware, _ = hardware_predictions(tmp_path / "sinabs_lif.nir", digits["spikes"])
+    assert agreement(library, hardware, digits["labels"], "sinabs LIF") >= AGREEMENT
+    with pytest.raises(NIRImportError, match="larger than a time constant"):
+        read_nir(tmp_path / "sinabs_lif.nir", dt=10.0)   # another --dt reads NIR's Euler form: here β < 0
 
 
 def test_rockpool_lif_is_refused_naming_its_exporter_bugs(tmp_path):
@@ -237,7 +265,8 @@ def test_rockpool_lif_is_refused_naming_its_exporter_bugs(tmp_path):
         model = Sequential(LinearTorch((64, HIDDEN)), LIFTorch(HIDDEN), LinearTorch((HIDDEN, 10)), LIFTorch(10))
         nir.write(tmp_path / "rockpool.nir", normalise_graph(to_nir(model)))
     for dt in (None, 1e-3):
-        with pytest.raises(NIRImportError, match=r"Rockpool's to_nir .* dt = 0.001 s.*w_in = τ_syn/dt"):
+        with pytest.raises(NIRImportError, match=r"Rockpool's to_nir .* dt = 0.001 s.*v_leak = 0 whatever the "
+                                                 r"bias.*subtracts the threshold"):
             read_nir(tmp_path / "rockpool.nir", dt=dt)
 
 

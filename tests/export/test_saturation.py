@@ -19,6 +19,9 @@ from export.quantise import BIAS_MANT_MAX, quantise
 
 DT = 1e-3
 INPUTS = 400
+# Elements (spikes) by which a seeded comparison may differ from its measured count on another machine, whose
+# float rounding may move a value sitting on a threshold.
+ROUNDING_MARGIN = 5
 
 
 def strict_json(path: Path) -> dict:
@@ -98,7 +101,8 @@ def test_graded_first_layer_of_a_static_input_has_its_headroom_measured():
         assert entry["max_abs_u"] < entry["state_limit"] and entry["headroom_u"] is not None
     # the first layer's states are in the same units as the float model's (payloads are input_scale times x)
     hardware_float = from_loihi(quantised.network).run(quantised.encode_input(x))[0][0]
-    assert np.mean(hardware_float == network.run(x)[0][0]) > 0.97
+    # seeded: 1 of 512 spikes differs (measured); the margin is for other machines' float rounding
+    assert np.count_nonzero(hardware_float != network.run(x)[0][0]) <= 1 + ROUNDING_MARGIN
 
 
 def test_graded_first_layer_with_a_threshold_tracks_the_float_model():
@@ -115,7 +119,9 @@ def test_graded_first_layer_with_a_threshold_tracks_the_float_model():
     assert quantised.network.layers[0].neurons.vth > 1000
     hardware_float = from_loihi(quantised.network).run(quantised.encode_input(x))[0][0]
     float_spikes = network.run(x)[0][0]
-    assert abs(hardware_float.mean() - float_spikes.mean()) < 0.02 and np.mean(hardware_float == float_spikes) > 0.95
+    assert abs(hardware_float.mean() - float_spikes.mean()) < 0.02
+    # seeded: 253 of 6400 spikes differ (measured, 3.95 %); the margin is for other machines' float rounding
+    assert np.count_nonzero(hardware_float != float_spikes) <= 253 + ROUNDING_MARGIN
 
 
 def test_calibration_outlier_is_an_error_and_never_a_nan(tmp_path):

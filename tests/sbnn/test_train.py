@@ -495,3 +495,21 @@ def test_metrics_json_fields_are_documented(tmp_path):
              *record["test"], *record["test"]["mean"]]
     missing = sorted({name for name in names if f"`{name}`" not in section})
     assert not missing, f"docs/formats.md#metrics-json does not name {missing}"
+
+
+def test_epoch_totals_pack_sum_and_reduce_by_name():
+    """EpochTotals packs its seven sums in field order into one float64 tensor (what the processes
+    all-reduce), sums of packed steps unpack to the field-wise sums, and the records divide as documented:
+    the NLL per example, the rest per step."""
+    from sbnn.training import EpochTotals, ProcessGroup
+
+    def step(nll, correct, count, kl, kl_term, aux, loss):
+        return EpochTotals(*(torch.tensor(float(v)) for v in (nll, correct, count, kl, kl_term, aux, loss)))
+
+    running = EpochTotals.packed_zeros(torch.device("cpu"))
+    running += step(6.0, 3, 4, 10.0, 0.5, 0.25, 7.0).to_tensor()
+    running += step(2.0, 1, 4, 30.0, 1.5, 0.75, 5.0).to_tensor()
+    assert running.dtype == torch.float64 and running.tolist() == [8.0, 4.0, 8.0, 40.0, 2.0, 1.0, 12.0]
+    totals = EpochTotals.reduce(running, ProcessGroup(rank=0, world_size=1, local_rank=0))
+    assert totals.batch_accuracy == 0.5
+    assert totals.loss_record(step_count=2) == {"nll": 1.0, "kl": 20.0, "kl_term": 1.0, "aux": 0.5, "total": 6.0}

@@ -70,8 +70,11 @@ def test_pipeline_produces_every_stage(finished_run):
     assert summary["exports"][0]["saturation"]["bias_mantissa"] == 0 and "accuracy_check" in summary["exports"][0]
     assert summary["verify"]["bit_exact"] is True and summary["verify"]["samples"] == 2
     accuracy = summary["accuracy"]
-    assert accuracy["hw_mean"] > 1 / 3 and accuracy["float_mean"] > 1 / 3
-    assert abs(accuracy["hw_mean"] - accuracy["float_mean"]) < 0.2
+    # Measured with the seeded tiny config: float 0.533, hw_sim 0.517 of 60 (3 classes; the tiny net is weak).
+    # The bounds leave a few samples for another machine's float rounding: above chance by a clear margin,
+    # and the deployed network within three samples of the float one.
+    assert accuracy["hw_mean"] >= 0.45 and accuracy["float_mean"] >= 0.45
+    assert abs(accuracy["hw_mean"] - accuracy["float_mean"]) <= 3 / 60 + 1e-9
     assert {"synops_per_inference", "neuron_updates_per_inference", "energy_uj"} <= set(summary["energy"])
     assert summary["report"].endswith("report.html") and not summary["skipped"]
     timings = json.loads((run / "metrics.json").read_text())["pipeline"]["timings"]
