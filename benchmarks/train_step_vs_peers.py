@@ -8,6 +8,11 @@ loop (their tutorials' form: one cell call per time step, surrogate gradient), e
 saying so when the library does not import.  Freed memory is kept in the process
 (:func:`sbnn.allocator.keep_freed_memory`, as ``sbnn train`` does).
 
+Then evaluation (issue 14): ``predict_mean`` of the same network on a batch of 256 (posterior-mean
+weights, deterministic neurons), with :class:`CubaLif` chunked over time without autograd against the
+step loop it runs when a gradient is needed (forced here by treating every input as needing one),
+timed alternately; prints both, their ratio, and whether the probabilities agree bit for bit.
+
 Usage: .venv/bin/python benchmarks/train_step_vs_peers.py [--repeats N] [--threads N]
 """
 
@@ -16,14 +21,52 @@ from __future__ import annotations
 import argparse
 import time
 from typing import Callable
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 from sbnn.allocator import keep_freed_memory
+from sbnn.evaluate import predict_mean
+from sbnn.layers import cuba_modules
 from sbnn.models import ModelConfig, build_model
 
 BATCH, STEPS, INPUTS, HIDDEN, CLASSES = 64, 100, 700, 256, 20
+EVALUATION_BATCH = 256
+
+
+def _best_times(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall time (s) of each run over ``repeats`` rounds after a warm-up, alternating the runs in each
+    round so that all see the same machine load."""
+    for run in runs.values():
+        run()   # warm-up
+    times = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name] = min(times[name], time.perf_counter() - start)
+    return times
+
+
+def evaluation_lines(repeats: int) -> list[str]:
+    """``predict_mean`` with the deterministic LIF chunked without autograd vs the step loop: the lines to
+    print."""
+    x = (torch.rand(EVALUATION_BATCH, STEPS, INPUTS) < 0.05).float()
+    model = build_model(ModelConfig(kind="snn", hidden=(HIDDEN,), init_gain=3.0), (INPUTS,), CLASSES, seed=0)
+
+    def step_loop() -> torch.Tensor:
+        with mock.patch.object(cuba_modules, "_needs_graph", lambda *tensors: True):
+            return predict_mean(model, x, batch_size=EVALUATION_BATCH)
+
+    runs = {"chunked, no autograd": lambda: predict_mean(model, x, batch_size=EVALUATION_BATCH),
+            "step loop": step_loop}
+    times = _best_times(runs, repeats)
+    same = torch.equal(runs["chunked, no autograd"](), step_loop())
+    return [f"predict_mean, batch {EVALUATION_BATCH}: " + ", ".join(
+                f"{name} {seconds * 1e3:.1f} ms" for name, seconds in times.items()),
+            f"evaluation speed-up: {times['step loop'] / times['chunked, no autograd']:.2f}x; "
+            f"same probabilities bit for bit: {same}"]
 
 
 def _adam_step(module: torch.nn.Module, loss_of: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -97,15 +140,7 @@ def main() -> None:
                   "surrogate (deterministic LIF, fast sigmoid)": sbnn_step(x, y, surrogate=True),
                   "Norse LIFCell/LICell loop": norse_step(x, y),
                   "snnTorch Leaky loop": snntorch_step(x, y)}
-    steps = {name: step for name, step in candidates.items() if callable(step)}
-    for step in steps.values():
-        step()   # warm-up
-    times = {name: float("inf") for name in steps}
-    for _ in range(args.repeats):      # alternate, so all see the same machine load
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name] = min(times[name], time.perf_counter() - start)
+    times = _best_times({name: step for name, step in candidates.items() if callable(step)}, args.repeats)
     print(f"{INPUTS}-{HIDDEN}-{CLASSES} spiking MLP, T={STEPS}, batch {BATCH}, CPU, {args.threads} thread(s); "
           f"best of {args.repeats}")
     sbnn, surrogate = times[next(iter(candidates))], times[list(candidates)[1]]
@@ -115,6 +150,7 @@ def main() -> None:
         else:
             print(f"{name + ':':46s} skipped: {result}")
     print(f"ratio SBNN / surrogate: {sbnn / surrogate:.2f} (target ≤ 1.3)")
+    print("\n".join(evaluation_lines(args.repeats)))
 
 
 if __name__ == "__main__":

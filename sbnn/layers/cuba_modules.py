@@ -21,7 +21,7 @@ from sbnn.layers.cuba import (
     cuba_lif_step,
     cuba_lif_step_noisy,
 )
-from sbnn.layers.fused_lif import _FusedNoisyLif
+from sbnn.layers.fused_lif import _FusedNoisyLif, deterministic_lif_no_grad
 from sbnn.layers.modes import Mode, ModeAware, Preactivation, _add_optional, _as_preactivation, as_mode
 
 
@@ -59,6 +59,11 @@ def _check_sequence(mean: Tensor, neuron_shape: tuple[int, ...], name: str) -> N
         raise ValueError(f"{name} expects input (batch, T, *{neuron_shape}), got {tuple(mean.shape)}")
 
 
+def _needs_graph(*tensors: Tensor) -> bool:
+    """Whether autograd would record operations on ``tensors`` (grad mode on and one requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _zero_state(mean: Tensor) -> CubaState:
     zeros = torch.zeros_like(mean[:, 0])
     return CubaState(zeros, zeros)
@@ -84,7 +89,9 @@ class CubaLif(ModeAware):
     Mode ``"noisy"`` runs :func:`cuba_lif_step_noisy` (a layer without recurrence and with a hard-sample
     estimator runs it as one fused autograd function with a hand-written backward through time: the
     same spikes bit for bit, a fraction of the cost); modes ``"mean"``/``"sample"`` run
-    :func:`cuba_lif_step`.  :func:`set_mode` also switches the recurrent weights.
+    :func:`cuba_lif_step` (without recurrence and when no gradient is needed, as at evaluation, through
+    :func:`deterministic_lif_no_grad`: the same spikes and voltages bit for bit, chunked over time).
+    :func:`set_mode` also switches the recurrent weights.
     """
 
     def __init__(
@@ -146,6 +153,12 @@ class CubaLif(ModeAware):
             unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
             if self.estimator.hard:  # (a soft forward has no derivative of a hard outcome to fuse)
                 return self._run_fused(mean, variance, state, unit_noise, generator, record_voltage)
+        elif self.recurrent is None and not _needs_graph(mean, self.bias, *state):
+            # Inference in the deterministic modes: the same steps without autograd, chunked over time.
+            spikes, voltages, current, voltage = deterministic_lif_no_grad(
+                mean, self.bias, state.current, state.voltage, self.params, record_voltage=record_voltage
+            )
+            return CubaLifOutput(spikes, voltages, CubaState(current, voltage))
         previous_spikes = torch.zeros_like(mean[:, 0])
         spikes_trace, voltage_trace = [], []
         # unbind once: indexing [:, step] in the loop makes each step's backward fill a full (B, T, ...)
@@ -182,7 +195,7 @@ class CubaLif(ModeAware):
         """The noisy, non-recurrent case in one :class:`_FusedNoisyLif` (same result as step by step)."""
         recurrent_moments = None if self.recurrent is None else self.recurrent.stacked_moments()
         inputs = (mean, variance, self.bias, state.current, state.voltage, recurrent_moments)
-        needs_derivative = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+        needs_derivative = _needs_graph(*(t for t in inputs if t is not None))
         spikes, voltages, final_current, final_voltage = _FusedNoisyLif.apply(
             mean, variance, unit_noise, self.bias, state.current, state.voltage, recurrent_moments,
             self.params, self.estimator, generator, needs_derivative, record_voltage,

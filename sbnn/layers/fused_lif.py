@@ -339,3 +339,60 @@ def _backward_through_time(
         adjoint_current = alpha * adjoint_mean_current
         adjoint_voltage = beta * adjoint_mean_voltage
     return adjoint_current, adjoint_voltage
+
+
+
+# Integer types as wide as each floating type: the reset clears a spiking unit's voltage bits.
+_SAME_WIDTH_INTEGERS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def deterministic_lif_no_grad(
+    mean: Tensor, bias: Tensor, current: Tensor, voltage: Tensor, params: CubaParameters, *,
+    record_voltage: bool,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """The deterministic CUBA-LIF over a whole sequence, without autograd, a chunk of steps at a time.
+
+    The arithmetic of :func:`cuba_lif_step` operation for operation (``I = alpha I' + input``,
+    ``V = (beta V' + I) + bias``, spike ``V > theta``), each correctly rounded and elementwise, so the
+    spikes and voltages are those of the step-by-step loop bit for bit; the reset ``V <- 0`` where it
+    spiked ANDs ``V``'s bits with ``spike - 1`` (all ones, or zero: +0.), exact for every value
+    (``torch.where`` and boolean tensors are several times slower on the CPU).  Everything is written
+    into preallocated time-major buffers (no allocation, no autograd, eight operations a step) and
+    copied out once per chunk.  For inference only: it records no graph.
+
+    Args:
+        mean: the input current, ``(batch, T, *shape)``.
+        bias: the voltage bias, broadcastable to ``(batch, *shape)``.
+        current, voltage: the initial state, ``(batch, *shape)``.
+        params: decays and threshold.
+        record_voltage: whether to return the voltage trace (after the reset).
+
+    Returns:
+        ``(spikes, voltages or None, final current, final voltage)``, spikes in {0., 1.} shaped like ``mean``.
+    """
+    steps = mean.shape[1]
+    alpha, beta, threshold = params.current_decay, params.voltage_decay, params.threshold
+    chunk = _chunk_steps(current, steps)
+    currents = torch.empty((chunk, *current.shape), dtype=mean.dtype, device=mean.device)
+    voltages_buffer, scaled = torch.empty_like(currents), torch.empty_like(current)
+    bits = _SAME_WIDTH_INTEGERS[mean.element_size()]
+    fired = torch.empty(currents.shape, dtype=bits, device=mean.device)   # the spikes, 0 or 1
+    keep = torch.empty(current.shape, dtype=bits, device=mean.device)      # spike - 1: 0 or all ones
+    spikes = torch.empty_like(mean)
+    voltages = torch.empty_like(mean) if record_voltage else None
+    current, voltage, bias = current.detach(), voltage.detach(), bias.detach()
+    for start in range(0, steps, chunk):
+        size = min(start + chunk, steps) - start
+        inputs = _time_major(mean.detach(), start, start + size)
+        for k in range(size):
+            # Each product goes to ``scaled`` before its sum overwrites a buffer slot the state may occupy.
+            torch.mul(current, alpha, out=scaled)
+            current = torch.add(scaled, inputs[k], out=currents[k])
+            torch.mul(voltage, beta, out=scaled)
+            voltage = torch.add(scaled, current, out=voltages_buffer[k]).add_(bias)
+            torch.gt(voltage, threshold, out=fired[k])
+            voltage.view(bits).bitwise_and_(torch.sub(fired[k], 1, out=keep))
+        spikes[:, start:start + size] = fired[:size].transpose(0, 1)
+        if voltages is not None:
+            voltages[:, start:start + size] = voltages_buffer[:size].transpose(0, 1)
+    return spikes, voltages, current.clone(), voltage.clone()

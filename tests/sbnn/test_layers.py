@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sbnn.layers import fused_lif
+from sbnn.layers import cuba_modules, fused_lif
 from sbnn.estimators import EstimatorConfig, unit_probabilities
 from sbnn.layers import (
     BayesConv2d,
@@ -444,6 +444,49 @@ def test_fused_noisy_lif_equals_the_step_by_step_loop(estimator, shape, with_var
         assert a is not None and a.abs().sum() > 0 and torch.isfinite(a).all(), name
         if same_draws:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.view(torch.int64 if tensor.dtype == F64 else torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("mode", ["mean", "sample"])
+@pytest.mark.parametrize("chunk", ["step", "chunk", "sequence"])
+def test_deterministic_lif_without_grad_equals_the_step_loop_bit_for_bit(dtype, mode, chunk, monkeypatch):
+    # Evaluation (no gradient) runs the deterministic modes chunked over time without autograd; its spikes,
+    # voltages and final state must be the step loop's bit for bit (deployed-network comparisons rely on
+    # it), on dense and conv shapes, with and without the surrogate, a step, 5 steps or all at a time.
+    calls = []
+    monkeypatch.setattr(cuba_modules, "deterministic_lif_no_grad",
+                        lambda *a, **k: calls.append(1) or fused_lif.deterministic_lif_no_grad(*a, **k))
+    monkeypatch.setattr(fused_lif, "_CACHE_SIZED_DEVICES", () if chunk == "sequence" else ("cpu",))
+    shapes = torch.Generator().manual_seed(11)
+    for case, shape in enumerate([(int(torch.randint(1, 40, (1,), generator=shapes)),),
+                                  tuple(int(v) for v in torch.randint(1, 6, (3,), generator=shapes))]):
+        batch = int(torch.randint(1, 5, (1,), generator=shapes))
+        steps = int(torch.randint(20, 45, (1,), generator=shapes))
+        elements = batch * math.prod(shape) * (1 if chunk == "step" else 5)
+        monkeypatch.setattr(fused_lif, "_CHUNK_ELEMENTS", elements)
+        lif = CubaLif(shape, current_decay=0.8, voltage_decay=0.93, threshold=0.7, mode=mode, dtype=dtype,
+                      surrogate_slope=None if case == 0 else 5.0)
+        with torch.no_grad():
+            lif.bias.copy_(torch.randn(lif.bias.shape, generator=_generator(case), dtype=dtype) * 0.1)
+        mean = torch.randn((batch, steps, *shape), generator=_generator(20 + case), dtype=dtype) * 0.4 + 0.1
+        state = CubaState(*(torch.randn((batch, *shape), generator=_generator(seed), dtype=dtype)
+                            for seed in (3, 4)))
+        loop = lif.run(mean, initial_state=state)          # the bias is a parameter: the step loop runs
+        assert loop.voltage.requires_grad and not calls
+        with torch.no_grad():
+            fast = lif.run(mean, initial_state=state)
+            assert len(calls) == 1 and lif(mean, initial_state=state).dtype == dtype
+        calls.clear()
+        assert 0 < loop.spikes.mean() < 1
+        for a, b in [(fast.spikes, loop.spikes), (fast.voltage, loop.voltage),
+                     (fast.final_state.current, loop.final_state.current),
+                     (fast.final_state.voltage, loop.final_state.voltage)]:
+            assert a.dtype == b.dtype == dtype and a.shape == b.shape
+            assert torch.equal(_bits(a), _bits(b.detach()))
 
 
 def test_noisy_lif_is_reproducible_and_rejects_logistic_noise():
