@@ -263,6 +263,9 @@ def run_onnx(path: str | os.PathLike, x: np.ndarray) -> np.ndarray:
     if not inputs or inputs[0][0] != "x" or names[:1] != ["out"] \
             or sorted(names[1:]) != sorted(f"{name}_next" for name in state_names):
         raise ONNXFileError(f"{path}: not a step model (inputs x and states, outputs out and the states' _next)")
+    declared = inputs[0][2][1:]   # x's per-step shape after the batch axis; a symbolic size is not checked
+    if len(declared) != x.ndim - 2 or any(isinstance(n, int) and n != m for n, m in zip(declared, x.shape[2:])):
+        raise ValueError(f"inputs for {path} must be (batch, T, {', '.join(map(str, declared))}), found {x.shape}")
     batch = x.shape[0]
     state = {}
     total = 0

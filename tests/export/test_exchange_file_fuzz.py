@@ -165,8 +165,16 @@ def test_onnx_damaged(exchange_files, data):
                        shape=st.one_of(st.tuples(st.integers(1, 3), st.integers(1, 4), st.just(6)),
                                        hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=7))),
             st.sampled_from([np.full((1, 2, 6), np.nan), np.full((1, 2, 6), 0.5), np.zeros((2, 3, 6))])))
-        # Wrong inputs are refused as a ValueError naming the file (a plain one for what run_onnx checks itself,
-        # an ONNXFileError where onnxruntime finds the shape wrong); valid ones give what their integers give.
+        # Wrong inputs are refused as a ValueError naming the file; valid ones give what their integers give.
         out = assert_verdict(expected_onnx_input_verdict(x, (6,)), ValueError, path, run_onnx, path, x)
         if out is not None:
             assert np.array_equal(out, run_onnx(exchange_files["onnx"], x.astype(np.int64)))
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 5), (1, 2, 6, 1), (2, 3, 7)])
+def test_onnx_inputs_of_the_wrong_shape_are_an_input_error_not_a_file_error(exchange_files, shape):
+    """A valid step model given inputs whose per-step shape differs from its declared x: a plain ValueError
+    naming the file and both shapes (the inputs are wrong, not the file)."""
+    with pytest.raises(ValueError, match=r"must be \(batch, T, 6\)") as caught:
+        run_onnx(exchange_files["onnx"], np.zeros(shape))
+    assert not isinstance(caught.value, ONNXFileError) and exchange_files["onnx"].name in str(caught.value)
