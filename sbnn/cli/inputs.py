@@ -217,8 +217,8 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
             source = f"{path} (raw features, encoded by {folder.file('export.json')})"
         elif x.ndim == 2 + ndim and tuple(x.shape[2:]) == network.input_shape:
             source = str(path)
-        elif _is_sequence_without_always_on(folder, network, x):
-            encoder = folder.encoder()
+        elif x.ndim == 2 + ndim and tuple(x.shape[2:]) == _model_input_shape(folder, network):
+            encoder = folder.encoder()   # sequences the export's always-on channels complete
             source = f"{path} (input sequences; the export appends its always-on input channels)"
         else:
             raise _shape_error(path, x, network, raw_shape)
@@ -247,13 +247,13 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
     return InputSet(x, source, network, labels=label_values, encoder=encoder)
 
 
-def _is_sequence_without_always_on(folder: ExportFolder, network, x) -> bool:
-    """Whether ``x`` is (N, T, features) for an export that appends always-on input channels (current biases of
-    an imported model, docs/formats.md#nir-read): the float model's inputs, which the export's encoder completes."""
+def _model_input_shape(folder: ExportFolder, network) -> tuple[int, ...]:
+    """The float model's per-step input shape: the network's, less the always-on input channels the export
+    appends for current biases (an imported model's, docs/formats.md#nir-read; none for most exports)."""
     encoder = folder.encoder()
     always_on = 0 if encoder is None else encoder.get("always_on", 0)
     shape = tuple(network.input_shape)
-    return bool(always_on) and x.ndim == 2 + len(shape) and tuple(x.shape[2:]) == (shape[0] - always_on, *shape[1:])
+    return (shape[0] - always_on, *shape[1:]) if always_on else shape
 
 
 def _raw_feature_shape(folder: ExportFolder, network) -> tuple[int, ...]:
@@ -262,9 +262,7 @@ def _raw_feature_shape(folder: ExportFolder, network) -> tuple[int, ...]:
     encoder = folder.encoder()
     record = None if encoder is None else encoder.get("preprocessing")
     if record is None:
-        always_on = 0 if encoder is None else encoder.get("always_on", 0)
-        shape = tuple(network.input_shape)
-        return (shape[0] - always_on, *shape[1:]) if always_on else shape
+        return _model_input_shape(folder, network)
     from sbnn.data.preprocessing import Preprocessing
 
     try:

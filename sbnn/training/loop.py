@@ -187,9 +187,11 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
            overwrite: bool, verbose: bool, show_progress: bool) -> dict[str, Any]:
     log: Callable[[str], None] = (lambda text: print(text, flush=True)) if verbose else (lambda text: None)
     check_run_folder(run_dir)
-    config = resolve_auto(config, world_size=group.world_size, log=log)   # "auto" settings -> numbers (defaults.py)
+    # "auto" settings -> numbers (defaults.py); the data they are chosen from are the data trained on
+    data = load_training_data(config) if "auto" in (config.train.kl_weight, config.train.epochs) else None
+    config = resolve_auto(config, world_size=group.world_size, data=data, log=log)
     checkpoint = checkpoint_to_resume(config, run_dir, group, resume=resume, overwrite=overwrite, log=log)
-    run, start_epoch = _set_up(config, run_dir, group, device, checkpoint, log, show_progress)
+    run, start_epoch = _set_up(config, run_dir, group, device, checkpoint, log, show_progress, data)
     for epoch in range(start_epoch, config.train.epochs):
         epoch_start = time.perf_counter()
         totals, beta, step_count = _train_epoch(run, epoch)
@@ -204,8 +206,9 @@ def _train(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.
 
 
 def _set_up(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch.device,
-            checkpoint: dict[str, Any] | None, log: Callable[[str], None], show_progress: bool) -> tuple[_Run, int]:
-    """Seed, load the data, build the model, optimiser and scheduler, restore ``checkpoint`` into them (if
+            checkpoint: dict[str, Any] | None, log: Callable[[str], None], show_progress: bool,
+            data: TrainingData | None = None) -> tuple[_Run, int]:
+    """Seed, load the data (unless given), build the model, optimiser and scheduler, restore ``checkpoint`` into them (if
     any) and prepare the run folder; returns the run and the (0-based) epoch to start at."""
     train_config = config.train
     if train_config.batch_size % group.world_size:
@@ -214,7 +217,7 @@ def _set_up(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch
     local_batch = train_config.batch_size // group.world_size
 
     seed_everything(train_config.seed)
-    data = load_training_data(config)
+    data = data if data is not None else load_training_data(config)
     model = build_run_model(config, data).to(device)
     model.set_mode("mean" if model.is_surrogate else "noisy")
     if group.is_main and checkpoint is None:
