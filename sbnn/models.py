@@ -78,6 +78,7 @@ from sbnn.layers import (
     CubaLif,
     Mode,
     NoisyBinaryUnits,
+    WEIGHT_NOISE_MODES,
     Preactivation,
     as_mode,
     bayesian_layers,
@@ -148,6 +149,10 @@ class ModelConfig:
         surrogate_slope: steepness of the fast-sigmoid surrogate, in 1/(voltage units).
         neuron: the hidden layers' neuron model, a name registered in :mod:`sbnn.neurons`; ``None``: the
             kind's own (see :attr:`hidden_neuron`).
+        weight_noise: how training and the noisy evaluation sample the weight posterior: ``"per_step"``
+            (local reparameterisation, weights redrawn at every step) or ``"per_sequence"`` (one draw per
+            example held for the whole sequence, as each deployed posterior sample is); see
+            docs/method.md#weight-noise.
     """
 
     kind: ModelKind = checked(choice(MODEL_KINDS), default="snn")
@@ -175,6 +180,7 @@ class ModelConfig:
     surrogate: bool = checked(boolean, default=False)
     surrogate_slope: float = checked(number(above=0.0), default=10.0)
     neuron: str | None = checked(optional(choice(neuron_names)), default=None)
+    weight_noise: Literal["per_step", "per_sequence"] = checked(choice(WEIGHT_NOISE_MODES), default="per_step")
 
     def __post_init__(self) -> None:
         validate_fields(self)
@@ -350,17 +356,21 @@ class SynapticLayer(nn.Module):
         self.output_shape = tuple(output_shape)
         self.flatten_input = flatten_input
 
-    def preactivation(self, x: Tensor, *, repeat_steps: int | None = None) -> Preactivation:
-        """Synaptic input moments ``(batch, T, *output_shape)``; a static ``x`` is repeated over time."""
+    def preactivation(self, x: Tensor, *, repeat_steps: int | None = None,
+                      generator: torch.Generator | None = None) -> Preactivation:
+        """Synaptic input ``(batch, T, *output_shape)`` (moments, or a per-sequence weight draw's values from
+        ``generator``); a static ``x`` is repeated over time."""
+        single_step = repeat_steps == 1 if repeat_steps is not None else x.shape[1] == 1
         if self.flatten_input:
             x = x.flatten(1 if repeat_steps is not None else 2)
-        pre = self.synapse(x)
+        pre = self.synapse(x, generator=generator, single_step=single_step)
         return pre if repeat_steps is None else _repeat_over_time(pre, repeat_steps)
 
     def forward(
         self, x: Tensor, *, generator: torch.Generator | None = None, repeat_steps: int | None = None
     ) -> Tensor:
-        return self.neurons(self.preactivation(x, repeat_steps=repeat_steps), generator=generator)
+        pre = self.preactivation(x, repeat_steps=repeat_steps, generator=generator)
+        return self.neurons(pre, generator=generator)
 
     def describe(self, name: str) -> list[LayerSpec]:
         """The layer's :class:`LayerSpec` (preceded by a flatten spec if it flattens its input)."""
@@ -481,8 +491,9 @@ class ResidualBlock(nn.Module):
 
     def forward(self, stream: Preactivation, generator: torch.Generator | None = None) -> Preactivation:
         spikes = self.neurons_in(stream, generator=generator)
-        shortcut = stream if self.shortcut is None else self.shortcut(spikes)
-        branch = self.conv_out(self.neurons_mid(self.conv_in(spikes), generator=generator))
+        shortcut = stream if self.shortcut is None else self.shortcut(spikes, generator=generator)
+        middle = self.neurons_mid(self.conv_in(spikes, generator=generator), generator=generator)
+        branch = self.conv_out(middle, generator=generator)
         return _scaled_sum(shortcut, branch, self.scale.to(branch.mean.dtype))
 
 
@@ -634,7 +645,7 @@ class ResidualModel(SbnnModel):
         self.readout = readout
 
     def _run(self, x: Tensor, *, repeat_steps: int | None, generator: torch.Generator | None) -> Tensor:
-        stream = self.stem(x)
+        stream = self.stem(x, generator=generator, single_step=(repeat_steps or x.shape[1]) == 1)
         if repeat_steps is not None:
             stream = _repeat_over_time(stream, repeat_steps)
         for block in self.blocks:
@@ -680,6 +691,7 @@ class _LayerFactory:
             "init_sigma": self.config.init_sigma_ratio / math.sqrt(fan_in),
             "mode": self.mode,
             "generator": self.generator,
+            "weight_noise": self.config.weight_noise,
         }
 
     def dense(self, in_features: int, out_features: int, *, bias: bool, binary_input: bool) -> BayesLinear:

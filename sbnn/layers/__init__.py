@@ -16,9 +16,11 @@ units) or ``"sample"`` (one frozen posterior sample, deterministic units).  The 
 
 from sbnn.estimators import DEFAULT_ESTIMATOR
 from sbnn.layers.bayesian import (
+    WEIGHT_NOISE_MODES,
     BayesConv2d,
     BayesianLayer,
     BayesLinear,
+    SequenceDraw,
     bayesian_layers,
     freeze_posterior_sample,
     gaussian_kl,
@@ -42,6 +44,8 @@ __all__ = [
     "BayesConv2d",
     "BayesLinear",
     "BayesianLayer",
+    "SequenceDraw",
+    "WEIGHT_NOISE_MODES",
     "CubaIntegrator",
     "CubaLif",
     "CubaLifOutput",

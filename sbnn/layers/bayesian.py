@@ -8,6 +8,7 @@ Gaussian prior ``N(0, prior_std^2)``.  Use :func:`kl_divergence` for the KL term
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,29 @@ def gaussian_kl(mu: Tensor, rho: Tensor, prior_std: float) -> Tensor:
     return per_element.sum()
 
 
+WEIGHT_NOISE_MODES = ("per_step", "per_sequence")
+
+
+class SequenceDraw(NamedTuple):
+    """One posterior weight draw per example, held for a whole sequence (flipout; docs/method.md#weight-noise).
+
+    Example ``b`` uses ``w_b = mu + (sigma * eps) * (r_b s_b^T)``: ``eps ~ N(0, 1)`` of the weight's shape is
+    shared by the batch, ``s_b`` (one per input feature or channel) and ``r_b`` (one per output) are
+    independent random signs.  ``eps`` is symmetric, so each example's ``w_b`` is exactly ``N(mu, sigma^2)``;
+    the signs decorrelate the examples of a batch.  It costs one extra product, not one per example.
+    """
+
+    weight_noise: Tensor          # sigma * eps, the weight's shape
+    input_signs: Tensor           # (batch, in_features or C_in) of +-1
+    output_signs: Tensor          # (batch, out_features or C_out) of +-1
+    bias_noise: Tensor | None     # (batch, out): each example's Bayesian-bias deviation, else None
+
+
+def _random_signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    return (bits * 2 - 1).to(like.dtype)
+
+
 class BayesianLayer(ModeAware):
     """Shared machinery of :class:`BayesLinear` and :class:`BayesConv2d`.
 
@@ -61,10 +85,14 @@ class BayesianLayer(ModeAware):
         generator: torch.Generator | None,
         device: torch.device | str | None,
         dtype: torch.dtype | None,
+        weight_noise: str = "per_step",
     ) -> None:
         super().__init__(mode)
         if bayesian_bias and not bias:
             raise ValueError("bayesian_bias=True needs bias=True")
+        if weight_noise not in WEIGHT_NOISE_MODES:
+            raise ValueError(f"weight_noise must be one of {', '.join(WEIGHT_NOISE_MODES)}, got {weight_noise!r}")
+        self.weight_noise = weight_noise
         self.fan_in = fan_in
         self.prior_std = float(prior_std) if prior_std is not None else 1.0 / math.sqrt(fan_in)
         self.init_mu_std = float(init_mu_std) if init_mu_std is not None else 1.0 / math.sqrt(fan_in)
@@ -171,15 +199,58 @@ class BayesianLayer(ModeAware):
     def _affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Preactivation:
-        """Pre-activation moments for input ``x`` (shapes in the subclass docstrings).
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None, draw: SequenceDraw | None = None,
+                single_step: bool = False) -> Preactivation:
+        """Pre-activation for input ``x`` (shapes in the subclass docstrings).
 
-        Mode ``"noisy"``: ``(M, V)`` with ``M = x mu + bias_mu``, ``V = x sigma^2`` if ``binary_input``
-        (valid for 0/1 inputs only) else ``x^2 sigma^2``, plus ``sigma_bias^2`` for a Bayesian bias.
+        Mode ``"noisy"`` with ``weight_noise = "per_step"``: the local-reparameterisation moments ``(M, V)``,
+        ``M = x mu + bias_mu``, ``V = x sigma^2`` if ``binary_input`` (valid for 0/1 inputs only) else
+        ``x^2 sigma^2``, plus ``sigma_bias^2`` for a Bayesian bias; the neurons draw the weight noise afresh
+        at every step.  With ``"per_sequence"``: ``(x w_b + bias_b, None)`` for one weight draw per example
+        held over every step of ``x`` (``draw``, or a new :meth:`draw_sequence` from ``generator``).
+        ``single_step`` says ``x`` is a one-step sequence, where both modes are the same distribution and
+        the moments give the lower-variance gradient.
         Modes ``"mean"`` and ``"sample"``: ``(M, None)`` with the mean or the frozen weights.
         """
         if self.mode is not Mode.NOISY:
             return Preactivation(self._affine(x, self.effective_weight(), self.effective_bias()), None)
+        if self.weight_noise == "per_sequence" and not single_step:
+            if draw is None:
+                draw = self.draw_sequence(x.shape[0], generator=generator)
+            mean = self._affine(x, self.weight_mu, self.bias_mean)
+            return Preactivation(mean + self._perturbation(x, draw), None)
+        return self._moments(x)
+
+    def draw_sequence(self, batch: int, *, generator: torch.Generator | None = None) -> SequenceDraw:
+        """A :class:`SequenceDraw` for ``batch`` examples, from ``generator`` (on the weights' device)."""
+        weight = self.weight_mu
+        eps = torch.randn(weight.shape, generator=generator, dtype=weight.dtype, device=weight.device)
+        in_features, out_features = weight.shape[1] * self._input_groups, weight.shape[0]
+        input_signs = _random_signs((batch, in_features), weight, generator)
+        output_signs = _random_signs((batch, out_features), weight, generator)
+        bias_noise = None
+        if self.bayesian_bias:
+            bias_noise = F.softplus(self.bias_rho) * torch.randn(
+                (batch, out_features), generator=generator, dtype=weight.dtype, device=weight.device)
+        return SequenceDraw(self.weight_sigma * eps, input_signs, output_signs, bias_noise)
+
+    def _perturbation(self, x: Tensor, draw: SequenceDraw) -> Tensor:
+        """``x (w_b - mu) + (bias_b - bias_mu)`` for each example ``b``: flipout's signs around one product."""
+        out = self._affine(x * self._per_feature(draw.input_signs, x.dim()), draw.weight_noise, None)
+        out = out * self._per_feature(draw.output_signs, out.dim())
+        if draw.bias_noise is not None:
+            out = out + self._per_feature(draw.bias_noise, out.dim())
+        return out
+
+    def _per_feature(self, values: Tensor, dims: int) -> Tensor:
+        """``values`` ``(batch, features)`` viewed to broadcast against a ``dims``-dimensional activation whose
+        features lie at ``_output_dim`` (a time axis, if any, lies between the batch and the features)."""
+        trailing = -1 - self._output_dim
+        middle = dims - 2 - trailing
+        return values.reshape(values.shape[0], *(1,) * middle, values.shape[1], *(1,) * trailing)
+
+    def _moments(self, x: Tensor) -> Preactivation:
+        """The local-reparameterisation moments ``(M, V)`` of the per-step weight noise (see :meth:`forward`)."""
         bias_variance = F.softplus(self.bias_rho) ** 2 if self.bayesian_bias else None
         if self.binary_input and self._stackable_outputs:
             # x^2 = x: both moments come from one product with [mu; sigma^2] stacked along the outputs, so
@@ -205,6 +276,8 @@ class BayesianLayer(ModeAware):
     # Where the output features lie in _affine's result, and whether outputs may be stacked there.
     _output_dim = -1
     _stackable_outputs = True
+    # Input features per weight column group (a grouped conv's weight holds C_in / groups channels).
+    _input_groups = 1
 
 
 class BayesLinear(BayesianLayer):
@@ -222,6 +295,9 @@ class BayesLinear(BayesianLayer):
         binary_input: inputs are 0/1, so ``V = x sigma^2`` (no squaring); set ``False`` for real inputs.
         mode: initial :class:`Mode`.
         generator: random source of the initial ``mu`` (a CPU generator).
+        weight_noise: ``"per_step"`` (local reparameterisation, weights redrawn every step) or
+            ``"per_sequence"`` (one draw per example for the whole sequence, as a deployed posterior
+            sample); see :meth:`BayesianLayer.forward` and docs/method.md#weight-noise.
     """
 
     def __init__(
@@ -239,12 +315,13 @@ class BayesLinear(BayesianLayer):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        weight_noise: str = "per_step",
     ) -> None:
         super().__init__(
             (out_features, in_features), in_features, out_features, bias=bias,
             bayesian_bias=bayesian_bias, prior_std=prior_std, init_mu_std=init_mu_std,
             init_sigma=init_sigma, binary_input=binary_input, mode=mode, generator=generator,
-            device=device, dtype=dtype,
+            device=device, dtype=dtype, weight_noise=weight_noise,
         )
         self.in_features = in_features
         self.out_features = out_features
@@ -287,6 +364,7 @@ class BayesConv2d(BayesianLayer):
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        weight_noise: str = "per_step",
     ) -> None:
         kernel = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         if in_channels % groups or out_channels % groups:
@@ -296,7 +374,7 @@ class BayesConv2d(BayesianLayer):
             (out_channels, in_channels // groups, *kernel), fan_in, out_channels, bias=bias,
             bayesian_bias=bayesian_bias, prior_std=prior_std, init_mu_std=init_mu_std,
             init_sigma=init_sigma, binary_input=binary_input, mode=mode, generator=generator,
-            device=device, dtype=dtype,
+            device=device, dtype=dtype, weight_noise=weight_noise,
         )
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -307,6 +385,10 @@ class BayesConv2d(BayesianLayer):
         self.groups = groups
 
     _output_dim = -3
+
+    @property
+    def _input_groups(self) -> int:
+        return self.groups
 
     @property
     def _stackable_outputs(self) -> bool:

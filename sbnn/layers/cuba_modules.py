@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig, draw_noise
-from sbnn.layers.bayesian import BayesLinear
+from sbnn.layers.bayesian import BayesLinear, SequenceDraw
 from sbnn.layers.binary import _check_base_noise, _check_surrogate_slope
 from sbnn.layers.cuba import (
     _GAUSSIAN_ONLY,
@@ -148,10 +148,13 @@ class CubaLif(ModeAware):
         _check_sequence(mean, self.neuron_shape, "CubaLif")
         state = initial_state if initial_state is not None else _zero_state(mean)
         noisy = self.mode is Mode.NOISY
+        feedback_draw = None
         if noisy:
             # All steps' standard normal draws at once: one call, and the same noise whichever path runs.
             unit_noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-            if self.estimator.hard:  # (a soft forward has no derivative of a hard outcome to fuse)
+            feedback_draw = self._feedback_draw(mean.shape[0], generator)
+            # (a soft forward has no derivative of a hard outcome to fuse; the fused recurrence has per-step noise)
+            if self.estimator.hard and feedback_draw is None:
                 return self._run_fused(mean, variance, state, unit_noise, generator, record_voltage)
         elif self.recurrent is None and not _needs_graph(mean, self.bias, *state):
             # Inference in the deterministic modes: the same steps without autograd, chunked over time.
@@ -170,7 +173,7 @@ class CubaLif(ModeAware):
             step_mean = step_means[step]
             step_variance = None if step_variances is None else step_variances[step]
             if self.recurrent is not None:
-                feedback = self.recurrent(previous_spikes)
+                feedback = self.recurrent(previous_spikes, draw=feedback_draw)
                 step_mean = step_mean + feedback.mean
                 if noisy:
                     step_variance = _add_optional(step_variance, feedback.variance)
@@ -187,6 +190,13 @@ class CubaLif(ModeAware):
             spikes_trace.append(spikes)
             voltage_trace.append(state.voltage)
         return CubaLifOutput(torch.stack(spikes_trace, 1), torch.stack(voltage_trace, 1), state)
+
+    def _feedback_draw(self, batch: int, generator: torch.Generator | None) -> SequenceDraw | None:
+        """The recurrent weights' one draw per example for the sequence (``weight_noise = "per_sequence"``),
+        else ``None``."""
+        if self.recurrent is None or self.recurrent.weight_noise != "per_sequence":
+            return None
+        return self.recurrent.draw_sequence(batch, generator=generator)
 
     def _run_fused(
         self, mean: Tensor, variance: Tensor | None, state: CubaState, unit_noise: Tensor,
