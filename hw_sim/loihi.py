@@ -186,6 +186,18 @@ def _shifted(bound: int, exponent: int) -> int:
     return bound << exponent if exponent >= 0 else bound >> -exponent
 
 
+def input_bound(layer: DenseLayer | ConvLayer, max_abs_input: int) -> int:
+    """An upper bound of |a_in|, everything reaching the layer's neurons in one step (feed-forward and
+    recurrent), for feed-forward inputs with |s| ≤ ``max_abs_input``."""
+    plan = _layer_plan(layer)
+    if isinstance(layer, ConvLayer):
+        bound = min(plan.row_abs * max_abs_input, 1 << 23)
+    else:
+        # Each delay group's shift may floor by one more: bound + the number of groups.
+        bound = min(_shifted(plan.row_abs * max_abs_input, layer.weight_exp) + len(plan.groups), INT32_LIMIT)
+    return bound + plan.recurrent_bound
+
+
 def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: int,
               record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Run one layer over all steps. ``inputs``: (B, T, *input_shape) -> spikes (B, T, *shape) uint8.
@@ -196,16 +208,11 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     batch, steps = inputs.shape[:2]
     plan = _layer_plan(layer)
     weights, groups, recurrent_groups = plan.weights, plan.groups, plan.recurrent_groups
-    if isinstance(layer, ConvLayer):
-        a_in_bound = min(plan.row_abs * max_abs_input, 1 << 23)
-    else:
-        # Each delay group's shift may floor by one more: bound + the number of groups.
-        a_in_bound = min(_shifted(plan.row_abs * max_abs_input, layer.weight_exp) + len(groups), INT32_LIMIT)
-    a_in_bound += plan.recurrent_bound
+    a_in_bound = input_bound(layer, max_abs_input)
     float_neurons = (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT
     if float_neurons:
         drive = _float_drive(layer, weights, inputs, max_abs_input)
-        if drive is not None:
+        if drive is not None and _within_one_fold(layer, a_in_bound, drive, STATE_SHIFT):
             return _run_neurons_float(layer, None, recurrent_groups, record_states, drive=drive,
                                       a_in_bound=a_in_bound)
     rows = inputs.reshape(batch * steps, *inputs.shape[2:])
@@ -216,9 +223,20 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     else:
         synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input, weights)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
-    if float_neurons:
+    if float_neurons and _within_one_fold(layer, a_in_bound, synaptic, 0):
         return _run_neurons_float(layer, synaptic, recurrent_groups, record_states, a_in_bound=a_in_bound)
     return _run_neurons_int(layer, synaptic, recurrent_groups, record_states)
+
+
+def _within_one_fold(layer: DenseLayer | ConvLayer, a_in_bound: int, inputs: np.ndarray, shift: int) -> bool:
+    """Whether Lava's one 24-bit fold of u per step keeps u in range, as the float recursion assumes:
+    ``|a_in << 6| <= 2^24`` by the bound, or for the feed-forward input computed (``inputs << shift``) plus
+    the recurrent bound. A larger drive pushes u past the fold until Lava's int32 arithmetic wraps it,
+    which only the int path models."""
+    if a_in_bound << STATE_SHIFT <= 1 << 24:
+        return True
+    largest = int(np.abs(inputs).max(initial=0)) >> shift
+    return (largest + _layer_plan(layer).recurrent_bound) << STATE_SHIFT <= 1 << 24
 
 
 def _float_drive(layer: DenseLayer | ConvLayer, weights: np.ndarray, inputs: np.ndarray,
@@ -417,12 +435,16 @@ def _run_neurons_float(layer, synaptic: np.ndarray | None, recurrent_groups: Rec
     return spikes, us, vs
 
 
-def run(network: Network, x: np.ndarray, *, record_states: bool = False) -> RunResult:
+def run(network: Network, x: np.ndarray, *, record_states: bool = False, device: object = None) -> RunResult:
     """Simulate ``network`` bit-exactly on a batch.
 
     ``x``: (batch, T, *input_shape) integer spikes (binary unless ``network.input_message_bits`` > 0,
     in which case integer payloads). Returns spikes per layer, and u and v per layer when
     ``record_states`` (each (batch, T, *shape)).
+
+    ``device``: None runs this numpy simulator; "cpu", "cuda", "cuda:N" or a ``torch.device`` runs the
+    torch backend (hw_sim/torch_backend.py, docs/loihi.md#torch-backend) there instead, for large batches.
+    Both give the same :class:`RunResult`, bit for bit (numpy arrays on the host either way).
     """
     x = np.asarray(x)
     if x.ndim != 2 + len(network.input_shape) or tuple(x.shape[2:]) != network.input_shape:
@@ -438,6 +460,9 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False) -> RunR
     else:
         layer_input = x.astype(np.int64)
         max_abs_input = int(np.abs(layer_input).max(initial=0))
+    if device is not None:
+        from .torch_backend import run_layers
+        return run_layers(network, layer_input, max_abs_input, record_states=record_states, device=device)
     result = RunResult(spikes=[], u=[], v=[])
     for layer in network.layers:
         spikes, us, vs = run_layer(layer, layer_input, max_abs_input, record_states)

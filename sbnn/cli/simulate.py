@@ -1,4 +1,5 @@
-"""``sbnn simulate EXPORT --backend hw_sim|lava|torch``: run an export (or netx file) on one backend."""
+"""``sbnn simulate EXPORT --backend hw_sim|lava|torch [--device cpu|cuda]``: run an export (or netx file) on one
+backend; ``--device`` runs hw_sim's torch backend (docs/loihi.md#torch-backend), bit for bit the same."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser
     # No argparse choices: the names come from sbnn.backends' registry, which --help must not import.
     simulate.add_argument("--backend", default="hw_sim", metavar="NAME",
                           help="hw_sim (default), lava, torch, or a backend registered in sbnn.backends")
+    simulate.add_argument("--device", metavar="DEVICE",
+                          help="run hw_sim's torch backend on DEVICE (cpu, cuda, cuda:N) instead of numpy, for "
+                               "large batches on a GPU: the same results bit for bit (hw_sim backend only)")
     simulate.set_defaults(handler=command_simulate)
     return simulate
 
@@ -26,6 +30,7 @@ def command_simulate(args: argparse.Namespace) -> int:
     the stored inputs) prints the accuracy too, scored by the readout rule of the network's last layer."""
     import numpy as np
 
+    _check_device(args)
     path, network, inputs = network_and_inputs(args)
     folder = path.parent
     source, steps = inputs.source, inputs.steps
@@ -40,7 +45,10 @@ def command_simulate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     spike_sums, output_spikes, predictions, rule = None, 0, [], None
     for _, x in inputs.batches(args.batch_size, label=f"sbnn simulate ({args.backend})"):
-        run = backends.simulate(args.backend, network, x, folder=folder, workers=args.workers, timeout=args.timeout)
+        if args.device is None:
+            run = backends.simulate(args.backend, network, x, folder=folder, workers=args.workers, timeout=args.timeout)
+        else:
+            run = _simulate_on_device(network, x, args.device)
         spikes = run.result.spikes
         sums = [float(np.asarray(s, dtype=np.float64).sum()) for s in spikes]
         sizes = [int(np.asarray(s).size) for s in spikes]
@@ -54,13 +62,15 @@ def command_simulate(args: argparse.Namespace) -> int:
     if inputs.labels is not None:
         accuracy = float((predictions == inputs.labels).mean())
     rates = [total / size if size else 0.0 for total, size in spike_sums]
-    summary = {"backend": args.backend, "samples": len(inputs), "steps": steps, "input": source,
-               "output_spikes": output_spikes, "firing_rates": rates, "seconds": seconds,
+    summary = {"backend": args.backend, **({"device": args.device} if args.device else {}),
+               "samples": len(inputs), "steps": steps, "input": source, "output_spikes": output_spikes,
+               "firing_rates": rates, "seconds": seconds,
                "accuracy": accuracy, "readout_rule": rule, **_named_classes(path, predictions, inputs.labels)}
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{path}: {len(inputs)} samples x {steps} steps on {args.backend} in {seconds:.3f} s")
+        where = args.backend if args.device is None else f"{args.backend} ({args.device})"
+        print(f"{path}: {len(inputs)} samples x {steps} steps on {where} in {seconds:.3f} s")
         for k, rate in enumerate(rates):
             print(f"  layer {k}: firing rate {rate:.4f}")
         print(f"  readout rule: {rule}")
@@ -69,6 +79,30 @@ def command_simulate(args: argparse.Namespace) -> int:
         for name, share in summary.get("per_class_accuracy", {}).items():
             print(f"  class {name}: accuracy {'-' if share is None else f'{share:.4f}'}")
     return EXIT_OK
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """``--device``: only with the hw_sim backend, and one torch can run on (checked before any work)."""
+    if args.device is None:
+        return
+    if args.backend != "hw_sim":
+        raise UserError(f"--device {args.device}: only the hw_sim backend runs on a device, not {args.backend}")
+    from hw_sim import NetworkError
+    from hw_sim.torch_backend import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except NetworkError as error:   # "device 'X': why"
+        raise UserError(f"--{error}") from None
+
+
+def _simulate_on_device(network, x, device: str):
+    """The hw_sim backend's :class:`sbnn.backends.Simulation`, computed by hw_sim's torch backend on ``device``."""
+    import hw_sim
+    from sbnn.backends import Simulation, loihi_readout
+
+    result = hw_sim.run(network, x, record_states=True, device=device)
+    return Simulation(result, loihi_readout(network, result))
 
 
 def _named_classes(path, predictions, labels) -> dict:

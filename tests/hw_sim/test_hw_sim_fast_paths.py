@@ -189,3 +189,22 @@ def test_negative_saturation_below_a_low_threshold():
     x = random_input(1, network, 2, 60, density=0.6)
     assert_matches_reference(network, x)
     assert network.run(x, record_states=True).v[0].min() == -((1 << 23) - 1)
+
+
+@pytest.mark.parametrize("weight_exp, inputs_on", [(7, 16), (7, 1), (4, 16)])
+def test_a_drive_beyond_one_fold_of_u_takes_the_int32_path(weight_exp, inputs_on):
+    """|a_in << 6| > 2^24 pushes u past Lava's single 24-bit fold until int32 wraps it (after ~130 steps
+    here): every path must follow the int32 recursion step by step, which neuron_step defines."""
+    from hw_sim.loihi import run
+
+    neurons = CubaNeurons.create((1,), du=0, dv=0, vth=(1 << 17) - 1)
+    layer = DenseLayer(weights=np.full((1, 16), 255), neurons=neurons, weight_exp=weight_exp,
+                       sign_mode=SignMode.EXCITATORY)
+    x = np.zeros((1, 300, 16), dtype=np.uint8)
+    x[:, :, :inputs_on] = 1
+    result = run(Network(input_shape=(16,), layers=(layer,)), x, record_states=True)
+    a_in = shift_by_exponent(x.astype(np.int64) @ layer.weights.T.astype(np.int64), weight_exp)[0]
+    u = v = np.zeros(1, dtype=np.int64)
+    for t in range(300):
+        u, v, _ = neuron_step(neurons, neurons.bias, u, v, a_in[t - 1] if t else np.zeros(1, dtype=np.int64))
+        assert result.u[0][0, t, 0] == u[0] and result.v[0][0, t, 0] == v[0], f"step {t}"
