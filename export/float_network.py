@@ -32,9 +32,9 @@ class FloatLayer:
 
     ``weight``: (out, in) for dense (``in`` = flattened previous layer, C, H, W order), (C_out, C_in/groups,
     kH, kW) for conv (torch cross-correlation). ``bias`` is layer-shaped, added to V every step.
-    ``current_bias`` (dense only; None when there is none) is ``(out,)``, added to I every step (a NIR
-    ``Linear``/``Affine`` bias); the quantiser carries it exactly with always-on inputs
-    (docs/formats.md#nir-read). ``threshold`` is None for a readout.
+    ``current_bias`` (None when there is none) is layer-shaped, added to I every step (a NIR
+    ``Linear``/``Affine`` or ``Conv2d`` bias); the quantiser carries it exactly with always-on inputs where
+    the geometry allows (docs/formats.md#nir-read). ``threshold`` is None for a readout.
     """
 
     kind: str                                   # "dense" or "conv"
@@ -64,9 +64,8 @@ class FloatLayer:
             raise ValueError("conv needs a (C_out, C_in, kH, kW) weight and a (C, H, W) input shape")
         if self.bias.shape != self.shape:
             raise ValueError(f"bias shape {self.bias.shape} does not match layer shape {self.shape}")
-        if self.current_bias is not None and (self.kind != "dense" or self.current_bias.shape != self.shape):
-            raise ValueError(f"a current bias needs a dense layer and shape {self.shape}, found {self.kind} "
-                             f"and {self.current_bias.shape}")
+        if self.current_bias is not None and self.current_bias.shape != self.shape:
+            raise ValueError(f"a current bias needs the layer's shape {self.shape}, found {self.current_bias.shape}")
 
     @property
     def readout(self) -> bool:

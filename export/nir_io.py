@@ -6,7 +6,7 @@ w_in = τ_syn/dt, so that a CubaLIF node is exactly ``I' = αI + W·x``, ``V' = 
 with α = 1 − dt/τ_syn and β = 1 − dt/τ_mem. Our per-step voltage bias b is written as
 ``v_leak = b / (1 − β)``.
 
-Writing: dense → ``Linear`` (``Affine`` when it has a current bias), conv → ``Conv2d`` (zero bias), a ``Flatten`` between conv and dense, neurons →
+Writing: dense → ``Linear`` (``Affine`` when it has a current bias), conv → ``Conv2d`` (its current bias), a ``Flatten`` between conv and dense, neurons →
 ``CubaLIF`` (readout: ``CubaLI``), recurrence → a ``Linear`` from the neuron node back to itself.
 
 Reading (ours and other tools' graphs): ``Affine``/``Linear``/``Conv2d`` synapses followed by ``CubaLIF``,
@@ -67,7 +67,7 @@ def to_nir(network: FloatNetwork):
         if layer.kind == "conv":
             nodes[synapse] = nir.Conv2d(input_shape=tuple(layer.input_shape[1:]), weight=weight, stride=layer.stride,
                                         padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
-                                        bias=np.zeros(weight.shape[0]), metadata=dict(meta))
+                                        bias=_channel_bias(layer, index), metadata=dict(meta))
         elif layer.current_bias is not None:
             nodes[synapse] = nir.Affine(weight=weight, bias=np.asarray(layer.current_bias, dtype=np.float64),
                                         metadata=dict(meta))
@@ -98,6 +98,16 @@ def to_nir(network: FloatNetwork):
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(meta))
 
 
+def _channel_bias(layer: FloatLayer, index: int) -> np.ndarray:
+    """The (C_out,) ``Conv2d`` bias of conv ``layer``'s current bias (zeros without one)."""
+    if layer.current_bias is None:
+        return np.zeros(layer.weight.shape[0])
+    channel = np.asarray(layer.current_bias, dtype=np.float64)[:, 0, 0]
+    if np.any(layer.current_bias != channel[:, None, None]):
+        raise ValueError(f"layer {index}: a conv current bias that differs within a channel has no NIR form")
+    return channel
+
+
 def write_nir(network: FloatNetwork, path: str | os.PathLike) -> Path:
     """Write ``model.nir`` (atomically) and check that ``nir.read`` reads it back with type checking on."""
     import nir
@@ -124,8 +134,8 @@ def _array(node, name: str, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"parameter '{name}' of shape {value.shape} does not fit {shape} neurons")
 
 
-def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tuple[dict, float, np.ndarray]:
-    """(layer fields, input gain folded into the weights, bias contributed per unit of synaptic bias)."""
+def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tuple[dict, float]:
+    """(layer fields, input gain folded into the weights and into a synaptic bias)."""
     def leak(tau):
         tau = _array(node, tau, shape)
         if np.any(tau <= 0) or np.any(~np.isfinite(tau)):
@@ -136,23 +146,20 @@ def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tupl
 
     if kind == "Threshold":
         return dict(alpha=0.0, beta=0.0, threshold=_uniform_threshold(node, "threshold", shape),
-                    bias=np.zeros(shape)), 1.0, np.ones(shape)
+                    bias=np.zeros(shape)), 1.0
     v_leak = _finite(_array(node, "v_leak", shape), "v_leak") if hasattr(node, "v_leak") else np.zeros(shape)
     r = _finite(_array(node, "r", shape), "r")
     if kind in ("CubaLIF", "CubaLI"):
         tau_syn, tau_mem = leak("tau_syn"), leak("tau_mem")
         alpha, beta = 1.0 - dt / tau_syn, 1.0 - dt / tau_mem
         input_gain = _array(node, "w_in", shape) * dt / tau_syn * r * dt / tau_mem
-        bias_per_synaptic_bias = input_gain / (1.0 - alpha) if alpha < 1 else input_gain
     elif kind in ("LIF", "LI"):
         tau_mem = leak("tau")
         alpha, beta = 0.0, 1.0 - dt / tau_mem
         input_gain = r * dt / tau_mem
-        bias_per_synaptic_bias = input_gain
     else:  # IF, I: v̇ = R·I
         alpha, beta = 0.0, 1.0
         input_gain = r * dt
-        bias_per_synaptic_bias = input_gain
         v_leak = np.zeros(shape)
     if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0):
         raise ValueError(f"dt = {dt} s is larger than a time constant (decay factors α={alpha:.3g}, β={beta:.3g})")
@@ -164,7 +171,7 @@ def _neuron_to_float(node, kind: str, shape: tuple[int, ...], dt: float) -> tupl
         if hasattr(node, "v_reset") and node.v_reset is not None and np.any(_array(node, "v_reset", shape) != 0):
             raise ValueError("v_reset ≠ 0 cannot be mapped (Loihi resets v to 0)")
         fields["threshold"] = _uniform_threshold(node, "v_threshold", shape)
-    return fields, float(input_gain.reshape(-1)[0]), bias_per_synaptic_bias
+    return fields, float(input_gain.reshape(-1)[0])
 
 
 def _finite(value: np.ndarray, what: str) -> np.ndarray:
@@ -218,7 +225,7 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
         if kind not in SYNAPSES:
             raise ValueError(f"node '{name}' of type {kind} follows '{current}', where a synapse "
                              f"(Affine, Linear, Conv2d) is expected")
-        layer, current = _synapse_layer(chain, name, shape, dt, notes)
+        layer, current = _synapse_layer(chain, name, shape, dt)
         layers.append(layer)
         shape = layer.shape
     if not layers:
@@ -280,8 +287,7 @@ def _next_node(chain: _Chain, current: str) -> str:
     return forward[0]
 
 
-def _synapse_layer(chain: _Chain, synapse_name: str, shape: tuple[int, ...], dt: float,
-                   notes: list[str]) -> tuple[FloatLayer, str]:
+def _synapse_layer(chain: _Chain, synapse_name: str, shape: tuple[int, ...], dt: float) -> tuple[FloatLayer, str]:
     """The layer of synapse ``synapse_name`` (on inputs of ``shape``), the neuron node it feeds and that
     neuron's self-recurrent synapse, if any; and the neuron node's name."""
     synapse, nodes = chain.nodes[synapse_name], chain.nodes
@@ -301,18 +307,12 @@ def _synapse_layer(chain: _Chain, synapse_name: str, shape: tuple[int, ...], dt:
         raise ValueError(f"node '{synapse_name}': bias of shape {synaptic_bias.shape} does not fit "
                          f"{out_shape[0]} outputs")
     try:
-        fields, gain, bias_gain = _neuron_to_float(neuron, neuron_kind, out_shape, dt)
+        fields, gain = _neuron_to_float(neuron, neuron_kind, out_shape, dt)
     except ValueError as error:
         raise ValueError(f"node '{neuron_name}' ({neuron_kind}): {error}")
-    if np.any(synaptic_bias != 0):
+    if np.any(synaptic_bias != 0):   # the quantiser feeds it to the current through always-on inputs
         per_neuron = np.broadcast_to(synaptic_bias.reshape(-1, *([1] * (len(out_shape) - 1))), out_shape)
-        if layer_kind == "dense":   # exact: the quantiser feeds it to the current through always-on inputs
-            fields["current_bias"] = per_neuron * gain
-        else:
-            fields["bias"] = fields["bias"] + per_neuron * bias_gain
-            if fields["alpha"] > 0:
-                notes.append(f"'{synapse_name}': a constant synaptic bias of a Conv2d enters the current; mapped "
-                             f"to the voltage bias with the same steady state (exact after the current settles)")
+        fields["current_bias"] = per_neuron * gain
     recurrent_weight = _recurrent_weight(chain, neuron_name, synapse_name, out_shape, gain)
     layer = FloatLayer(kind=layer_kind, weight=weight * gain, recurrent_weight=recurrent_weight, **conv, **fields)
     return layer, neuron_name

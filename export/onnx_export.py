@@ -52,6 +52,8 @@ class FloatStep(nn.Module):
             self.register_buffer(f"b{k}", torch.tensor(layer.bias, dtype=torch.float32))
             if layer.recurrent_weight is not None:
                 self.register_buffer(f"wr{k}", torch.tensor(layer.recurrent_weight, dtype=torch.float32))
+            if layer.current_bias is not None:   # added to the current every step (docs/formats.md#nir-read)
+                self.register_buffer(f"c{k}", torch.tensor(layer.current_bias, dtype=torch.float32))
 
     def state_names(self) -> list[str]:
         names = []
@@ -86,6 +88,8 @@ class FloatStep(nn.Module):
                 position += 1
                 drive = drive + previous_spikes @ getattr(self, f"wr{k}").t()
             current = layer.alpha * current + drive
+            if layer.current_bias is not None:
+                current = current + getattr(self, f"c{k}")
             voltage = layer.beta * voltage + current + getattr(self, f"b{k}")
             if layer.readout:
                 spikes = torch.zeros_like(voltage)

@@ -38,7 +38,7 @@ import hw_sim
 from hw_sim.arith import STATE_MAX, STATE_SHIFT, alpha_to_du, beta_to_dv
 from hw_sim.network import DU_RANGE, DV_RANGE, NEVER_FIRES, ConvLayer, CubaNeurons, DenseLayer, Layer, Network
 
-from .current_bias import add_relays, carried_layers, source_counts
+from .current_bias import carried_layers, carry_current_biases
 from .float_network import ExportError, FloatLayer, FloatNetwork
 
 WEIGHT_MAX = 127
@@ -65,8 +65,9 @@ class QuantisedNetwork:
 
     def encode_input(self, x: np.ndarray) -> np.ndarray:
         """Float inputs (batch, T, *input_shape) -> the integer spikes or payloads the hardware receives,
-        (batch, T, N + always_on) when the network carries current biases: ``always_on`` channels that are 1
-        at every step (docs/formats.md#nir-read)."""
+        with ``always_on`` channels appended on the channel axis (axis 2: (batch, T, N + always_on) or
+        (batch, T, C + always_on, H, W)) when the network carries current biases, 1 at every step and pixel
+        (docs/formats.md#nir-read)."""
         x = np.asarray(x, dtype=np.float64)
         if self.network.input_message_bits == 0:
             encoded = (x != 0).astype(np.uint8)
@@ -75,7 +76,8 @@ class QuantisedNetwork:
             encoded = np.clip(np.rint(x * self.input_scale), 0, limit).astype(np.int64)
         if not self.always_on:
             return encoded
-        return np.concatenate([encoded, np.ones((*encoded.shape[:-1], self.always_on), encoded.dtype)], axis=-1)
+        ones = np.ones((*encoded.shape[:2], self.always_on, *encoded.shape[3:]), encoded.dtype)
+        return np.concatenate([encoded, ones], axis=2)
 
     def hardware_input(self, x: np.ndarray) -> np.ndarray:
         """:meth:`encode_input` of ``x`` followed by ``network.latency`` zero steps, so that the last layer
@@ -159,7 +161,7 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
         previous_shape = integer_layer.shape
     layers, always_on = _carry_current_biases(network, carried, layers, report)
     input_shape = tuple(network.input_shape)
-    integer_network = Network(input_shape=(input_shape[0] + always_on,) if always_on else input_shape,
+    integer_network = Network(input_shape=(input_shape[0] + always_on, *input_shape[1:]),
                               layers=tuple(layers), input_message_bits=INPUT_MESSAGE_BITS if graded else 0)
     result = QuantisedNetwork(network=integer_network, input_scale=input_scale, layers=report, warnings=warnings,
                               always_on=always_on)
@@ -172,16 +174,13 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
 
 def _carry_current_biases(network: FloatNetwork, carried: list[int], layers: list[Layer],
                           report: list[dict]) -> tuple[list[Layer], int]:
-    """The integer layers with always-on sources and relay neurons carrying the ``carried`` layers' current
+    """The integer layers with always-on sources and relays carrying the ``carried`` layers' current
     biases exactly (:mod:`export.current_bias`), and the number of always-on input channels."""
-    counts = source_counts(network, carried, [entry["scale"] for entry in report],
-                           [entry["vth"] for entry in report], WEIGHT_MAX)
-    for index, sources in enumerate(counts):
-        relays = counts[index + 1] if index + 1 < len(counts) else 0
-        current_bias = network.layers[index].current_bias if index in carried else None
-        layers[index] = add_relays(index, layers[index], current_bias, report[index]["scale"], sources, relays)
-        report[index].update(always_on_sources=sources, relay_neurons=relays)
-    return layers, counts[0] if counts else 0
+    layers, always_on, entries = carry_current_biases(network, carried, layers, [entry["scale"] for entry in report],
+                                                      [entry["vth"] for entry in report], WEIGHT_MAX)
+    for entry, added in zip(report, entries):
+        entry.update(added)
+    return layers, always_on
 
 
 def _checked_calibration(network: FloatNetwork, calibration: np.ndarray,

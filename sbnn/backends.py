@@ -148,7 +148,7 @@ def run_torch(network: Network, x: np.ndarray, *, folder: Path, workers: int | N
     float_network = export.float_network()
     always_on = int(export.report.get("always_on_inputs", 0))   # channels the float model adds as current biases
     if always_on:
-        x = x[..., :-always_on]
+        x = x[:, :, :-always_on]   # the channel axis of (batch, T, N) and (batch, T, C, H, W)
     input_scale = export.report.get("input_scale", 1.0)
     spikes, voltages = float_network.run(x / input_scale if network.input_message_bits else x)
     readout = voltages[-1][:, :x.shape[1] - network.latency] if float_network.layers[-1].readout else None

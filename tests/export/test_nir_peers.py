@@ -124,6 +124,101 @@ def test_snntorch_linear_biases_enter_the_current_exactly(digits, tmp_path):
     assert agreement(library, hardware, digits["labels"], "snnTorch with Linear biases") >= AGREEMENT
 
 
+CONV_CHANNELS = 4
+
+
+@pytest.fixture(scope="module")
+def conv_digits() -> dict:
+    """sklearn's digits as (1, 8, 8) rate-coded spikes (all samples, T steps, seeded) and their labels."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = data.data.reshape(-1, 1, 8, 8) / 16.0
+    spikes = (np.random.default_rng(0).random((len(images), T, 1, 8, 8)) < images[:, None]).astype(np.float32)
+    return {"spikes": spikes, "labels": data.target}
+
+
+def snntorch_conv_model(conv_digits: dict, path):
+    """snnTorch's nn.Conv2d(1, 4, 3, padding=1, bias=True) → Synaptic (α = 0.9) → Flatten → nn.Linear(256, 10,
+    bias=True) → Leaky, written to ``path`` by snnTorch's own exporter; and its read-out voltages on the first
+    SAMPLES samples, (SAMPLES, T, 10). The conv weights are seeded on a 1/64 grid (its biases torch's default
+    initialisation); the Linear layer (weights and bias) is a ridge fit on the hidden spike counts of the other
+    samples."""
+    import snntorch as snn
+    import torch
+    from snntorch.export_nir import export_to_nir
+
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, CONV_CHANNELS, 3, padding=1, bias=True)
+    kernel = np.clip(np.rint(rng.normal(0.0, 0.6, (CONV_CHANNELS, 1, 3, 3)) * 64), -127, 127) / 64
+    linear = torch.nn.Linear(CONV_CHANNELS * 64, 10, bias=True)
+    full = lambda shape, value: torch.full(shape, value)  # noqa: E731 - per-neuron parameters for the exporter
+    hidden_shape = (CONV_CHANNELS, 8, 8)
+    hidden = snn.Synaptic(alpha=full(hidden_shape, 0.9), beta=full(hidden_shape, 0.8), threshold=full(hidden_shape, 1.0),
+                          init_hidden=True, reset_mechanism="zero", reset_delay=False)
+    readout = snn.Leaky(beta=full((10,), 0.9), threshold=full((10,), 20.0), init_hidden=True, reset_mechanism="zero",
+                        reset_delay=False, output=True)
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hidden.reset_hidden()
+        readout.reset_hidden()
+        counts, voltages = 0, []
+        with torch.no_grad():
+            for t in range(T):
+                fired = hidden(conv(torch.from_numpy(x[:, t])))
+                counts = counts + fired.numpy().reshape(len(x), -1)
+                voltages.append(readout(linear(torch.flatten(fired, 1)))[1].numpy())
+        return counts, np.stack(voltages, axis=1)
+
+    with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(kernel.astype(np.float32)))
+    counts, _ = run(conv_digits["spikes"][SAMPLES:])
+    features = np.c_[counts, np.ones(len(counts))]
+    targets = np.eye(10)[conv_digits["labels"][SAMPLES:]]
+    fit = np.linalg.solve(features.T @ features + 30.0 * np.eye(features.shape[1]), features.T @ targets).T
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(fit[:, :-1].astype(np.float32)))
+        linear.bias.copy_(torch.from_numpy(fit[:, -1].astype(np.float32)))
+    _, voltages = run(conv_digits["spikes"][:SAMPLES])
+    model = torch.nn.Sequential(conv, hidden, torch.nn.Flatten(), linear, readout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nir.write(path, export_to_nir(model, torch.zeros(1, 1, 8, 8), ignore_dims=[0]))
+    return voltages
+
+
+def test_snntorch_conv_biases_enter_the_current_exactly(conv_digits, tmp_path):
+    """snnTorch's nn.Conv2d and nn.Linear biases behind it enter the synaptic current: the imported float
+    model reproduces snnTorch's forward up to float32 rounding, and hw_sim, which gets them through always-on
+    input channels, a relay channel of the conv layer and the conv kernels' centre taps, keeps ≥ 98 % of its
+    predictions, where folding them into the voltage bias (what the reader did before) keeps far fewer."""
+    pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    from dataclasses import replace
+
+    voltages = snntorch_conv_model(conv_digits, tmp_path / "conv.nir")
+    spikes, labels = conv_digits["spikes"][:SAMPLES], conv_digits["labels"][:SAMPLES]
+    network, notes = read_nir(tmp_path / "conv.nir")
+    assert [layer.current_bias is not None for layer in network.layers] == [True, True]
+    _, float_voltages = network.run(spikes, record_voltage=True)
+    assert np.abs(float_voltages[-1] - voltages).max() < 1e-4 * np.abs(voltages).max()
+    quantised = quantise(network, spikes[:100])
+    assert not any("steady state" in warning for warning in quantised.warnings)
+    assert quantised.network.input_shape == (1 + quantised.always_on, 8, 8)
+    assert quantised.layers[0]["relay_channels"] == 1 and quantised.layers[1]["relay_neurons"] == 0
+    library = voltages.mean(axis=1).argmax(axis=1)
+    hardware, _ = hardware_predictions(tmp_path / "conv.nir", spikes)
+    kept = agreement(library, hardware, labels, "snnTorch conv with Conv2d and Linear biases")
+    fold = lambda layer: replace(layer, bias=layer.bias + layer.current_bias / (1.0 - layer.alpha),  # noqa: E731
+                                 current_bias=None)
+    folded = quantise(replace(network, layers=tuple(fold(layer) for layer in network.layers)), spikes[:100])
+    latency = folded.network.latency
+    outcome = folded.network.run(folded.hardware_input(spikes), record_states=True)
+    kept_folded = float(np.mean(outcome.v[-1][:, latency:latency + T].mean(axis=1).argmax(axis=1) == library))
+    print(f"snnTorch conv: predictions kept with the biases folded into the voltage bias {kept_folded:.3f}")
+    assert kept >= AGREEMENT and kept_folded < kept
+
+
 def test_current_biases_reach_each_layer_with_its_first_input_step():
     """With no input and no decay of the current (α = 0), each layer's u in hw_sim is exactly its integer
     current bias from the step it first sees the input (column k + 1 for layer k, docs/loihi.md#timing) to
@@ -306,3 +401,28 @@ def test_imported_current_biases_run_from_the_command_line(digits, tmp_path):
     assert summary["steps"] == T + quantised.network.latency
     assert summary["firing_rates"] == pytest.approx([float(np.mean(s)) for s in direct.spikes], abs=1e-12)
     assert summary["firing_rates"][0] > 0
+
+
+def test_imported_conv_current_biases_run_from_the_command_line(conv_digits, tmp_path):
+    """`sbnn import` of snnTorch Conv2d biases then `sbnn simulate --inputs` with (N, T, 1, 8, 8) spikes: the
+    command appends the always-on channels on the channel axis and runs what hw_sim runs on ``hardware_input``;
+    the float backend (``--backend torch``) strips them again before running model.nir."""
+    pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    from conftest import run_cli
+
+    snntorch_conv_model(conv_digits, tmp_path / "conv.nir")
+    spikes = conv_digits["spikes"]
+    np.save(tmp_path / "calibration.npy", spikes[:100])
+    np.save(tmp_path / "x.npy", spikes[:20])
+    done = run_cli("import", tmp_path / "conv.nir", "--calibration", tmp_path / "calibration.npy",
+                   "--out", tmp_path / "export", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    quantised = quantise(read_nir(tmp_path / "conv.nir")[0], spikes[:100])
+    direct = quantised.network.run(quantised.hardware_input(spikes[:20]))
+    for backend in ("hw_sim", "torch"):
+        done = run_cli("simulate", tmp_path / "export", "--inputs", tmp_path / "x.npy", "--backend", backend, "--json")
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = json.loads(done.stdout)
+        if backend == "hw_sim":
+            assert summary["firing_rates"] == pytest.approx([float(np.mean(s)) for s in direct.spikes], abs=1e-12)
+        assert summary["firing_rates"][0] > 0
