@@ -65,7 +65,7 @@ SECTIONS: tuple[str, ...] = ("data", "model", "train", "export", "pipeline")
 TRAIN_METHODS: tuple[str, ...] = ("sbnn", "surrogate")
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "none")
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 EXPORT_WEIGHTS: tuple[str, ...] = ("mean", "sample")
 
 
@@ -170,7 +170,8 @@ class TrainConfig:
         aux_penalty, aux_weight: the bias-minimising auxiliary penalty (:mod:`sbnn.aux_loss`).
         grad_clip: maximum global gradient norm; unset: no clipping.
         threads: torch threads per process.
-        device: ``cpu`` or ``cuda``.
+        device: ``cpu``, ``cuda`` or ``auto`` (the default: CUDA when torch sees a GPU, else the CPU; the
+            device is recorded in metrics.json and, when it is a GPU, printed at start).
         eval_samples: ``K``, the noisy passes averaged and the posterior samples in the ensemble.
         eval_seed: seeds evaluation: the noisy passes, and the ensemble's sample ``k`` is
             ``freeze_sample(eval_seed + k)``.
@@ -204,7 +205,7 @@ class TrainConfig:
     aux_weight: float = checked(number(at_least=0.0), default=DEFAULT_PENALTY_WEIGHT)
     grad_clip: float | None = checked(optional(number(above=0.0)), default=None)
     threads: int = checked(integer(at_least=1), default=1)
-    device: str = checked(choice(DEVICES), default="cpu")
+    device: str = checked(choice(DEVICES), default="auto")
     eval_samples: int = checked(integer(at_least=1), default=8)
     eval_seed: int = checked(integer(at_least=0), default=0)
     eval_batch_size: int = checked(integer(at_least=1), default=256)

@@ -23,7 +23,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a run folder that holds a previous run (deletes its checkpoint)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="override train.device")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
 
 

@@ -55,8 +55,12 @@ class ProcessGroup:
 
 
 def select_device(config: RunConfig, group: ProcessGroup) -> torch.device:
-    """``train.device`` for this process (CUDA: the GPU of its ``LOCAL_RANK``, made the current one)."""
-    if config.train.device == "cuda":
+    """``train.device`` for this process (CUDA: the GPU of its ``LOCAL_RANK``, made the current one); ``auto``
+    is CUDA when torch sees a GPU, else the CPU."""
+    wanted = config.train.device
+    if wanted == "auto":
+        wanted = "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{config.source}: train.device: cuda was asked for but torch sees no CUDA device "
                               f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use cpu")

@@ -236,6 +236,8 @@ def _set_up(config: RunConfig, run_dir: Path, group: ProcessGroup, device: torch
         start_epoch, global_step, history = restore_checkpoint(checkpoint, run_dir / CHECKPOINT_FILE, model,
                                                                optimizer, scheduler, data_generator, device)
         log(f"{run_dir}: resuming after epoch {start_epoch}")
+    if train_config.device == "auto" and device.type != "cpu":
+        log(f"{run_dir}: training on {device} (train.device = \"auto\"; \"cpu\" keeps it off the GPU)")
 
     if group.is_main:
         _prepare_run_folder(run_dir, config, history if checkpoint is not None else None, data.classes)
@@ -374,6 +376,7 @@ def _finish_epoch(run: _Run, epoch: int, totals: EpochTotals, beta: float, step_
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
             "seconds": train_seconds + eval_seconds,
+            "device": str(run.device),
         }
         run.history.append(record)
         save_checkpoint(run.run_dir, run.config, run.model, run.optimizer, run.scheduler, run.data_generator,

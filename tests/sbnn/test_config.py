@@ -98,7 +98,7 @@ def test_unknown_section_is_named(tmp_path):
         ("train.method=bayes", "train.method", "one of sbnn, surrogate"),
         ("train.optimizer=lion", "train.optimizer", "adam"),
         ("train.schedule=linear", "train.schedule", "cosine"),
-        ("train.device=tpu", "train.device", "cpu, cuda"),
+        ("train.device=tpu", "train.device", "auto, cpu, cuda"),
         ("train.aux_penalty=l2", "train.aux_penalty", "weight_noise_ratio"),
         ("data.name=emnist", "data.name", "digits"),
         ("data.encoding=morse", "data.encoding", "rate"),
@@ -191,7 +191,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_defaults_and_reserved_sections(tmp_path):
     config = load_config(_write(tmp_path, TINY))
     assert config.train.estimator == DEFAULT_ESTIMATOR and config.model.estimator == DEFAULT_ESTIMATOR
-    assert config.train.threads == 1 and config.train.device == "cpu" and config.train.method == "sbnn"
+    assert config.train.threads == 1 and config.train.device == "auto" and config.train.method == "sbnn"
     assert config.train.grad_clip is None and config.model.prior_std is None
     assert config.export == ExportConfig(weights="mean", posterior_samples=2, calibration_samples=64,
                                          headroom=1.0, dt=0.001, seed=0)

@@ -139,6 +139,7 @@ def test_json_output_and_run_folder(tmp_path, capsys):
         for prediction in ("mean", "noisy", "ensemble"):
             assert set(record[split][prediction]) >= {"accuracy", "ece"}
     assert record["seconds"] > 0 and "batch_accuracy" in record["train"]
+    assert record["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")   # train.device = "auto"
     assert metrics["summary"]["test_accuracy_mean"] == summary["test_accuracy_mean"]
 
 
