@@ -76,11 +76,12 @@ def resolve_auto(config: RunConfig, *, world_size: int = 1, data: TrainingData |
 
 
 def with_recorded_auto(config: RunConfig, recorded: RunConfig) -> RunConfig:
-    """``config`` with its ``"auto"`` ``train.kl_weight`` and ``train.epochs`` read as the values a run of it
-    recorded (``recorded``, the run folder's config.toml): what :func:`resolve_auto` chose for the same data,
-    without loading the data again."""
+    """``config`` with its ``"auto"`` ``train.kl_weight``, ``train.epochs`` and ``train.device`` read as the values
+    a run of it recorded (``recorded``, the run folder's config.toml): what :func:`resolve_auto` chose for the
+    same data, without loading the data again; ``"auto"`` accepts a run on either device."""
     train = config.train
-    changes = {key: getattr(recorded.train, key) for key in ("kl_weight", "epochs") if getattr(train, key) == "auto"}
+    changes = {key: getattr(recorded.train, key) for key in ("kl_weight", "epochs", "device")
+               if getattr(train, key) == "auto"}
     return replace(config, train=replace(train, **changes)) if changes else config
 
 

@@ -169,3 +169,18 @@ def test_minimal_config_trains_exports_and_runs_raw_features_on_hardware(tmp_pat
     data = load_training_data(saved)
     reference = hardware_logits(run / "export", model_sequences(data.x_test, load_trained_model(run))).argmax(1)
     assert math.isclose(accuracy, float(np.mean(reference == raw["y_test"])))
+
+
+def test_auto_settings_match_what_a_run_recorded(tmp_path):
+    """A config with "auto" kl_weight, epochs and device is the same training as a run folder that recorded
+    the values those chose (the pipeline then skips training); an explicit value that differs is not."""
+    from sbnn.training.defaults import with_recorded_auto
+
+    path = tmp_path / "run.toml"
+    path.write_text('[data]\nname = "randman"\n[model]\nkind = "snn"\n')
+    config = load_config(path)
+    assert (config.train.kl_weight, config.train.epochs, config.train.device) == ("auto", "auto", "auto")
+    recorded = load_config(path, ["train.kl_weight=0.02", "train.epochs=7", 'train.device="cpu"'])
+    assert with_recorded_auto(config, recorded).to_dict() == recorded.to_dict()
+    explicit = load_config(path, ['train.device="cuda"'])
+    assert with_recorded_auto(explicit, recorded).to_dict() != recorded.to_dict()
