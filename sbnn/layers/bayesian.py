@@ -21,9 +21,13 @@ def _inverse_softplus(value: float) -> float:
     return value + math.log(-math.expm1(-value))
 
 
+LOG_SOFTPLUS_TAIL = -20.0   # below it, log(softplus(rho)) is taken as rho (softplus(rho) ~ e^rho)
+
+
 def _log_softplus(rho: Tensor) -> Tensor:
     # log(softplus(rho)) without the log(0) of an underflowed softplus: softplus(rho) ~ e^rho for rho << 0.
-    return torch.where(rho < -20.0, rho, torch.log(F.softplus(rho.clamp_min(-20.0))))
+    tail = LOG_SOFTPLUS_TAIL
+    return torch.where(rho < tail, rho, torch.log(F.softplus(rho.clamp_min(tail))))
 
 
 def gaussian_kl(mu: Tensor, rho: Tensor, prior_std: float) -> Tensor:
@@ -31,11 +35,43 @@ def gaussian_kl(mu: Tensor, rho: Tensor, prior_std: float) -> Tensor:
 
     Per element: ``ln(prior_std / sigma) + (sigma^2 + mu^2) / (2 prior_std^2) - 1/2``.
     """
-    sigma = F.softplus(rho)
-    per_element = (
-        math.log(prior_std) - _log_softplus(rho) + (sigma * sigma + mu * mu) / (2.0 * prior_std**2) - 0.5
-    )
-    return per_element.sum()
+    return _GaussianKl.apply(mu, rho, float(prior_std))
+
+
+class _GaussianKl(torch.autograd.Function):
+    """:func:`gaussian_kl` with its gradient in closed form: a handful of weight-sized operations instead of
+    autograd's two dozen, which dominated the step of a static binary MLP (about half of it on MNIST).
+
+    ``dKL/dmu = mu / p^2``; ``dKL/drho = (sigma / p^2 - 1 / sigma) * sigmoid(rho)``, where
+    ``sigmoid(rho) / sigma`` (the derivative of ``ln sigma``) is 1 below ``rho = -20`` (``sigma ~ e^rho``).
+    """
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, rho: Tensor, prior_std: float) -> Tensor:  # noqa: D102
+        sigma = F.softplus(rho)
+        flat_sigma, flat_mu = sigma.reshape(-1), mu.reshape(-1)
+        squares = torch.dot(flat_sigma, flat_sigma) + torch.dot(flat_mu, flat_mu)
+        # Where sigma may underflow, the guarded form; asked on the CPU only (a GPU would wait for the answer).
+        ctx.tiny = rho.device.type != "cpu" or (bool(rho.numel()) and float(rho.min()) < LOG_SOFTPLUS_TAIL)
+        log_terms = (_log_softplus(rho) if ctx.tiny else torch.log(sigma)).sum()
+        ctx.save_for_backward(mu, rho, sigma)
+        ctx.prior_variance = prior_std**2
+        return mu.numel() * (math.log(prior_std) - 0.5) - log_terms + squares / (2.0 * ctx.prior_variance)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        mu, rho, sigma = ctx.saved_tensors
+        grad_mu = grad_rho = None
+        if ctx.needs_input_grad[0]:
+            grad_mu = mu * (grad / ctx.prior_variance)
+        if ctx.needs_input_grad[1]:
+            slope = torch.sigmoid(rho)   # d sigma / d rho
+            if ctx.tiny:
+                log_sigma_slope = torch.where(rho < LOG_SOFTPLUS_TAIL, 1.0, slope / sigma)
+                grad_rho = (slope * sigma).div_(ctx.prior_variance).sub_(log_sigma_slope).mul_(grad)
+            else:   # sigmoid(rho) * (sigma / p^2 - 1 / sigma)
+                grad_rho = slope.mul_(sigma.reciprocal().neg_().add_(sigma, alpha=1.0 / ctx.prior_variance)).mul_(grad)
+        return grad_mu, grad_rho, None
 
 
 WEIGHT_NOISE_MODES = ("per_step", "per_sequence")

@@ -532,3 +532,26 @@ def test_outcome_with_estimator_derivative_passes_g_b_and_refuses_soft_estimator
     assert with_outcome_derivative(z.detach(), outcomes, estimator) is outcomes
     with pytest.raises(ValueError, match="soft forward"):
         with_outcome_derivative(z, outcomes, EstimatorConfig("relaxed", tau=0.5))
+
+
+@pytest.mark.parametrize("tail", [False, True])
+def test_kl_closed_form_gradient_equals_autograd_of_the_formula(tail):
+    from sbnn.layers.bayesian import _log_softplus, gaussian_kl
+
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(30, 20, generator=generator, dtype=torch.float64, requires_grad=True)
+    rho = torch.randn(30, 20, generator=generator, dtype=torch.float64) * 4
+    if tail:   # softplus underflows below about -745 in float64: the guarded form takes over below -20
+        rho[0, :4] = torch.tensor([-25.0, -100.0, -800.0, 40.0], dtype=torch.float64)
+    rho.requires_grad_(True)
+    sigma = F.softplus(rho)
+    formula = (math.log(0.2) - _log_softplus(rho) + (sigma * sigma + mu * mu) / (2 * 0.2**2) - 0.5).sum()
+    expected = torch.autograd.grad(formula, (mu, rho))
+    value = gaussian_kl(mu, rho, 0.2)
+    got = torch.autograd.grad(value, (mu, rho))
+    torch.testing.assert_close(value, formula.detach(), rtol=1e-12, atol=1e-9)
+    for a, b in zip(got, expected):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    small = (mu[:3, :3].detach().clone().requires_grad_(), rho[:3, :3].detach().clone().requires_grad_())
+    assert torch.autograd.gradcheck(lambda m, r: gaussian_kl(m, r, 0.3), small)
