@@ -76,7 +76,8 @@ def carried_layers(network: FloatNetwork, warnings: list[str]) -> tuple[FloatNet
     upstream = None   # why always-on sources cannot pass the layers before this one
     for index, layer in enumerate(network.layers):
         nonzero = layer.current_bias is not None and bool(np.any(layer.current_bias != 0))
-        reason = upstream or _blocker(index, layer)
+        blocker = _blocker(index, layer)
+        reason = upstream or blocker
         if reason is None and nonzero and layer.kind == "conv" and not _per_channel(layer.current_bias):
             reason = f"layer {index}'s conv current bias differs within a channel"
         if nonzero and reason is None:
@@ -90,7 +91,7 @@ def carried_layers(network: FloatNetwork, warnings: list[str]) -> tuple[FloatNet
             if nonzero:
                 warnings.append(f"layer {index}: its current bias is mapped to the voltage bias with the same "
                                 f"steady state (always-on inputs cannot carry it: {reason})")
-        upstream = upstream or _blocker(index, layer)
+        upstream = upstream or blocker
     return replace(network, layers=tuple(layers)), carried
 
 

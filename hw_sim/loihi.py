@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arith import (DECAY_UNITY, STATE_MAX, STATE_SHIFT, current_factor, decay_toward_zero, du_to_alpha, dv_to_beta,
+from .arith import (DECAY_UNITY, STATE_BITS, STATE_MAX, STATE_SHIFT, current_factor, decay_toward_zero, du_to_alpha, dv_to_beta,
                     prepare_dense_weights, saturate_voltage, shift_by_exponent, voltage_factor, wrap_current,
                     wrap_signed)
 from .conv import FLOAT32_EXACT, FLOAT64_EXACT, exact_conv2d
@@ -30,6 +30,8 @@ from .network import ConvLayer, CubaNeurons, DenseLayer, Network, NetworkError, 
 SPARSE_DENSITY = 0.02   # integer_matmul: below this input density scipy's sparse product beats BLAS
 EVENT_DENSITY = 0.1     # float drive: event-driven product below this binary input density ...
 EVENT_MIN_OUTPUTS = 128 # ... into this many outputs or more (benchmarks/hw_sim_speed.py --products)
+# |a_in| below 2^18 (|a_in << 6| < 2^24): Lava's one 24-bit fold per step keeps u in range and no int32 wrap acts
+ONE_FOLD_INPUT_LIMIT = 1 << (STATE_BITS - STATE_SHIFT)
 
 
 def wrap_int32(values: np.ndarray) -> np.ndarray:
@@ -230,13 +232,13 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
 
 def _within_one_fold(layer: DenseLayer | ConvLayer, a_in_bound: int, inputs: np.ndarray, shift: int) -> bool:
     """Whether Lava's one 24-bit fold of u per step keeps u in range, as the float recursion assumes:
-    ``|a_in << 6| <= 2^24`` by the bound, or for the feed-forward input computed (``inputs << shift``) plus
-    the recurrent bound. A larger drive pushes u past the fold until Lava's int32 arithmetic wraps it,
-    which only the int path models."""
-    if a_in_bound << STATE_SHIFT <= 1 << 24:
+    |a_in| < :data:`ONE_FOLD_INPUT_LIMIT` by the bound, or for the feed-forward input computed
+    (``inputs >> shift``) plus the recurrent bound. A larger drive pushes u past the fold until Lava's int32
+    arithmetic wraps it, which only the int path models."""
+    if a_in_bound < ONE_FOLD_INPUT_LIMIT:
         return True
     largest = int(np.abs(inputs).max(initial=0)) >> shift
-    return (largest + _layer_plan(layer).recurrent_bound) << STATE_SHIFT <= 1 << 24
+    return largest + _layer_plan(layer).recurrent_bound < ONE_FOLD_INPUT_LIMIT
 
 
 def _float_drive(layer: DenseLayer | ConvLayer, weights: np.ndarray, inputs: np.ndarray,

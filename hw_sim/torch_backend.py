@@ -29,15 +29,14 @@ import numpy as np
 
 from .arith import DECAY_BITS, DECAY_UNITY, STATE_BITS, STATE_MAX, STATE_SHIFT, current_factor, voltage_factor
 from .conv import FLOAT32_EXACT, FLOAT64_EXACT, _float32_is_direct, exact_conv2d
-from .loihi import (EVENT_DENSITY, EVENT_MIN_OUTPUTS, INT32_LIMIT, _exact_dtype, _layer_plan, input_bound,
-                    integer_matmul, state_bounds, synaptic_bound)
+from .loihi import (EVENT_DENSITY, EVENT_MIN_OUTPUTS, INT32_LIMIT, ONE_FOLD_INPUT_LIMIT, _exact_dtype, _layer_plan,
+                    input_bound, integer_matmul, state_bounds, synaptic_bound)
 from .network import ConvLayer, DenseLayer, Network, NetworkError, RunResult
 
 if TYPE_CHECKING:
     import torch
 
 HALF_STATE = 1 << (STATE_BITS - 1)          # u above this (or at/below minus it) wraps by 2^24
-PLAIN_INPUT_LIMIT = 1 << (STATE_BITS - STATE_SHIFT)   # |a_in| below 2^18: no int32 wrap can act (_recursion_checks)
 
 
 def _torch(device=None):
@@ -266,7 +265,7 @@ def _recursion_checks(layer: DenseLayer | ConvLayer, synaptic, a_in_bound: int) 
     if synaptic.numel():
         peak = max(int(synaptic.max()), -int(synaptic.min()))
         a_in_bound = min(a_in_bound, peak + _layer_plan(layer).recurrent_bound)
-    if a_in_bound >= PLAIN_INPUT_LIMIT:
+    if a_in_bound >= ONE_FOLD_INPUT_LIMIT:
         return True, True, True
     u_bound, v_bound = state_bounds(layer.neurons, a_in_bound << STATE_SHIFT, synaptic.shape[0])
     wrap_u = u_bound >= HALF_STATE
