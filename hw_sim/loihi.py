@@ -10,7 +10,9 @@ and all steps are one product (float32 while every possible sum stays below 2^24
 int64 otherwise: exact in each case): BLAS, an event-driven gather for sparse binary input, or torch's
 conv2d (hw_sim/conv.py). Per-layer bounds decide which wraps and casts can be skipped
 (docs/loihi.md#integer-products-in-hw_sim). Only the neuron recursion and recurrent synapses walk through
-time. torch is imported only by conv layers and event-driven products, on first use.
+time: for a feed-forward layer in compiled code (hw_sim/compiled.py, numba, imported on the first layer
+run), else, for recurrent layers and where numba is not installed, in numpy (:func:`_run_neurons_float`,
+:func:`_run_neurons_int`). torch is imported only by conv layers and event-driven products, on first use.
 """
 
 from __future__ import annotations
@@ -205,15 +207,23 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     """Run one layer over all steps. ``inputs``: (B, T, *input_shape) -> spikes (B, T, *shape) uint8.
 
     The synapse's output at step t reaches the neurons at step t + 1 (Lava's one-step buffer), so the
-    neurons see zero input at the first step.
+    neurons see zero input at the first step. This is where the paths are chosen: the input is the float
+    drive (:func:`_float_drive`) where the bounds make it exact, else int64 synaptic input; the recursion
+    is the compiled one (:func:`_compiled_recursion`, exact in every regime) where available, else
+    float64 (:func:`_run_neurons_float`) where no int32 wrap can act, else int64 (:func:`_run_neurons_int`).
     """
     batch, steps = inputs.shape[:2]
     plan = _layer_plan(layer)
     weights, groups, recurrent_groups = plan.weights, plan.groups, plan.recurrent_groups
     a_in_bound = input_bound(layer, max_abs_input)
+    compiled = _compiled_recursion(layer)
     float_neurons = (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT
     if float_neurons:
-        drive = _float_drive(layer, weights, inputs, max_abs_input)
+        # The compiled recursion applies the weight exponent and the 6-bit shift itself (no pass over the drive).
+        drive = _float_drive(layer, weights, inputs, max_abs_input, scaled=compiled is None)
+        if drive is not None and compiled is not None:
+            exponent = layer.weight_exp if isinstance(layer, DenseLayer) else 0
+            return compiled(layer.neurons, drive, exponent, record_states)
         if drive is not None and _within_one_fold(layer, a_in_bound, drive, STATE_SHIFT):
             return _run_neurons_float(layer, None, recurrent_groups, record_states, drive=drive,
                                       a_in_bound=a_in_bound)
@@ -225,9 +235,29 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     else:
         synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input, weights)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
+    if compiled is not None:
+        return compiled(layer.neurons, np.moveaxis(synaptic, 1, 0), 0, record_states)
     if float_neurons and _within_one_fold(layer, a_in_bound, synaptic, 0):
         return _run_neurons_float(layer, synaptic, recurrent_groups, record_states, a_in_bound=a_in_bound)
     return _run_neurons_int(layer, synaptic, recurrent_groups, record_states)
+
+
+_COMPILED: list = []   # [hw_sim.compiled.run_neurons, or None where numba is not importable], once looked up
+
+
+def _compiled_recursion(layer: DenseLayer | ConvLayer):
+    """The compiled recursion (:func:`hw_sim.compiled.run_neurons`) for a feed-forward layer, or None: for
+    a recurrent layer (its input depends on its own spikes) or where numba is not importable. None leaves
+    the layer to the numpy recursions, :func:`_run_neurons_float` and :func:`_run_neurons_int`."""
+    if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
+        return None
+    if not _COMPILED:
+        try:
+            from .compiled import run_neurons
+        except ImportError:
+            run_neurons = None
+        _COMPILED.append(run_neurons)
+    return _COMPILED[0]
 
 
 def _within_one_fold(layer: DenseLayer | ConvLayer, a_in_bound: int, inputs: np.ndarray, shift: int) -> bool:
@@ -242,9 +272,9 @@ def _within_one_fold(layer: DenseLayer | ConvLayer, a_in_bound: int, inputs: np.
 
 
 def _float_drive(layer: DenseLayer | ConvLayer, weights: np.ndarray, inputs: np.ndarray,
-                 max_abs_input: int) -> np.ndarray | None:
+                 max_abs_input: int, scaled: bool = True) -> np.ndarray | None:
     """``a_in << 6`` for all steps, time-major (T, B, *shape), straight from one float product, or None
-    where the bounds do not prove that exact.
+    where the bounds do not prove that exact; not ``scaled``: the bare sums, before the weight exponent and 6.
 
     Called only where no int32 wrap can occur. A conv qualifies when every |sum| < 2^23 (Lava's 24-bit wrap
     is then a no-op; torch's conv2d sums exactly, hw_sim/conv.py); a dense synapse without delays when every
@@ -266,11 +296,12 @@ def _float_drive(layer: DenseLayer | ConvLayer, weights: np.ndarray, inputs: np.
         if dtype not in matrices:
             matrices[dtype] = np.ascontiguousarray(weights.T, dtype=dtype)
         product = _float_product(rows.reshape(steps * batch, -1), matrices[dtype], max_abs_input)
-        if layer.weight_exp != 0:
+        if layer.weight_exp != 0 and scaled:
             product *= dtype.type(2.0 ** layer.weight_exp)
             if layer.weight_exp < 0:
                 np.floor(product, out=product)
-    product *= product.dtype.type(1 << STATE_SHIFT)
+    if scaled:
+        product *= product.dtype.type(1 << STATE_SHIFT)
     return product.reshape(steps, batch, *layer.shape)
 
 
@@ -313,7 +344,8 @@ RecurrentGroups = list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
 
 def _run_neurons_int(layer, synaptic: np.ndarray, recurrent_groups: RecurrentGroups | None,
                      record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """The neuron recursion in int64 with Lava's int32 wraps (for sums that can leave int32).
+    """The neuron recursion in int64 with Lava's int32 wraps (for sums that can leave int32); for recurrent
+    layers and where numba is not installed (else hw_sim/compiled.py runs feed-forward layers).
 
     Recurrent spikes of step t reach the neurons at step t + 1 + d through connections of delay d; they
     wait in ``pending``, a ring of future inputs.
@@ -364,7 +396,8 @@ def state_bounds(neurons: CubaNeurons, drive_bound: int, steps: int, bias: int |
 def _run_neurons_float(layer, synaptic: np.ndarray | None, recurrent_groups: RecurrentGroups | None,
                        record_states: bool, drive: np.ndarray | None = None, a_in_bound: int = INT32_LIMIT,
                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """The same recursion in float64, exact because every value is an integer below 2^53.
+    """The same recursion in float64, exact because every value is an integer below 2^53 (used where
+    :func:`_run_neurons_int` is).
 
     Valid when no int32 wrap can occur (checked by the caller). ``trunc(u · f)`` with f = factor/4096 is
     exactly Lava's ``sign(p)·(|p| >> 12)``: u·factor < 2^36 and the division by 4096 are exact in float64.
