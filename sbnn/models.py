@@ -38,7 +38,10 @@ Loihi correspondence.  Synaptic biases are used only in front of binary units, w
 without memory (``alpha = beta = 0``), so there a synaptic bias and a voltage bias are the same thing.
 Spiking layers and the readout have no synaptic bias; their bias is the neuron's per-neuron voltage bias.
 The first layer takes real-valued input (``binary_input=False``: its variance uses ``x^2``); all later
-layers take 0/1 spikes.
+layers take 0/1 spikes.  A first layer fed 0/1 data (spike datasets, rate- or latency-coded images) finds
+out at run time and computes as the later layers do, gathering weights where the input is sparse
+(:meth:`sbnn.layers.BayesianLayer.forward`); ``input_binary`` of :meth:`SbnnModel.describe` stays the
+declared ``False``.
 
 The surrogate-gradient baseline (``ModelConfig.surrogate=True``) has the same architecture with
 deterministic neurons: posterior-mean weights, no noise, no KL, and the fast-sigmoid surrogate

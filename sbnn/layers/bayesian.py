@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -95,6 +96,101 @@ class SequenceDraw(NamedTuple):
 def _random_signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
     bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
     return (bits * 2 - 1).to(like.dtype)
+
+
+# Costs of a 0/1 input's products on one CPU thread, in ns, measured on the first layer of
+# benchmarks/train_step_vs_peers.py (6400 x 700 inputs at 5 and 10 % density, 256 outputs): finding the
+# ones, per input element; the dense product and its weight gradient, per input element and output column;
+# gathering weight rows (forward) and scattering gradient rows (weight gradient), per one and output column.
+_SCAN_COST = 3.0
+_DENSE_COSTS = (0.013, 0.013)
+_SPARSE_COSTS = (0.047, 0.146)
+_SAMPLE_SIZE = 4096   # input elements (evenly strided) that decide whether to look for the ones at all
+
+
+def _sparse_density_limit(columns: int, backward: bool) -> float:
+    """The density of ones below which the sparse products are faster than the dense ones, for ``columns``
+    output columns in all and with (``backward``) or without the weights' gradient (:data:`_SCAN_COST`)."""
+    dense = columns * (_DENSE_COSTS[0] + backward * _DENSE_COSTS[1])
+    sparse_per_density = columns * (_SPARSE_COSTS[0] + backward * _SPARSE_COSTS[1])
+    return (dense - _SCAN_COST) / sparse_per_density
+
+
+class SpikePositions(NamedTuple):
+    """Where a 0/1 input ``x`` of shape ``(*lead, in_features)`` holds its ones, ``x`` viewed as
+    ``(rows, in_features)`` in row-major order."""
+
+    transposed_index: Tensor   # (2, ones) int64: each one's (input feature, row), by row then feature
+    offsets: Tensor            # (rows + 1,) int64: the ones of row r are entries offsets[r]:offsets[r + 1]
+    lead_shape: tuple[int, ...]
+
+
+def _nonzero_positions(flat: Tensor) -> Tensor:
+    """The positions of the nonzero values of the 1-D ``flat``, ascending (int64)."""
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        # numpy finds the nonzeros of a boolean array without a branch per element; torch's nonzero()
+        # mispredicts its branches on spike data (2-3x slower at 5-10 % density).
+        return torch.from_numpy(np.flatnonzero(flat.detach().numpy() != 0))
+    return flat.nonzero().squeeze(1)
+
+
+def spike_positions(x: Tensor) -> SpikePositions | None:
+    """The ones of ``x`` (``(*lead, in_features)``), or ``None`` if some value is neither 0 nor 1."""
+    flat = x.reshape(-1)
+    index = _nonzero_positions(flat)
+    if not bool(flat.take(index).eq(1).all()):
+        return None
+    in_features = x.shape[-1]
+    transposed_index = torch.empty((2, index.numel()), dtype=torch.int64, device=x.device)
+    rows = torch.div(index, in_features, rounding_mode="floor", out=transposed_index[1])
+    torch.sub(index, rows * in_features, out=transposed_index[0])
+    offsets = torch.zeros(flat.numel() // max(in_features, 1) + 1, dtype=torch.int64, device=x.device)
+    torch.cumsum(torch.bincount(rows, minlength=offsets.numel() - 1), 0, out=offsets[1:])
+    return SpikePositions(transposed_index, offsets, tuple(x.shape[:-1]))
+
+
+def spike_linear(ones: SpikePositions, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear(x, weight, bias)`` for the 0/1 input ``x`` whose ones are ``ones``: a sum of the weight
+    columns of the inputs that are 1, and for the weight's gradient a scatter of the output gradient's rows
+    (no gradient reaches ``x``).  The dense product's values up to the order of the sums."""
+    out = _SpikeLinear.apply(weight, bias, ones)
+    return out.reshape(*ones.lead_shape, weight.shape[0])
+
+
+class _SpikeLinear(torch.autograd.Function):
+    """:func:`spike_linear` as an autograd function, output ``(rows, out_features)``."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, bias: Tensor | None, ones: SpikePositions) -> Tensor:  # noqa: D102
+        # embedding_bag gathers contiguous rows: one per one, from the transposed weight (in, out).
+        out = F.embedding_bag(ones.transposed_index[0], weight.t().contiguous(), ones.offsets, mode="sum",
+                              include_last_offset=True)
+        if bias is not None:
+            out += bias
+        ctx.save_for_backward(ones.transposed_index)
+        ctx.in_features = weight.shape[1]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (transposed_index,) = ctx.saved_tensors
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # dW^T = x^T grad: row c of dW^T sums grad's rows r with x[r, c] = 1, taken in row order.
+            values = torch.ones(transposed_index.shape[1], dtype=grad.dtype, device=grad.device)
+            transposed_input = torch.sparse_coo_tensor(
+                transposed_index, values, (ctx.in_features, grad.shape[0]), check_invariants=False)
+            grad_weight = torch.sparse.mm(transposed_input, grad.contiguous()).t()
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad.sum(0)
+        return grad_weight, grad_bias, None
+
+
+class _InputKind(NamedTuple):
+    """What a layer learned about its input at run time (:meth:`BayesianLayer._inspect_input`)."""
+
+    binary: bool                  # every value is 0 or 1 (x^2 = x)
+    ones: SpikePositions | None   # where the ones are, if the sparse product is to be used
 
 
 class BayesianLayer(ModeAware):
@@ -247,15 +343,51 @@ class BayesianLayer(ModeAware):
         ``single_step`` says ``x`` is a one-step sequence, where both modes are the same distribution and
         the moments give the lower-variance gradient.
         Modes ``"mean"`` and ``"sample"``: ``(M, None)`` with the mean or the frozen weights.
+
+        A layer built with ``binary_input=False`` checks a CPU input that needs no gradient (data) at run
+        time: if it is 0/1 the moments take one product as with ``binary_input``, and if it is sparse
+        enough a dense layer's products gather the weights of the inputs that are 1 (:func:`spike_linear`).
+        Either gives the same values as the general formula up to the order of the sums.
         """
+        moments = self.mode is Mode.NOISY and (self.weight_noise == "per_step" or single_step)
+        kind = self._inspect_input(x, moments)
         if self.mode is not Mode.NOISY:
-            return Preactivation(self._affine(x, self.effective_weight(), self.effective_bias()), None)
+            return Preactivation(self._product(x, kind, self.effective_weight(), self.effective_bias()), None)
         if self.weight_noise == "per_sequence" and not single_step:
             if draw is None:
                 draw = self.draw_sequence(x.shape[0], generator=generator)
-            mean = self._affine(x, self.weight_mu, self.bias_mean)
+            mean = self._product(x, kind, self.weight_mu, self.bias_mean)
             return Preactivation(mean + self._perturbation(x, draw), None)
-        return self._moments(x)
+        return self._moments(x, kind)
+
+    def _inspect_input(self, x: Tensor, moments: bool) -> _InputKind:
+        """Whether ``x`` is 0/1 (as declared by ``binary_input``, or found on a CPU data input) and, for a
+        sparse enough 0/1 input to a dense layer, where its ones are.  Only the ``moments`` (mean and
+        variance) gain from a dense 0/1 input, so only for them is a dense input checked in full."""
+        if self.binary_input:
+            return _InputKind(True, None)
+        if x.requires_grad or x.device.type != "cpu" or not x.is_floating_point() or not x.numel():
+            return _InputKind(False, None)
+        flat = x.reshape(-1)
+        sample = flat[::max(1, flat.numel() // _SAMPLE_SIZE)]
+        if not torch.equal(sample * sample, sample):
+            return _InputKind(False, None)   # real-valued, as declared
+        products = 2 if moments else 1   # mean and variance, or one product
+        backward = torch.is_grad_enabled() and self.effective_weight().requires_grad
+        max_density = _sparse_density_limit(products * self.weight_mu.shape[0], backward)
+        sparse_capable = self._sparse_products and x.dtype in (torch.float32, torch.float64)
+        if sparse_capable and int(sample.count_nonzero()) <= max_density * sample.numel():
+            ones = spike_positions(x)
+            if ones is None:
+                return _InputKind(False, None)
+            sparse = int(ones.offsets[-1]) <= max_density * flat.numel()
+            return _InputKind(True, ones if sparse else None)
+        # x^2 = x element for element: the general formula's x^2 sigma^2 is then x sigma^2 exactly.
+        return _InputKind(moments and torch.equal(x * x, x), None)
+
+    def _product(self, x: Tensor, kind: _InputKind, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``_affine(x, weight, bias)``, by :func:`spike_linear` where ``kind`` holds the input's ones."""
+        return self._affine(x, weight, bias) if kind.ones is None else spike_linear(kind.ones, weight, bias)
 
     def draw_sequence(self, batch: int, *, generator: torch.Generator | None = None) -> SequenceDraw:
         """A :class:`SequenceDraw` for ``batch`` examples, from ``generator`` (on the weights' device)."""
@@ -285,10 +417,10 @@ class BayesianLayer(ModeAware):
         middle = dims - 2 - trailing
         return values.reshape(values.shape[0], *(1,) * middle, values.shape[1], *(1,) * trailing)
 
-    def _moments(self, x: Tensor) -> Preactivation:
+    def _moments(self, x: Tensor, kind: _InputKind) -> Preactivation:
         """The local-reparameterisation moments ``(M, V)`` of the per-step weight noise (see :meth:`forward`)."""
         bias_variance = F.softplus(self.bias_rho) ** 2 if self.bayesian_bias else None
-        if self.binary_input and self._stackable_outputs:
+        if kind.binary and self._stackable_outputs and kind.ones is None:
             # x^2 = x: both moments come from one product with [mu; sigma^2] stacked along the outputs, so
             # x is read once forward and the input gradient is one product, not two and a sum.
             weight = self.stacked_moments()
@@ -299,9 +431,9 @@ class BayesianLayer(ModeAware):
             both = self._affine(x, weight, bias)
             mean, variance = both.split(self.weight_mu.shape[0], dim=self._output_dim)
             return Preactivation(mean, variance)
-        mean = self._affine(x, self.weight_mu, self.bias_mean)
-        squared_input = x if self.binary_input else x * x
-        variance = self._affine(squared_input, self.weight_sigma**2, bias_variance)
+        mean = self._product(x, kind, self.weight_mu, self.bias_mean)
+        squared_input = x if kind.binary else x * x
+        variance = self._product(squared_input, kind, self.weight_sigma**2, bias_variance)
         return Preactivation(mean, variance)
 
     def stacked_moments(self) -> Tensor:
@@ -314,6 +446,8 @@ class BayesianLayer(ModeAware):
     _stackable_outputs = True
     # Input features per weight column group (a grouped conv's weight holds C_in / groups channels).
     _input_groups = 1
+    # Whether a sparse 0/1 input may take spike_linear (dense layers only).
+    _sparse_products = False
 
 
 class BayesLinear(BayesianLayer):
@@ -328,7 +462,8 @@ class BayesLinear(BayesianLayer):
         prior_std: prior standard deviation; default ``1/sqrt(in_features)``.
         init_mu_std: standard deviation of the initial ``mu``; default ``1/sqrt(in_features)``.
         init_sigma: initial posterior standard deviation; default ``0.5/sqrt(in_features)``.
-        binary_input: inputs are 0/1, so ``V = x sigma^2`` (no squaring); set ``False`` for real inputs.
+        binary_input: inputs are 0/1, so ``V = x sigma^2`` (no squaring); set ``False`` for real inputs
+            (data inputs are then checked at run time, see :meth:`BayesianLayer.forward`).
         mode: initial :class:`Mode`.
         generator: random source of the initial ``mu`` (a CPU generator).
         weight_noise: ``"per_step"`` (local reparameterisation, weights redrawn every step) or
@@ -361,6 +496,8 @@ class BayesLinear(BayesianLayer):
         )
         self.in_features = in_features
         self.out_features = out_features
+
+    _sparse_products = True
 
     def _affine(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)

@@ -264,17 +264,24 @@ def _variance_gradient_of_chunk(
     ``(steps, batch, ...)``: the noise ``s xi`` enters the current and the sampled voltage, and ``s``
     divides the margin.  ``e``, ``q`` are :func:`_backward_chunked`'s adjoints of the chunk, the last
     adjoints those that entered it from the next chunk."""
-    voltage_adjoint = torch.cat([e[1:] * params.voltage_decay, last_voltage_adjoint.unsqueeze(0)])   # a_t
+    # a_t = beta e_{t+1} (+ dL/dV_t) and the current's adjoint alpha q_{t+1}, the last from the next chunk.
+    voltage_adjoint, current_adjoint = torch.empty_like(e), torch.empty_like(e)
+    torch.mul(e[1:], params.voltage_decay, out=voltage_adjoint[:-1])
+    voltage_adjoint[-1] = last_voltage_adjoint
     if voltage_grad is not None:
         voltage_adjoint += voltage_grad
-    current_adjoint = torch.cat([q[1:] * params.current_decay, last_current_adjoint.unsqueeze(0)])
+    torch.mul(q[1:], params.current_decay, out=current_adjoint[:-1])
+    current_adjoint[-1] = last_current_adjoint
     # dL/db_t = dL/d(output spike) - a_t Vhat_t (the reset); dL/dVhat_t = a_t (1 - b_t).
-    spike_total = torch.mul(voltage_adjoint, sampled).neg_()
-    if spike_grad is not None:
-        spike_total += spike_grad
+    if spike_grad is None:
+        spike_total = torch.mul(voltage_adjoint, sampled).neg_()
+    else:
+        spike_total = torch.addcmul(spike_grad, voltage_adjoint, sampled, value=-1.0)
     noise_adjoint = torch.addcmul(voltage_adjoint, voltage_adjoint, fired, value=-1.0).add_(current_adjoint)
     std_adjoint = noise_adjoint.mul_(unit_noise).addcmul_(spike_total, derivative_margin_over_std, value=-1.0)
-    torch.mul(std_adjoint, torch.rsqrt(variance + params.base_noise_std**2).mul_(0.5), out=out)
+    # 1/(2s) as rsqrt(4 s^2): scaling by 4 and by 1/2 is exact, so it is rsqrt(s^2)/2 bit for bit.
+    four_variances = torch.add(variance.new_tensor(4.0 * params.base_noise_std**2), variance, alpha=4.0)
+    torch.mul(std_adjoint, four_variances.rsqrt_(), out=out)
 
 
 class _LifGradients(NamedTuple):
