@@ -11,6 +11,8 @@ torch is imported here only, on first use: hw_sim's dense paths and light comman
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from .network import ConvLayer, NetworkError
@@ -46,7 +48,9 @@ def exact_conv2d(layer: ConvLayer, inputs: np.ndarray, bound: int) -> np.ndarray
 
     if bound >= FLOAT64_EXACT:
         raise NetworkError("conv sums beyond 2^53 cannot be computed exactly")
-    source = torch.from_numpy(np.ascontiguousarray(inputs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)    # read-only inputs: torch only reads them
+        source = torch.from_numpy(np.ascontiguousarray(inputs))
     kernel = torch.from_numpy(np.array(layer.weights, dtype=np.float32))
     rows = source.to(torch.float32) if bound < FLOAT32_EXACT else None
     if rows is None or not _float32_is_direct(torch, rows, kernel, layer):

@@ -11,12 +11,15 @@ int64 otherwise: exact in each case): BLAS, an event-driven gather for sparse bi
 conv2d (hw_sim/conv.py). Per-layer bounds decide which wraps and casts can be skipped
 (docs/loihi.md#integer-products-in-hw_sim). Only the neuron recursion and recurrent synapses walk through
 time: for a feed-forward layer in compiled code (hw_sim/compiled.py, numba, imported on the first layer
-run), else, for recurrent layers and where numba is not installed, in numpy (:func:`_run_neurons_float`,
-:func:`_run_neurons_int`). torch is imported only by conv layers and event-driven products, on first use.
+run), which for sparse input also sums the weights of the spikes itself, step by step; else, for
+recurrent layers and where numba is not installed, in numpy (:func:`_run_neurons_float`,
+:func:`_run_neurons_int`). torch is imported only by conv layers and event-driven products that are not
+compiled, on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -30,8 +33,10 @@ from .conv import FLOAT32_EXACT, FLOAT64_EXACT, exact_conv2d
 from .network import ConvLayer, CubaNeurons, DenseLayer, Network, NetworkError, RunResult
 
 SPARSE_DENSITY = 0.02   # integer_matmul: below this input density scipy's sparse product beats BLAS
-EVENT_DENSITY = 0.1     # float drive: event-driven product below this binary input density ...
+EVENT_DENSITY = 0.1     # numpy path's float drive: torch's event-driven product below this binary density ...
 EVENT_MIN_OUTPUTS = 128 # ... into this many outputs or more (benchmarks/hw_sim_speed.py --products)
+DENSE_EVENT_DENSITY = 0.25  # compiled path: sums from the spikes inside the kernel below these input
+CONV_EVENT_DENSITY = 0.3    # densities, else BLAS or torch's conv2d first (_run_compiled; measured crossovers)
 # |a_in| below 2^18 (|a_in << 6| < 2^24): Lava's one 24-bit fold per step keeps u in range and no int32 wrap acts
 ONE_FOLD_INPUT_LIMIT = 1 << (STATE_BITS - STATE_SHIFT)
 
@@ -207,10 +212,12 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     """Run one layer over all steps. ``inputs``: (B, T, *input_shape) -> spikes (B, T, *shape) uint8.
 
     The synapse's output at step t reaches the neurons at step t + 1 (Lava's one-step buffer), so the
-    neurons see zero input at the first step. This is where the paths are chosen: the input is the float
-    drive (:func:`_float_drive`) where the bounds make it exact, else int64 synaptic input; the recursion
-    is the compiled one (:func:`_compiled_recursion`, exact in every regime) where available, else
-    float64 (:func:`_run_neurons_float`) where no int32 wrap can act, else int64 (:func:`_run_neurons_int`).
+    neurons see zero input at the first step. This is where the paths are chosen. Where no int32 wrap can
+    act and the bounds make float sums exact (:func:`_exact_float_sums`), a feed-forward layer runs
+    compiled (:func:`_run_compiled`, exact in every regime) where numba is available, else the float drive
+    (:func:`_float_drive`) feeds the float64 recursion (:func:`_run_neurons_float`); everything else
+    computes int64 synaptic input, for the compiled recursion or the float64 or int64 numpy ones
+    (:func:`_run_neurons_int`).
     """
     batch, steps = inputs.shape[:2]
     plan = _layer_plan(layer)
@@ -218,13 +225,11 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
     a_in_bound = input_bound(layer, max_abs_input)
     compiled = _compiled_recursion(layer)
     float_neurons = (a_in_bound << STATE_SHIFT) + (1 << 24) < INT32_LIMIT
-    if float_neurons:
-        # The compiled recursion applies the weight exponent and the 6-bit shift itself (no pass over the drive).
-        drive = _float_drive(layer, weights, inputs, max_abs_input, scaled=compiled is None)
-        if drive is not None and compiled is not None:
-            exponent = layer.weight_exp if isinstance(layer, DenseLayer) else 0
-            return compiled(layer.neurons, drive, exponent, record_states)
-        if drive is not None and _within_one_fold(layer, a_in_bound, drive, STATE_SHIFT):
+    if float_neurons and _exact_float_sums(layer, max_abs_input):
+        if compiled is not None:
+            return _run_compiled(compiled, layer, inputs, max_abs_input, record_states)
+        drive = _float_drive(layer, weights, inputs, max_abs_input)
+        if _within_one_fold(layer, a_in_bound, drive, STATE_SHIFT):
             return _run_neurons_float(layer, None, recurrent_groups, record_states, drive=drive,
                                       a_in_bound=a_in_bound)
     rows = inputs.reshape(batch * steps, *inputs.shape[2:])
@@ -236,27 +241,58 @@ def run_layer(layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: 
         synaptic = dense_synaptic_input(layer, rows.reshape(batch * steps, -1), max_abs_input, weights)
     synaptic = synaptic.reshape(batch, steps, *layer.shape)
     if compiled is not None:
-        return compiled(layer.neurons, np.moveaxis(synaptic, 1, 0), 0, record_states)
+        return compiled.run_neurons(layer.neurons, synaptic, 0, record_states)
     if float_neurons and _within_one_fold(layer, a_in_bound, synaptic, 0):
         return _run_neurons_float(layer, synaptic, recurrent_groups, record_states, a_in_bound=a_in_bound)
     return _run_neurons_int(layer, synaptic, recurrent_groups, record_states)
 
 
-_COMPILED: list = []   # [hw_sim.compiled.run_neurons, or None where numba is not importable], once looked up
+def _run_compiled(compiled, layer: DenseLayer | ConvLayer, inputs: np.ndarray, max_abs_input: int,
+                  record_states: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A feed-forward layer whose sums are exact in float and can wrap nothing (run_layer checked), on the
+    compiled kernels (hw_sim/compiled.py). Input sparser than DENSE_EVENT_DENSITY (dense) or
+    CONV_EVENT_DENSITY (conv) is summed event by event inside the recursion, in int32 where every |sum| <
+    2^31 (else int64); denser input goes through one float product (BLAS, torch's conv2d) first, as the
+    drive, faster there (the crossovers: docs/loihi.md#integer-products-in-hw_sim)."""
+    plan = _layer_plan(layer)
+    conv = isinstance(layer, ConvLayer)
+    if _density(inputs) < (CONV_EVENT_DENSITY if conv else DENSE_EVENT_DENSITY):
+        dtype = np.dtype(np.int32 if plan.row_abs * max_abs_input < INT32_LIMIT else np.int64)
+        key = ("events", dtype)
+        if key not in plan.matrices:
+            plan.matrices[key] = (compiled.conv_operands(layer, dtype) if conv
+                                  else np.ascontiguousarray(plan.weights.T, dtype=dtype))
+        if conv:
+            return compiled.run_conv(layer, inputs, plan.matrices[key], record_states)
+        return compiled.run_dense(layer.neurons, inputs, plan.matrices[key], layer.weight_exp, record_states)
+    # The kernel applies the weight exponent and the 6-bit shift itself (no pass over the drive).
+    drive = _float_drive(layer, plan.weights, inputs, max_abs_input, scaled=False, time_major=False)
+    return compiled.run_neurons(layer.neurons, drive, 0 if conv else layer.weight_exp, record_states)
+
+
+def _density(inputs: np.ndarray, sample: int = 1 << 18) -> float:
+    """The fraction of non-zero entries of (B, T, ...) ``inputs``, counted on evenly spaced whole samples
+    (at least one; about ``sample`` entries): all steps of a sample, as layers' rates vary with time."""
+    per_sample = max(1, inputs[:1].size)
+    picked = inputs[::max(1, inputs.shape[0] * per_sample // sample)]
+    return np.count_nonzero(picked) / max(1, picked.size)
+
+
+_COMPILED: list = []   # [the module hw_sim.compiled, or None where numba is not importable], once looked up
 
 
 def _compiled_recursion(layer: DenseLayer | ConvLayer):
-    """The compiled recursion (:func:`hw_sim.compiled.run_neurons`) for a feed-forward layer, or None: for
-    a recurrent layer (its input depends on its own spikes) or where numba is not importable. None leaves
-    the layer to the numpy recursions, :func:`_run_neurons_float` and :func:`_run_neurons_int`."""
+    """The compiled kernels (the module hw_sim.compiled) for a feed-forward layer, or None: for a recurrent
+    layer (its input depends on its own spikes) or where numba is not importable. None leaves the layer to
+    the numpy recursions, :func:`_run_neurons_float` and :func:`_run_neurons_int`."""
     if isinstance(layer, DenseLayer) and layer.recurrent_weights is not None:
         return None
     if not _COMPILED:
         try:
-            from .compiled import run_neurons
+            compiled = importlib.import_module(".compiled", __package__)
         except ImportError:
-            run_neurons = None
-        _COMPILED.append(run_neurons)
+            compiled = None
+        _COMPILED.append(compiled)
     return _COMPILED[0]
 
 
@@ -271,47 +307,57 @@ def _within_one_fold(layer: DenseLayer | ConvLayer, a_in_bound: int, inputs: np.
     return largest + _layer_plan(layer).recurrent_bound < ONE_FOLD_INPUT_LIMIT
 
 
-def _float_drive(layer: DenseLayer | ConvLayer, weights: np.ndarray, inputs: np.ndarray,
-                 max_abs_input: int, scaled: bool = True) -> np.ndarray | None:
-    """``a_in << 6`` for all steps, time-major (T, B, *shape), straight from one float product, or None
-    where the bounds do not prove that exact; not ``scaled``: the bare sums, before the weight exponent and 6.
+def _exact_float_sums(layer: DenseLayer | ConvLayer, max_abs_input: int) -> bool:
+    """Whether the bounds prove a float product of the layer's input exact and free of Lava's wraps.
 
-    Called only where no int32 wrap can occur. A conv qualifies when every |sum| < 2^23 (Lava's 24-bit wrap
-    is then a no-op; torch's conv2d sums exactly, hw_sim/conv.py); a dense synapse without delays when every
-    |Σ W s| < 2^53 (float32 below 2^24): the product is an exact integer, and multiplying by powers of two
-    (the weight exponent, then 64) and flooring stay exact. No integer round trip is made.
+    A conv qualifies when every |sum| < 2^23 (Lava's 24-bit wrap is then a no-op; torch's conv2d sums
+    exactly, hw_sim/conv.py); a dense synapse without delays when every |Σ W s| < 2^53 (float32 below
+    2^24): the product is an exact integer, and multiplying by powers of two (the weight exponent, then 64)
+    and flooring stay exact.
+    """
+    bound = _layer_plan(layer).row_abs * max_abs_input
+    if isinstance(layer, ConvLayer):
+        return bound < 1 << 23
+    return layer.delays is None and _exact_dtype(bound) is not None
+
+
+def _float_drive(layer: DenseLayer | ConvLayer, weights: np.ndarray, inputs: np.ndarray,
+                 max_abs_input: int, scaled: bool = True, time_major: bool = True) -> np.ndarray:
+    """``a_in << 6`` for all steps from one float product, where :func:`_exact_float_sums` holds (the
+    caller checks, and that no int32 wrap can occur); not ``scaled``: the bare sums, before the weight
+    exponent and 6. ``time_major``: (T, B, *shape), as the numpy recursion steps through it, else
+    (B, T, *shape), from the input as it is (no transposed copy). No integer round trip is made.
     """
     batch, steps = inputs.shape[:2]
-    rows = np.ascontiguousarray(np.swapaxes(inputs, 0, 1)).reshape(steps * batch, *inputs.shape[2:])
+    if time_major:
+        rows = np.ascontiguousarray(np.swapaxes(inputs, 0, 1)).reshape(steps * batch, *inputs.shape[2:])
+    else:
+        rows = inputs.reshape(batch * steps, *inputs.shape[2:])
     if isinstance(layer, ConvLayer):
-        bound = _layer_plan(layer).row_abs * max_abs_input
-        if bound >= 1 << 23:
-            return None
-        product = exact_conv2d(layer, rows, bound)
+        product = exact_conv2d(layer, rows, _layer_plan(layer).row_abs * max_abs_input)
     else:
         dtype = _exact_dtype(_layer_plan(layer).row_abs * max_abs_input)
-        if layer.delays is not None or dtype is None:
-            return None
         matrices = _layer_plan(layer).matrices
         if dtype not in matrices:
             matrices[dtype] = np.ascontiguousarray(weights.T, dtype=dtype)
-        product = _float_product(rows.reshape(steps * batch, -1), matrices[dtype], max_abs_input)
+        product = _float_product(rows.reshape(len(rows), -1), matrices[dtype], max_abs_input, events=time_major)
         if layer.weight_exp != 0 and scaled:
             product *= dtype.type(2.0 ** layer.weight_exp)
             if layer.weight_exp < 0:
                 np.floor(product, out=product)
     if scaled:
         product *= product.dtype.type(1 << STATE_SHIFT)
-    return product.reshape(steps, batch, *layer.shape)
+    return product.reshape(*((steps, batch) if time_major else (batch, steps)), *layer.shape)
 
 
-def _float_product(rows: np.ndarray, matrix: np.ndarray, max_abs_input: int) -> np.ndarray:
+def _float_product(rows: np.ndarray, matrix: np.ndarray, max_abs_input: int, events: bool = True) -> np.ndarray:
     """``rows @ matrix`` in the matrix's float dtype (exact: the caller checked the bound).
 
-    Event-driven (:func:`event_product`) for binary rows sparser than EVENT_DENSITY into at least
-    EVENT_MIN_OUTPUTS outputs, where benchmarks/hw_sim_speed.py measured it faster; BLAS otherwise.
+    With ``events`` (the numpy path), event-driven (:func:`event_product`) for binary rows sparser than
+    EVENT_DENSITY into at least EVENT_MIN_OUTPUTS outputs, where benchmarks/hw_sim_speed.py measured it
+    faster; BLAS otherwise.
     """
-    if (max_abs_input <= 1 and matrix.shape[1] >= EVENT_MIN_OUTPUTS and rows.size
+    if (events and max_abs_input <= 1 and matrix.shape[1] >= EVENT_MIN_OUTPUTS and rows.size
             and np.count_nonzero(rows) < EVENT_DENSITY * rows.size):
         product = event_product(rows, matrix)
         if product is not None:
@@ -491,7 +537,11 @@ def run(network: Network, x: np.ndarray, *, record_states: bool = False, device:
     elif x.dtype.kind not in "iub":
         raise NetworkError(f"input spikes must be integers, found dtype {x.dtype}")
     if network.input_message_bits == 0:
-        layer_input, max_abs_input = (x != 0).astype(np.uint8), 1
+        # 0/1 bytes are used as they are (one read instead of a written copy; only read, never written).
+        # Read-only arrays are copied: numba would compile its kernels again for them.
+        binary = (device is None and x.dtype in (np.uint8, np.bool_) and x.flags.writeable
+                  and (x.dtype == np.bool_ or x.max(initial=0) <= 1))
+        layer_input, max_abs_input = (x if binary else np.not_equal(x, 0)).view(np.uint8), 1
     else:
         layer_input = x.astype(np.int64)
         max_abs_input = int(np.abs(layer_input).max(initial=0))

@@ -1,7 +1,8 @@
-"""The numba-compiled neuron recursion (hw_sim/compiled.py) against the numpy recursions it replaces for
-feed-forward layers, bit for bit, and against Lava's step (:func:`hw_sim.loihi.neuron_step`) where the
-drive pushes u past its 24-bit fold and int32 wraps act. The ``numpy_recursion`` fixture forces the numpy
-fallback, as where numba is not installed, so both paths stay tested."""
+"""The numba-compiled layers (hw_sim/compiled.py) against the numpy recursions they replace for
+feed-forward layers, bit for bit, on both of their inputs (sums from the spikes inside the kernel, or a
+product computed first), and against Lava's step (:func:`hw_sim.loihi.neuron_step`) where the drive pushes
+u past its 24-bit fold and int32 wraps act. The ``numpy_recursion`` fixture forces the numpy fallback, as
+where numba is not installed, so both paths stay tested."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ from hw_sim.loihi import neuron_step, run
 from hw_sim.random_networks import random_input, random_network
 
 compiled = pytest.importorskip("hw_sim.compiled", reason="numba is not installed")
+
+
+@pytest.fixture(params=["events", "product"])
+def compiled_input(request, monkeypatch):
+    """Every compiled layer summing its input spikes in the kernel ("events"), or fed a product ("product")."""
+    density = 2.0 if request.param == "events" else 0.0
+    monkeypatch.setattr(loihi, "DENSE_EVENT_DENSITY", density)
+    monkeypatch.setattr(loihi, "CONV_EVENT_DENSITY", density)
+    return request.param
 
 
 @pytest.fixture
@@ -63,7 +73,7 @@ CASES = [
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("record_states", [True, False])
-def test_random_networks_equal_the_numpy_recursions(case, batch, record_states, monkeypatch):
+def test_random_networks_equal_the_numpy_recursions(case, batch, record_states, compiled_input, monkeypatch):
     for seed in range(3):
         network = random_network(200 + 10 * case + seed, **CASES[case])
         x = random_input(seed, network, batch, 16, density=(0.05, 0.3, 0.9)[seed])
@@ -73,12 +83,13 @@ def test_random_networks_equal_the_numpy_recursions(case, batch, record_states, 
 def test_the_compiled_path_runs_feed_forward_layers_only():
     network = random_network(7, recurrent=True, hidden=(12, 8))
     paths = [loihi._compiled_recursion(layer) for layer in network.layers]
-    assert paths[0] is None and paths[1:] == [compiled.run_neurons] * 2
+    assert paths[0] is None and paths[1:] == [compiled] * 2
 
 
 def test_the_numpy_fallback_is_taken_without_numba(monkeypatch, numpy_recursion):
     calls = []
-    monkeypatch.setattr(compiled, "run_neurons", lambda *args: calls.append(args))
+    for name in ("run_neurons", "run_dense", "run_conv"):
+        monkeypatch.setattr(compiled, name, lambda *args: calls.append(args))
     network = random_network(3)
     assert loihi._compiled_recursion(network.layers[0]) is None
     run(network, random_input(3, network, 2, 10), record_states=True)
@@ -114,7 +125,7 @@ def stepped(neurons: CubaNeurons, a_in: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def assert_kernel_matches_neuron_step(neurons: CubaNeurons, a_in: np.ndarray, inputs: np.ndarray, exponent: int):
-    """run_neurons on time-major ``inputs`` (a_in = shift(inputs, exponent)) equals Lava's step on a_in."""
+    """run_neurons on ``inputs`` (B, T, N) (a_in = shift(inputs, exponent)) equals Lava's step on a_in."""
     spikes, us, vs = compiled.run_neurons(neurons, inputs, exponent, True)
     expected = stepped(neurons, a_in)
     for name, ours, theirs in zip(("spikes", "u", "v"), (spikes, us, vs), expected):
@@ -136,7 +147,7 @@ def test_kernel_equals_neuron_step_in_every_regime(seed):
     vth = int(rng.choice([0, 1, (1 << 17) - 1, (1 << 31) - 1, int(rng.integers(0, 1 << 16))]))
     neurons = CubaNeurons.create((size,), du=du, dv=dv, vth=vth, bias_mant=rng.integers(-4000, 4000, size),
                                  bias_exp=rng.integers(-3, 8, size))
-    assert_kernel_matches_neuron_step(neurons, a_in, np.moveaxis(a_in, 1, 0), 0)
+    assert_kernel_matches_neuron_step(neurons, a_in, a_in, 0)
 
 
 @pytest.mark.parametrize("exponent", [-7, -3, 0, 2, 7])
@@ -147,7 +158,7 @@ def test_kernel_applies_the_weight_exponent_to_bare_sums(exponent, dtype):
     sums = rng.integers(-(1 << 17), 1 << 17, size=(3, 30, 7))
     neurons = CubaNeurons.create((7,), du=int(rng.integers(0, 4096)), dv=int(rng.integers(0, 4097)), vth=500,
                                  bias_mant=rng.integers(-100, 100, 7))
-    inputs = np.ascontiguousarray(np.moveaxis(sums, 1, 0)).astype(dtype)
+    inputs = sums.astype(dtype)
     assert_kernel_matches_neuron_step(neurons, shift_by_exponent(sums, exponent), inputs, exponent)
 
 
@@ -158,15 +169,17 @@ def test_one_block_leaving_the_plain_range_is_redone_exactly():
     neurons = CubaNeurons.create((size,), du=0, dv=0, vth=(1 << 17) - 1, bias_mant=3)
     a_in = np.full((2, 200, size), 100, dtype=np.int64)
     a_in[1, :, -3:] = 1 << 19                            # |a_in << 6| = 2^25: past the fold, then int32 wraps
-    assert_kernel_matches_neuron_step(neurons, a_in, np.moveaxis(a_in, 1, 0), 0)
-    u = compiled.run_neurons(neurons, np.moveaxis(a_in, 1, 0), 0, True)[1]
+    assert_kernel_matches_neuron_step(neurons, a_in, a_in, 0)
+    u = compiled.run_neurons(neurons, a_in, 0, True)[1]
     assert np.abs(u[1, :, -1]).max() > 1 << 23 and np.abs(u[0]).max() < 1 << 23
 
 
-@pytest.mark.parametrize("weight_exp, inputs_on, message_bits", [(7, 16, 0), (4, 16, 0), (7, 16, 8), (-2, 5, 8)])
-def test_strong_drive_through_the_whole_run(weight_exp, inputs_on, message_bits, monkeypatch):
+@pytest.mark.parametrize("weight_exp, inputs_on, message_bits",
+                         [(7, 16, 0), (4, 16, 0), (7, 16, 8), (-2, 5, 8), (0, 16, 0), (-3, 16, 8)])
+def test_strong_drive_through_the_whole_run(weight_exp, inputs_on, message_bits, compiled_input, monkeypatch):
     """Dense drive beyond one 24-bit fold (binary input) and beyond int32 once shifted by 6 (8-bit payloads,
-    the int path): the run equals Lava's step by step, and the numpy recursions."""
+    the int path), or small enough for the float paths while u, never decaying, still grows past its fold
+    (exponents 0 and -3): the run equals Lava's step by step, and the numpy recursions."""
     neurons = CubaNeurons.create((2,), du=0, dv=0, vth=(1 << 17) - 1)
     layer = DenseLayer(weights=np.full((2, 16), 255), neurons=neurons, weight_exp=weight_exp,
                        sign_mode=SignMode.EXCITATORY)

@@ -172,6 +172,7 @@ def test_event_driven_product_equals_blas():
 def test_sparse_wide_layer_takes_the_event_driven_path(monkeypatch):
     """The run picks the event-driven product for sparse binary input into a wide layer, and stays exact."""
     import hw_sim.loihi as loihi
+    monkeypatch.setattr(loihi, "_COMPILED", [None])   # the numpy path's (numba sums events itself)
     calls = []
     original = loihi.event_product
     monkeypatch.setattr(loihi, "event_product", lambda rows, matrix: calls.append(rows.shape) or original(rows, matrix))
