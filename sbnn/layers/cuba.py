@@ -110,13 +110,19 @@ def cuba_lif_step(
     return spiked.to(voltage.dtype), CubaState(current, voltage)
 
 
+def _total_noise_variance(variance: Tensor, params: CubaParameters, *, out: Tensor | None = None) -> Tensor:
+    """``variance + s0^2``: the variance of a step's membrane noise (docs/method.md#cuba-lif), as one
+    operation that the step-by-step and the fused paths share; ``out`` optionally receives it."""
+    return torch.add(variance, params.base_noise_std**2, out=out)
+
+
 def _noise_scale(variance: Tensor | None, params: CubaParameters) -> tuple[Tensor | float, Tensor | float]:
     """``(s, 1/s)`` with ``s = sqrt(variance + s0^2)`` (numbers when ``variance`` is ``None``): the scale of
     a step's membrane noise.  Shared by the step-by-step and the fused paths (docs/method.md#cuba-lif)."""
     if variance is None:
         std = math.sqrt(params.base_noise_std**2)
         return std, 1.0 / std
-    total_variance = variance + params.base_noise_std**2
+    total_variance = _total_noise_variance(variance, params)
     return torch.sqrt(total_variance), torch.rsqrt(total_variance)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ from sbnn.layers.cuba import (
     _integrate_voltage,
     _noise_scale,
     _noisy_lif_values,
+    _total_noise_variance,
 )
 from sbnn.layers.modes import _add_optional
 
@@ -64,8 +65,9 @@ class _FusedNoisyLif(torch.autograd.Function):
         # Saved for the backward, time-major so that each step's slice is contiguous: the sampled
         # voltage before the reset, z (then g z/s) and g/s, for dL/dm = dL/db g/s and
         # dL/dVar = (dL/d(noise) xi - dL/db g z/s)/(2s); with recurrence also each step's total input
-        # variance.
-        saved = torch.empty((3 + recurrent, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
+        # variance, without it (given a variance) each step's 1/s.
+        slots = 3 + (recurrent or variance is not None)
+        saved = torch.empty((slots, steps, *mean[:, 0].shape), dtype=mean.dtype, device=mean.device) \
             if needs_derivative else None
         run = _forward_recurrent if recurrent else _forward_chunked
         current, voltage = run(
@@ -159,6 +161,28 @@ def _forward_recurrent(
     return current, voltage
 
 
+def _work_buffers(like: Tensor, chunk: int, count: int) -> list[Tensor]:
+    """``count`` time-major work buffers of ``chunk`` steps of ``like`` (one step, ``(batch, *shape)``).
+
+    Made once per call and reused by every chunk, so that a chunk's operations write to memory that is
+    likely still in cache rather than to fresh tensors."""
+    return [like.new_empty((chunk, *like.shape)) for _ in range(count)]
+
+
+def _chunk_noise_scale(
+    variance: Tensor | None, params: CubaParameters, std_out: Tensor, inverse_out: Tensor | None
+) -> tuple[Tensor | float, Tensor | float | None]:
+    """``(s, 1/s)`` of a chunk of steps, ``s = sqrt(variance + s0^2)`` formed as :func:`_noise_scale` forms
+    it (numbers without ``variance``), written to ``std_out`` and ``inverse_out`` (``1/s`` is not formed
+    when that is ``None``).  ``1/s`` is the reciprocal of ``s`` rather than ``rsqrt`` (a square root and a
+    division on the CPU): the same up to rounding, at about a third of the cost; and multiplying by it is cheaper
+    than dividing by ``s``, which slows down on the derivatives' tiny values."""
+    if variance is None:
+        return _noise_scale(None, params)
+    std = torch.sqrt(_total_noise_variance(variance, params, out=std_out), out=std_out)
+    return std, None if inverse_out is None else torch.reciprocal(std, out=inverse_out)
+
+
 def _forward_chunked(
     mean: Tensor, variance: Tensor | None, unit_noise: Tensor, bias: Tensor, current: Tensor, voltage: Tensor,
     recurrent_moments: None, params: CubaParameters, estimator: EstimatorConfig,
@@ -170,34 +194,42 @@ def _forward_chunked(
     operation a step); ``I + bias`` at once; the voltage recursion (sampled voltage, spike, reset: three
     operations a step); then the margins and the estimator's derivative at once.  Per element every
     operation is the one :func:`_noisy_lif_values` applies, on operands of the same layout where the
-    rounding could depend on it, so the spikes are those of the step-by-step path bit for bit.
+    rounding could depend on it, so the spikes are those of the step-by-step path bit for bit.  All
+    intermediate results go to time-major buffers reused by every chunk (:func:`_work_buffers`).
     """
     steps = mean.shape[1]
     chunk = _chunk_steps(current, steps)
-    # Time-major work buffers, reused by every chunk; the recursions read and write contiguous steps.
-    drive = torch.empty((chunk, *current.shape), dtype=mean.dtype, device=mean.device)
-    currents, chunk_voltages = torch.empty_like(drive), torch.empty_like(drive)
-    sampled = torch.empty_like(drive) if saved is None else None
+    noise, scale, drive, currents, fired, reset = _work_buffers(mean[:, 0], chunk, 6)
+    sampled = _work_buffers(mean[:, 0], chunk, 1)[0] if saved is None else None
+    # Each step's views of the buffers, made once (indexing them anew every step costs more than the steps'
+    # arithmetic); the threshold as a tensor of the input's dtype, so that no step converts the number.
+    drive_steps, current_steps, fired_steps, reset_steps = (b.unbind(0) for b in (drive, currents, fired, reset))
+    threshold = mean.new_full((), params.threshold)
     for start in range(0, steps, chunk):
         stop = min(start + chunk, steps)
         size = stop - start
-        std, inverse_std = _noise_scale(_time_major(variance, start, stop), params)
-        noise = std * _time_major(unit_noise, start, stop)
-        torch.add(_time_major(mean, start, stop), noise, out=drive[:size])
-        for k in range(size):
-            current = _integrate_current(drive[k], current, params, out=currents[k])
-        driven = torch.add(currents[:size], bias, out=drive[:size])
+        chunk_noise, chunk_drive, chunk_fired = noise[:size], drive[:size], fired[:size]
+        # (1/s goes to the saved slot that the variance's gradient reads.)
+        inverse_out = None if saved is None or variance is None else saved[3, start:stop]
+        std, inverse_std = _chunk_noise_scale(_time_major(variance, start, stop), params, scale[:size], inverse_out)
+        torch.mul(_time_major(unit_noise, start, stop), std, out=chunk_noise)   # s xi
+        torch.add(_time_major(mean, start, stop), chunk_noise, out=chunk_drive)
+        for step_drive, step_current in zip(drive_steps[:size], current_steps):
+            current = _integrate_current(step_drive, current, params, out=step_current)
+        torch.add(currents[:size], bias, out=chunk_drive)   # I + bias
         chunk_sampled = sampled[:size] if saved is None else saved[0, start:stop]
-        for k in range(size):
-            step_sampled = _integrate_voltage(driven[k], voltage, params, out=chunk_sampled[k])
-            fired = torch.gt(step_sampled, params.threshold, out=spikes[:, start + k])
-            voltage = torch.addcmul(step_sampled, step_sampled, fired, value=-1.0, out=chunk_voltages[k])
+        for step_driven, step_sampled, step_fired, step_reset in zip(
+                drive_steps[:size], chunk_sampled.unbind(0), fired_steps, reset_steps):
+            _integrate_voltage(step_driven, voltage, params, out=step_sampled)
+            torch.gt(step_sampled, threshold, out=step_fired)
+            voltage = torch.addcmul(step_sampled, step_sampled, step_fired, value=-1.0, out=step_reset)
+        _time_major(spikes, start, stop).copy_(chunk_fired)
         if voltages is not None:
-            voltages[:, start:stop] = chunk_voltages[:size].transpose(0, 1)
+            _time_major(voltages, start, stop).copy_(reset[:size])
         if saved is not None:
-            margins = torch.sub(chunk_sampled, noise, out=saved[1, start:stop]).sub_(params.threshold)
+            margins = torch.sub(chunk_sampled, chunk_noise, out=saved[1, start:stop]).sub_(params.threshold)
             margins.mul_(inverse_std)
-            derivative = estimator.outcome_derivative(margins, _time_major(spikes, start, stop), generator=generator)
+            derivative = estimator.outcome_derivative(margins, chunk_fired, generator=generator)
             torch.mul(derivative, inverse_std, out=saved[2, start:stop])
             margins.mul_(saved[2, start:stop])
     # (A chunk reads the previous chunk's last state before it overwrites that buffer slot.)
@@ -215,8 +247,8 @@ def _backward_chunked(
     ``q_t = dL/d mean_t``: ``e_t = k_t a_t + h_t``, ``a_t = beta e_{t+1} (+ dL/dV_t)`` the adjoint of
     the voltage after the reset, ``k_t = 1 - b_t - Vhat_t g_t/s_t`` and ``h_t = dL/db_t g_t/s_t``; and
     ``q_t = e_t + alpha q_{t+1}``: two operations a step.  Everything else (the bias's and the
-    variance's gradients) is formed for a whole chunk at once.  Fills ``grads``; returns the adjoints
-    of the initial current and voltage.
+    variance's gradients) is formed for a whole chunk at once, in work buffers reused by every chunk.
+    Fills ``grads``; returns the adjoints of the initial current and voltage.
     """
     steps = saved.shape[1]
     alpha, beta = params.current_decay, params.voltage_decay
@@ -224,64 +256,85 @@ def _backward_chunked(
     zeros = torch.zeros_like(saved[0, 0])
     voltage_adjoint = zeros if grad_final_voltage is None else grad_final_voltage   # a_{T-1}
     current_adjoint = zeros if grad_final_current is None else grad_final_current   # alpha q_T
-    margin_adjoint = torch.empty((chunk, *zeros.shape), dtype=zeros.dtype, device=zeros.device)  # e
+    silent, keep, drive, margin_adjoint, mean_adjoint = _work_buffers(zeros, chunk, 5)   # 1 - b, k, h, e, q
+    variance_work = None if grads.variance is None else _work_buffers(zeros, chunk, 2)
+    step_views = [buffer.unbind(0) for buffer in (drive, keep, margin_adjoint, mean_adjoint)]
+    one = zeros.new_ones(())
     for stop in range(steps, 0, -chunk):
         start = max(0, stop - chunk)
         size = stop - start
         sampled, derivative_margin_over_std, derivative_over_std = saved[:3, start:stop].unbind(0)
-        fired = _time_major(spikes, start, stop)
-        keep = torch.addcmul(1.0 - fired, sampled, derivative_over_std, value=-1.0)       # k
+        not_fired = torch.sub(one, _time_major(spikes, start, stop), out=silent[:size])
+        chunk_keep = torch.addcmul(not_fired, sampled, derivative_over_std, value=-1.0, out=keep[:size])
         spike_grad = _time_major(grad_spikes, start, stop)
-        drive = torch.zeros_like(keep) if spike_grad is None else spike_grad * derivative_over_std   # h
+        chunk_drive = drive[:size]
+        if spike_grad is None:
+            chunk_drive.zero_()
+        else:
+            torch.mul(spike_grad, derivative_over_std, out=chunk_drive)
         voltage_grad = _time_major(grad_voltages, start, stop)
         if voltage_grad is not None:
-            drive.addcmul_(keep, voltage_grad)
-        e = margin_adjoint[:size]
-        q = _time_major(grads.mean, start, stop)
-        torch.addcmul(drive[-1], voltage_adjoint, keep[-1], out=e[-1])
-        torch.add(e[-1], current_adjoint, out=q[-1])
-        for k in range(size - 2, -1, -1):
-            torch.addcmul(drive[k], e[k + 1], keep[k], value=beta, out=e[k])
-            torch.add(e[k], q[k + 1], alpha=alpha, out=q[k])
+            chunk_drive.addcmul_(chunk_keep, voltage_grad)
+        e, q = margin_adjoint[:size], mean_adjoint[:size]
+        _adjoint_recursion(*(views[:size] for views in step_views), voltage_adjoint, current_adjoint, params)
+        _time_major(grads.mean, start, stop).copy_(q)
         if grads.bias is not None:
             grads.bias.add_(e.sum(0))
-        if grads.variance is not None:
+        if variance_work is not None:
             _variance_gradient_of_chunk(
-                params, e, q, voltage_adjoint, current_adjoint, sampled, fired, derivative_margin_over_std,
-                spike_grad, voltage_grad, _time_major(unit_noise, start, stop),
-                _time_major(variance, start, stop), out=_time_major(grads.variance, start, stop),
+                params, e, q, voltage_adjoint, current_adjoint, sampled, not_fired, derivative_margin_over_std,
+                spike_grad, voltage_grad, _time_major(unit_noise, start, stop), saved[3, start:stop],
+                work=[buffer[:size] for buffer in variance_work], out=_time_major(grads.variance, start, stop),
             )
         voltage_adjoint, current_adjoint = beta * e[0], alpha * q[0]
     return current_adjoint, voltage_adjoint
 
 
+def _adjoint_recursion(
+    drive: Sequence[Tensor], keep: Sequence[Tensor], e: Sequence[Tensor], q: Sequence[Tensor],
+    voltage_adjoint: Tensor, current_adjoint: Tensor, params: CubaParameters,
+) -> None:
+    """The two operations a step of :func:`_backward_chunked` over a chunk, from its last step: fills each
+    step's ``e_t = h_t + k_t a_t`` and ``q_t = e_t + alpha q_{t+1}`` (lists of the steps' views), given
+    the adjoints ``a``, ``alpha q`` that enter the chunk's last step from the next chunk."""
+    torch.addcmul(drive[-1], voltage_adjoint, keep[-1], out=e[-1])
+    torch.add(e[-1], current_adjoint, out=q[-1])
+    for k in range(len(e) - 2, -1, -1):
+        torch.addcmul(drive[k], e[k + 1], keep[k], value=params.voltage_decay, out=e[k])
+        torch.add(e[k], q[k + 1], alpha=params.current_decay, out=q[k])
+
+
 def _variance_gradient_of_chunk(
     params: CubaParameters, e: Tensor, q: Tensor, last_voltage_adjoint: Tensor, last_current_adjoint: Tensor,
-    sampled: Tensor, fired: Tensor, derivative_margin_over_std: Tensor, spike_grad: Tensor | None,
-    voltage_grad: Tensor | None, unit_noise: Tensor, variance: Tensor, *, out: Tensor,
+    sampled: Tensor, not_fired: Tensor, derivative_margin_over_std: Tensor, spike_grad: Tensor | None,
+    voltage_grad: Tensor | None, unit_noise: Tensor, inverse_std: Tensor, *, work: list[Tensor], out: Tensor,
 ) -> None:
     """``dL/dVar_t = ((dL/dVhat_t + dL/dI_t) xi_t - dL/db_t g_t z_t/s_t) / (2 s_t)`` for a chunk, all
     ``(steps, batch, ...)``: the noise ``s xi`` enters the current and the sampled voltage, and ``s``
     divides the margin.  ``e``, ``q`` are :func:`_backward_chunked`'s adjoints of the chunk, the last
-    adjoints those that entered it from the next chunk."""
-    # a_t = beta e_{t+1} (+ dL/dV_t) and the current's adjoint alpha q_{t+1}, the last from the next chunk.
-    voltage_adjoint, current_adjoint = torch.empty_like(e), torch.empty_like(e)
-    torch.mul(e[1:], params.voltage_decay, out=voltage_adjoint[:-1])
-    voltage_adjoint[-1] = last_voltage_adjoint
-    if voltage_grad is not None:
-        voltage_adjoint += voltage_grad
-    torch.mul(q[1:], params.current_decay, out=current_adjoint[:-1])
-    current_adjoint[-1] = last_current_adjoint
-    # dL/db_t = dL/d(output spike) - a_t Vhat_t (the reset); dL/dVhat_t = a_t (1 - b_t).
+    adjoints those that entered it from the next chunk, ``inverse_std`` the ``1/s`` the forward saved;
+    ``work`` two buffers of the chunk's shape.
+
+    With the voltage's adjoint ``a_t = beta e_{t+1} (+ dL/dV_t)``, the current's ``c_t = alpha q_{t+1}``,
+    ``dL/db_t = dL/d(output spike) - a_t Vhat_t`` (the reset) and ``dL/dVhat_t = a_t (1 - b_t)``, the
+    numerator is ``a_t w_t + c_t xi_t - dL/d(output spike)_t g_t z_t/s_t`` with
+    ``w_t = (1 - b_t) xi_t + Vhat_t g_t z_t/s_t``: the shifted adjoints are read in place, not copied.
+    """
+    weight, half_numerator = work
+    torch.mul(not_fired, unit_noise, out=weight).addcmul_(sampled, derivative_margin_over_std)
+    # Half the numerator (halving is exact), then times 1/s.
     if spike_grad is None:
-        spike_total = torch.mul(voltage_adjoint, sampled).neg_()
+        half_numerator.zero_()
     else:
-        spike_total = torch.addcmul(spike_grad, voltage_adjoint, sampled, value=-1.0)
-    noise_adjoint = torch.addcmul(voltage_adjoint, voltage_adjoint, fired, value=-1.0).add_(current_adjoint)
-    std_adjoint = noise_adjoint.mul_(unit_noise).addcmul_(spike_total, derivative_margin_over_std, value=-1.0)
-    # 1/(2s) as rsqrt(4 s^2): scaling by 4 and by 1/2 is exact, so it is rsqrt(s^2)/2 bit for bit.
-    four_variances = torch.add(variance.new_tensor(4.0 * params.base_noise_std**2), variance, alpha=4.0)
-    torch.mul(std_adjoint, four_variances.rsqrt_(), out=out)
+        torch.addcmul(half_numerator.new_zeros(()), spike_grad, derivative_margin_over_std, value=-0.5,
+                      out=half_numerator)
+    if voltage_grad is not None:
+        half_numerator.addcmul_(voltage_grad, weight, value=0.5)
+    half_numerator[:-1].addcmul_(e[1:], weight[:-1], value=0.5 * params.voltage_decay)
+    half_numerator[:-1].addcmul_(q[1:], unit_noise[:-1], value=0.5 * params.current_decay)
+    half_numerator[-1].addcmul_(last_voltage_adjoint, weight[-1], value=0.5)
+    half_numerator[-1].addcmul_(last_current_adjoint, unit_noise[-1], value=0.5)
+    torch.mul(half_numerator, inverse_std, out=out)
 
 
 class _LifGradients(NamedTuple):
