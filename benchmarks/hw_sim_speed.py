@@ -4,15 +4,22 @@ Networks (T = 100, 5 % binary input spikes): the SHD-sized dense 700-256-20 CUBA
 1024; a conv net 2->16c3s2->32c3s2->10 (padding 1) at batch 16 on 34x34 and 64x64 inputs. For each it
 prints the median time of:
 
-- hw_sim (``Network.run``, bit-exact integers);
+- hw_sim (``Network.run``, bit-exact integers; feed-forward layers in numba-compiled code where numba is
+  installed, docs/loihi.md#integer-products-in-hw_sim);
 - the float32 floor: the same products hw_sim cannot avoid, bare (numpy matmul for dense synapses,
-  torch conv2d for conv synapses), on the same inputs and on hw_sim's own hidden spikes;
-- Norse float inference of the same shapes (``torch.no_grad``, float32, norse.torch.LIF over time, the
-  synapses applied to all steps at once as hw_sim does);
+  torch conv2d for conv synapses), on the same inputs and on hw_sim's own hidden spikes. hw_sim may run
+  below this floor: on input sparser than its thresholds it computes no dense product at all, but sums
+  the weights of the inputs that fired, step by step, inside its compiled kernel;
+- Norse float inference of the same shapes (``torch.no_grad``, float32, norse.torch.LIF over time, each
+  synapse applied to all steps at once: one product per layer);
 
-and the ratios hw_sim / floor and hw_sim / Norse. ``--products`` adds the table behind hw_sim's choice of
-product per layer (hw_sim.loihi.EVENT_DENSITY, EVENT_MIN_OUTPUTS): BLAS vs the event-driven product on
-binary rows of several densities, for the dense net's two shapes. Everything runs on one thread (set before numpy and
+and the ratios hw_sim / floor and hw_sim / Norse. ``--products`` adds the table behind hw_sim's choice
+of path per layer (hw_sim.loihi.DENSE_EVENT_DENSITY, CONV_EVENT_DENSITY): for the dense net's two layers
+(batch 64) and the conv nets' conv layers (batch 16), at input densities from 1 % to 60 %, a one-layer
+hw_sim run forced onto the event-driven path (sums from the spikes inside the kernel) vs forced onto the
+product path (BLAS / torch conv2d first, then the kernel), their ratio, and the path hw_sim's thresholds
+pick at that density; then the table behind the no-numba fallback (hw_sim.loihi.EVENT_DENSITY,
+EVENT_MIN_OUTPUTS): BLAS vs torch's event_product. Everything runs on one thread (set before numpy and
 torch load). The total time is printed at the end.
 
 Usage: .venv/bin/python benchmarks/hw_sim_speed.py [--repeats N] [--quick] [--products]
@@ -26,12 +33,16 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_name] = "1"
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import importlib.util  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import hw_sim.loihi as loihi  # noqa: E402
 from hw_sim import ConvLayer, CubaNeurons, DenseLayer, Network  # noqa: E402
 
 STEPS, DENSITY = 100, 0.05
@@ -138,17 +149,77 @@ def measure(name: str, network: Network, batch: int, repeats: int, seed: int = 0
           f"{peer * 1e3:>9.1f} {sim / peer:>8.2f}   {rates}")
 
 
+PRODUCT_DENSITIES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.6)
+PRODUCT_CONV_SIDES = (34, 64)   # the conv layers of conv_network(side) in the product table
+PATHS = {"event": math.inf, "product": 0.0}   # threshold values that force each path of _run_compiled
+
+
+@contextlib.contextmanager
+def forced_path(path: str):
+    """Force hw_sim's compiled layers onto one path: ``"event"`` (sums from the spikes inside the kernel)
+    or ``"product"`` (BLAS / torch conv2d first). hw_sim has no switch for this; hw_sim.loihi._run_compiled
+    compares the measured input density with the module constants DENSE_EVENT_DENSITY and
+    CONV_EVENT_DENSITY at each call, so they are set to inf or 0 here and restored afterwards."""
+    saved = (loihi.DENSE_EVENT_DENSITY, loihi.CONV_EVENT_DENSITY)
+    loihi.DENSE_EVENT_DENSITY = loihi.CONV_EVENT_DENSITY = PATHS[path]
+    try:
+        yield
+    finally:
+        loihi.DENSE_EVENT_DENSITY, loihi.CONV_EVENT_DENSITY = saved
+
+
+def product_layers() -> list[tuple[str, DenseLayer | ConvLayer, int]]:
+    """(name, layer, batch) of the layers in the product table: the dense net's two (batch 64) and the
+    conv nets' two conv layers (batch 16) for each side in PRODUCT_CONV_SIDES."""
+    items = [(f"dense {layer.input_size}->{layer.shape[0]}", layer, 64) for layer in dense_network().layers]
+    for side in PRODUCT_CONV_SIDES:
+        for layer in conv_network(side).layers[:2]:
+            c, h, w = layer.input_shape
+            items.append((f"conv {c}x{h}x{w}->{layer.shape[0]}c", layer, 16))
+    return items
+
+
 def product_table(repeats: int) -> None:
-    """BLAS vs event-driven float32 products on 6400 binary rows (batch 64 x T 100) per density."""
-    from hw_sim.loihi import event_product
+    """Per layer shape and input density: a one-layer hw_sim run (``Network.run``) forced onto the
+    event-driven path vs forced onto the product path (:func:`forced_path`), their ratio, the path hw_sim's
+    thresholds pick at that density and whether it is the faster one."""
+    if importlib.util.find_spec("numba") is None:
+        print("numba is not installed: hw_sim's compiled paths are not available")
+        return
+    print(f"one-layer runs, T={STEPS}; event: sums from the spikes in the kernel; product: BLAS / conv2d first "
+          f"(thresholds: dense {loihi.DENSE_EVENT_DENSITY:.0%}, conv {loihi.CONV_EVENT_DENSITY:.0%})")
+    print(f"{'layer':>22} {'batch':>5} {'density':>7} {'event ms':>9} {'product ms':>10} {'event/prod':>10} "
+          f"{'hw_sim picks':>12}")
     rng = np.random.default_rng(0)
+    for name, layer, batch in product_layers():
+        shape = layer.input_shape if isinstance(layer, ConvLayer) else (layer.input_size,)
+        network = Network(input_shape=shape, layers=(layer,))
+        threshold = loihi.CONV_EVENT_DENSITY if isinstance(layer, ConvLayer) else loihi.DENSE_EVENT_DENSITY
+        for density in PRODUCT_DENSITIES:
+            x = (rng.random((batch, STEPS, *shape)) < density).astype(np.uint8)
+            times = {}
+            for path in PATHS:
+                with forced_path(path):
+                    times[path] = median_time(repeats, lambda: network.run(x))
+            pick = "event" if loihi._density(x) < threshold else "product"
+            faster = "event" if times["event"] < times["product"] else "product"
+            print(f"{name:>22} {batch:>5} {density:>7.0%} {times['event'] * 1e3:>9.1f} "
+                  f"{times['product'] * 1e3:>10.1f} {times['event'] / times['product']:>10.2f} "
+                  f"{pick:>12}{'' if pick == faster else ' (slower)'}")
+
+
+def fallback_product_table(repeats: int) -> None:
+    """The no-numba fallback (hw_sim.loihi.EVENT_DENSITY, EVENT_MIN_OUTPUTS): BLAS vs torch's
+    event_product in float32 on 6400 binary rows (batch 64 x T 100) per density, for the dense shapes."""
+    print(f"no-numba fallback: float32 products on {64 * STEPS} binary rows")
     print(f"{'product':>22} {'density':>7} {'BLAS ms':>8} {'event ms':>9} {'event/BLAS':>10}")
+    rng = np.random.default_rng(0)
     for n_in, n_out in zip(DENSE_SHAPE[:-1], DENSE_SHAPE[1:]):
         matrix = rng.integers(-128, 128, size=(n_in, n_out)).astype(np.float32)
         for density in (0.02, 0.05, 0.1, 0.25):
             rows = (rng.random((64 * STEPS, n_in)) < density).astype(np.uint8)
             blas = median_time(repeats, lambda: rows.astype(np.float32) @ matrix)
-            event = median_time(repeats, lambda: event_product(rows, matrix))
+            event = median_time(repeats, lambda: loihi.event_product(rows, matrix))
             print(f"{f'{n_in}->{n_out}':>22} {density:>7.2f} {blas * 1e3:>8.1f} {event * 1e3:>9.1f} "
                   f"{event / blas:>10.2f}")
 
@@ -157,7 +228,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median kept)")
     parser.add_argument("--quick", action="store_true", help="skip batch 1024 (for a fast look)")
-    parser.add_argument("--products", action="store_true", help="also time BLAS vs event-driven products")
+    parser.add_argument("--products", action="store_true",
+                        help="also time hw_sim's event-driven vs product paths per layer")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -172,6 +244,7 @@ def main() -> None:
         measure(f"conv {side}x{side} 16c-32c-10", conv_network(side), 16, args.repeats)
     if args.products:
         product_table(args.repeats)
+        fallback_product_table(args.repeats)
     print(f"total {time.perf_counter() - start:.1f} s")
 
 
