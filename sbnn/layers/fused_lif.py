@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from types import ModuleType
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -47,7 +50,9 @@ class _FusedNoisyLif(torch.autograd.Function):
     the forward records no autograd graph.  Without recurrence everything that does not depend on the
     state (noise scale, drive, margins, the estimator's derivative) is computed for a chunk of steps at
     once, and the recursion itself is four operations per step forward and two backward
-    (:func:`_forward_chunked`, :func:`_backward_chunked`).  ``mean``, ``variance`` (or ``None``) and
+    (:func:`_forward_chunked`, :func:`_backward_chunked`); on the CPU with AGR and numba installed, the
+    compiled kernels of :mod:`sbnn.layers.fused_lif_compiled` instead make one pass each way
+    (:func:`_forward_compiled`, :func:`_backward_compiled`).  ``mean``, ``variance`` (or ``None``) and
     ``unit_noise`` are ``(batch, T, n)`` (any neuron shape without recurrence); ``recurrent_moments``
     (or ``None``) is the recurrent layer's ``[mu; sigma^2]``, ``(2n, n)``, fed with the previous step's
     spikes as :meth:`BayesianLayer.forward` does.  Outputs ``spikes``, ``voltages`` (empty unless
@@ -58,6 +63,18 @@ class _FusedNoisyLif(torch.autograd.Function):
     def forward(ctx, mean, variance, unit_noise, bias, current0, voltage0, recurrent_moments, params,
                 estimator, generator, needs_derivative, record_voltage):  # noqa: D102
         ctx.set_materialize_grads(False)
+        ctx.params = params
+        ctx.bias_shape = bias.shape
+        ctx.compiled = _compiled_kernels() if _compiled_applies(
+            (mean, variance, unit_noise, bias, current0, voltage0), recurrent_moments, estimator) else None
+        if ctx.compiled is not None:
+            spikes, voltages, current, voltage, saved = _forward_compiled(
+                ctx.compiled, mean, variance, unit_noise, bias, current0, voltage0, params, estimator,
+                generator, needs_derivative=needs_derivative, record_voltage=record_voltage,
+            )
+            if needs_derivative:
+                ctx.save_for_backward(saved, unit_noise, spikes, variance)
+            return spikes, voltages, current, voltage
         steps = mean.shape[1]
         recurrent = recurrent_moments is not None
         spikes = torch.empty_like(mean)
@@ -76,12 +93,12 @@ class _FusedNoisyLif(torch.autograd.Function):
         )
         if needs_derivative:
             ctx.save_for_backward(saved, unit_noise, spikes, variance, recurrent_moments)
-        ctx.params = params
-        ctx.bias_shape = bias.shape
         return spikes, voltages, current, voltage
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_voltages, grad_final_current, grad_final_voltage):  # noqa: D102
+        if ctx.compiled is not None:
+            return _backward_compiled(ctx, grad_spikes, grad_voltages, grad_final_current, grad_final_voltage)
         saved, unit_noise, spikes, variance, recurrent_moments = ctx.saved_tensors
         recurrent = recurrent_moments is not None
         # The variance each step's noise had: the input's, plus the feedback's with recurrence.
@@ -399,6 +416,134 @@ def _backward_through_time(
         adjoint_current = alpha * adjoint_mean_current
         adjoint_voltage = beta * adjoint_mean_voltage
     return adjoint_current, adjoint_voltage
+
+
+@functools.cache
+def _compiled_kernels() -> ModuleType | None:
+    """:mod:`sbnn.layers.fused_lif_compiled` (numba kernels of the fused LIF), or ``None`` where numba does
+    not import.  Imported on first use, so that importing ``sbnn`` never imports numba."""
+    try:
+        from sbnn.layers import fused_lif_compiled
+    except ImportError:
+        return None
+    return fused_lif_compiled
+
+
+def _compiled_applies(
+    tensors: Sequence[Tensor | None], recurrent_moments: Tensor | None, estimator: EstimatorConfig
+) -> bool:
+    """Whether :class:`_FusedNoisyLif` runs the compiled kernels on ``(mean, variance, unit_noise, bias,
+    current0, voltage0)``: CPU tensors of one float dtype (``float32`` or ``float64``), the states one
+    step's shape, no recurrence, Gaussian AGR (which draws nothing from the generator), not while
+    ``torch.compile`` traces, and numba importable."""
+    mean, variance, unit_noise, _, current0, voltage0 = tensors
+    present = [t for t in tensors if t is not None]
+    dtype = mean.dtype
+    shapes_match = (current0.shape == voltage0.shape == mean[:, 0].shape
+                    and all(t.shape == mean.shape for t in (variance, unit_noise) if t is not None))
+    return (recurrent_moments is None and shapes_match and estimator.method == "agr" and estimator.noise == "gauss"
+            and dtype in (torch.float32, torch.float64)
+            and all(t.device.type == "cpu" and t.dtype == dtype for t in present)
+            and not torch.compiler.is_compiling() and _compiled_kernels() is not None)
+
+
+def _as_array(tensor: Tensor | None, shape: tuple[int, ...], like: Tensor) -> np.ndarray:
+    """A C-contiguous numpy view of ``tensor`` reshaped to ``shape`` (copied only where not contiguous); for
+    ``None`` a ``(1, 1, n)`` array of zeros of ``like``'s dtype (the kernels' absent input or output)."""
+    if tensor is None:
+        return np.zeros((1, 1, shape[-1]), dtype=like.detach().numpy().dtype)
+    return tensor.detach().reshape(shape).contiguous().numpy()
+
+
+def _lif_constants(params: CubaParameters, like: Tensor) -> np.ndarray:
+    """The kernels' constants in ``like``'s dtype, each rounded as torch rounds the number it is given:
+    ``[alpha, beta, theta, s0^2, s, 1/s, 1]`` (see :mod:`sbnn.layers.fused_lif_compiled`)."""
+    std, inverse_std = _noise_scale(None, params)
+    values = [params.current_decay, params.voltage_decay, params.threshold, params.base_noise_std**2,
+              std, inverse_std, 1.0]
+    return np.array(values, dtype=like.detach().numpy().dtype)
+
+
+def _forward_compiled(
+    kernels: ModuleType, mean: Tensor, variance: Tensor | None, unit_noise: Tensor, bias: Tensor,
+    current0: Tensor, voltage0: Tensor, params: CubaParameters, estimator: EstimatorConfig,
+    generator: torch.Generator | None, *, needs_derivative: bool, record_voltage: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The forward of :class:`_FusedNoisyLif` by :func:`fused_lif_compiled.lif_forward`, a few examples at a
+    time: after each group the estimator's derivative of its margins, while they are in cache.
+
+    Returns ``(spikes, voltages, final current, final voltage, saved)``, ``saved`` ``(2, batch, T, n)``:
+    the sampled voltages and the derivatives ``g`` (``None`` without ``needs_derivative``)."""
+    batch, steps = mean.shape[:2]
+    flat = (batch, steps, current0[:1].numel())
+    state_shape = (batch, flat[2])
+    spikes = mean.new_empty(mean.shape)
+    voltages = mean.new_empty(mean.shape) if record_voltage else mean.new_empty((batch, 0))
+    current = current0.detach().reshape(state_shape).clone(memory_format=torch.contiguous_format)
+    voltage = voltage0.detach().reshape(state_shape).clone(memory_format=torch.contiguous_format)
+    saved = mean.new_empty((2, *flat)) if needs_derivative else None
+    group = max(1, min(batch, _CHUNK_ELEMENTS // max(steps * flat[2], 1)))
+    margins = mean.new_empty((group, *flat[1:])) if needs_derivative else None
+    scale = None if variance is None else mean.new_empty((group, *flat[1:]))
+    variance_rows = None if variance is None else variance.detach().reshape(flat)
+    arrays = [_as_array(t, shape, mean) for t, shape in
+              ((mean, flat), (scale, (group, *flat[1:])), (unit_noise, flat))]
+    bias_rows = torch.broadcast_to(bias.detach(), current0.shape).reshape(state_shape).contiguous().numpy()
+    outputs = [_as_array(t, flat, mean) for t in (spikes, voltages if record_voltage else None,
+                                                  None if saved is None else saved[0])]
+    outputs.append(_as_array(margins, (group, *flat[1:]), mean))
+    present = np.array([variance is not None, record_voltage, saved is not None], dtype=np.int64)
+    constants = _lif_constants(params, mean)
+    for start in range(0, batch, group):
+        stop = min(start + group, batch)
+        if scale is not None:   # (as _chunk_noise_scale forms it)
+            _chunk_noise_scale(variance_rows[start:stop], params, scale[:stop - start], None)
+        kernels.lif_forward(*arrays, bias_rows, current.numpy(), voltage.numpy(), constants, start, stop,
+                            present, *outputs)
+        if saved is not None:
+            saved[1, start:stop] = estimator.outcome_derivative(
+                margins[:stop - start], spikes.view(flat)[start:stop], generator=generator)
+    return spikes, voltages, current.view(current0.shape), voltage.view(voltage0.shape), saved
+
+
+def _backward_compiled(
+    ctx, grad_spikes: Tensor | None, grad_voltages: Tensor | None, grad_final_current: Tensor | None,
+    grad_final_voltage: Tensor | None,
+) -> tuple[Tensor | None, ...]:
+    """The backward of :class:`_FusedNoisyLif` by :func:`fused_lif_compiled.lif_backward`, for a forward run
+    by :func:`_forward_compiled`: the gradients :meth:`_FusedNoisyLif.backward` returns."""
+    saved, unit_noise, spikes, variance = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    flat = saved.shape[1:]
+    state_shape = (flat[0], flat[2])
+    if grad_voltages is not None and grad_voltages.shape[1] == 0:
+        grad_voltages = None
+
+    def adjoint(grad: Tensor | None) -> Tensor:
+        if grad is None:
+            return saved.new_zeros(state_shape)
+        return grad.detach().reshape(state_shape).clone(memory_format=torch.contiguous_format)
+
+    voltage_adjoint, current_adjoint = adjoint(grad_final_voltage), adjoint(grad_final_current)
+    grad_mean = saved.new_empty(flat)
+    grad_variance = saved.new_empty(flat) if variance is not None and needs[1] else None
+    grad_bias = saved.new_zeros(state_shape)
+    optional = (variance, grad_spikes, grad_voltages, grad_variance)
+    inputs = [_as_array(t, flat, saved) for t in (saved[0], saved[1], unit_noise, spikes, *optional[:3])]
+    ctx.compiled.lif_backward(
+        *inputs, _lif_constants(ctx.params, saved), np.array([t is not None for t in optional], dtype=np.int64),
+        voltage_adjoint.numpy(), current_adjoint.numpy(), grad_mean.numpy(), _as_array(grad_variance, flat, saved),
+        grad_bias.numpy(),
+    )
+    return (
+        grad_mean.view(spikes.shape) if needs[0] else None,
+        grad_variance.view(spikes.shape) if grad_variance is not None else None,
+        None,
+        grad_bias.view(spikes[:, 0].shape).sum_to_size(ctx.bias_shape) if needs[3] else None,
+        current_adjoint.view(spikes[:, 0].shape) if needs[4] else None,
+        voltage_adjoint.view(spikes[:, 0].shape) if needs[5] else None,
+        None, None, None, None, None, None,
+    )
 
 
 
