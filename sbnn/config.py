@@ -169,6 +169,8 @@ class TrainConfig:
         kl_warmup_epochs: ``beta`` ramps linearly from 0 over this many epochs (per step); 0: no warm-up.
         aux_penalty, aux_weight: the bias-minimising auxiliary penalty (:mod:`sbnn.aux_loss`).
         grad_clip: maximum global gradient norm; unset: no clipping.
+        augment_shift: image inputs only: move each training image by up to this many pixels in each
+            direction (uniform, per example and epoch, zero-filled; :mod:`sbnn.training.augment`); 0: off.
         threads: torch threads per process.
         device: ``cpu``, ``cuda`` or ``auto`` (the default: CUDA when torch sees a GPU, else the CPU; the
             device is recorded in metrics.json and, when it is a GPU, printed at start).
@@ -204,6 +206,7 @@ class TrainConfig:
     aux_penalty: str = checked(choice(PENALTIES), default=DEFAULT_PENALTY)
     aux_weight: float = checked(number(at_least=0.0), default=DEFAULT_PENALTY_WEIGHT)
     grad_clip: float | None = checked(optional(number(above=0.0)), default=None)
+    augment_shift: int = checked(integer(at_least=0), default=0)
     threads: int = checked(integer(at_least=1), default=1)
     device: str = checked(choice(DEVICES), default="auto")
     eval_samples: int = checked(integer(at_least=1), default=8)

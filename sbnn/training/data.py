@@ -13,6 +13,8 @@ from sbnn.config import ConfigError, RunConfig
 from sbnn.data import DataError, Dataset, load_dataset
 from sbnn.models import SbnnModel, build_model
 
+from .augment import check_shift_input
+
 
 @dataclass
 class TrainingData:
@@ -119,6 +121,9 @@ def load_training_data(config: RunConfig) -> TrainingData:
 
 def build_run_model(config: RunConfig, data: TrainingData) -> SbnnModel:
     """The configured model for the data's input shape and classes, initialised from ``train.seed``."""
+    shift_problem = check_shift_input(config.train.augment_shift, data.input_shape)
+    if shift_problem is not None:
+        raise ConfigError(f"{config.source}: train.augment_shift: {shift_problem}")
     try:
         return build_model(config.model, data.input_shape, data.num_classes, seed=config.train.seed)
     except ValueError as error:

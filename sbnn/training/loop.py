@@ -30,6 +30,7 @@ from sbnn.config import ConfigError, RunConfig, TrainConfig
 from sbnn.evaluate import PREDICTIONS, evaluate_split
 from sbnn.models import SbnnModel
 
+from .augment import draw_shifts, shift_images
 from .checkpoint import checkpoint_to_resume, restore_checkpoint, save_checkpoint
 from .data import TrainingData, build_run_model, load_training_data
 from .distributed import (
@@ -278,6 +279,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[EpochTotals, float, int]:
     KL weight and the number of steps of all processes."""
     train_config = run.config.train
     order = torch.randperm(len(run.data.x_train), generator=run.data_generator)
+    max_shift = train_config.augment_shift
+    shifts = draw_shifts(len(order), max_shift, run.data_generator) if max_shift else None
     batches = _batches(epoch_shard(order, run.group), run.local_batch)
     noise = torch.Generator(device=run.device).manual_seed(noise_seed(train_config.seed, epoch, run.group.rank))
     running = EpochTotals.packed_zeros(run.device)
@@ -285,7 +288,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[EpochTotals, float, int]:
     bar = _progress(len(batches), f"epoch {epoch + 1}/{train_config.epochs} training", run.show_progress)
     for batch_index, indices in enumerate(batches):
         beta = kl_weight_at(train_config, run.global_step, run.steps_per_epoch)
-        step = _train_step(run, indices, noise, beta, epoch, batch_index)
+        step = _train_step(run, indices, noise, beta, epoch, batch_index,
+                           None if shifts is None else shifts[indices])
         running += step.to_tensor()
         bar.update(1)
         if run.show_progress:
@@ -296,10 +300,13 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[EpochTotals, float, int]:
 
 
 def _train_step(run: _Run, indices: Tensor, noise: torch.Generator, beta: float, epoch: int,
-                batch_index: int) -> EpochTotals:
-    """One optimiser step on the examples ``indices``; returns its sums (on the device)."""
+                batch_index: int, shifts: Tensor | None = None) -> EpochTotals:
+    """One optimiser step on the examples ``indices`` (moved by ``shifts``, if given); returns its sums (on
+    the device)."""
     model, device, n_train = run.model, run.device, len(run.data.x_train)
     x = run.data.x_train[indices].to(device, non_blocking=True)
+    if shifts is not None:
+        x = shift_images(x, shifts, run.config.train.augment_shift)
     y = run.data.y_train[indices].to(device, non_blocking=True)
     with record_activity(model) if run.records_activity else nullcontext() as record:
         logits = run.network(x, generator=noise)
