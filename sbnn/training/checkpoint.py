@@ -23,6 +23,7 @@ from sbnn.models import SbnnModel, build_model
 
 from .distributed import ProcessGroup, barrier
 from .errors import RunFolderError
+from .optim import LambdaLR, Optimizer
 from .rng import capture_rng, restore_rng
 from .run_folder import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, atomic_write, run_summary, write_metrics
 
@@ -172,8 +173,8 @@ def checkpoint_to_resume(config: RunConfig, run_dir: Path, group: ProcessGroup, 
     return None
 
 
-def restore_checkpoint(checkpoint: dict[str, Any], path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                       scheduler: torch.optim.lr_scheduler.LRScheduler, data_generator: torch.Generator,
+def restore_checkpoint(checkpoint: dict[str, Any], path: Path, model: nn.Module, optimizer: Optimizer,
+                       scheduler: LambdaLR, data_generator: torch.Generator,
                        device: torch.device) -> tuple[int, int, list[dict[str, Any]]]:
     """Load the model, optimiser, scheduler and RNG states; returns the epoch, global step and history."""
     try:
@@ -196,8 +197,8 @@ def _cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
     return {name: tensor.detach().to("cpu", copy=True) for name, tensor in module.state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, config: RunConfig, model: SbnnModel, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, data_generator: torch.Generator,
+def save_checkpoint(run_dir: Path, config: RunConfig, model: SbnnModel, optimizer: Optimizer,
+                    scheduler: LambdaLR, data_generator: torch.Generator,
                     device: torch.device, epoch: int, global_step: int, history: list[dict[str, Any]],
                     group: ProcessGroup, classes: tuple[str, ...] | None = None) -> None:
     """Write ``checkpoint.pt`` after ``epoch`` (1-based), then ``metrics.json`` (rank 0 only; ``classes``: the

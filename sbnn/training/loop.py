@@ -44,6 +44,7 @@ from .distributed import (
     select_device,
 )
 from .errors import TrainingError
+from .optim import LambdaLR, Optimizer
 from .rng import noise_seed, seed_everything
 from .run_folder import (
     CHECKPOINT_FILE,
@@ -121,8 +122,8 @@ class _Run:
     model: SbnnModel
     network: nn.Module               # the model, or its DistributedDataParallel wrapper
     parameters: list[nn.Parameter]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer: Optimizer
+    scheduler: LambdaLR
     data_generator: torch.Generator  # the data order (checkpointed)
     penalty: Penalty
     records_activity: bool

@@ -1,23 +1,27 @@
 """The optimiser and the schedules: the learning-rate factor (``train.schedule``) and ``beta_t``, the KL
-weight's linear warm-up over ``train.kl_warmup_epochs`` (per step)."""
+weight's linear warm-up over ``train.kl_warmup_epochs`` (per step).
+
+The optimisers and the scheduler are :mod:`sbnn.training.optim`'s, bit-identical to ``torch.optim``'s but
+without its import of ``torch._dynamo`` (about a second of every command)."""
 
 from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from sbnn.config import TrainConfig
 
+from .optim import SGD, Adam, AdamW, LambdaLR, Optimizer
 
-def make_optimizer(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:
+
+def make_optimizer(parameters: list[nn.Parameter], train: TrainConfig) -> Optimizer:
     """``train.optimizer`` (adam, adamw or sgd) at ``train.lr``."""
     if train.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
+        return Adam(parameters, lr=train.lr, weight_decay=train.weight_decay)
     if train.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
-    return torch.optim.SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        return AdamW(parameters, lr=train.lr, weight_decay=train.weight_decay)
+    return SGD(parameters, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
 def learning_rate_factor(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -38,15 +42,14 @@ def kl_weight_at(train: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return train.kl_weight * min(1.0, (step + 1) / (train.kl_warmup_epochs * steps_per_epoch))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: Optimizer, train: TrainConfig, steps_per_epoch: int) -> LambdaLR:
     """A per-step scheduler of :func:`learning_rate_factor`."""
     # A closure (not a callable object) keeps the schedule out of the scheduler's state_dict: the
     # schedule always follows the current config, the state is only the step count.
     def factor(step: int) -> float:
         return learning_rate_factor(train, step, steps_per_epoch)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return LambdaLR(optimizer, factor)
 
 
 __all__ = ["kl_weight_at", "learning_rate_factor", "make_optimizer", "make_scheduler"]
