@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sbnn.estimators import EstimatorConfig
+from sbnn.layers.bayesian import _compiled_module
 from sbnn.layers.cuba import (
     CubaParameters,
     CubaState,
@@ -68,12 +69,12 @@ class _FusedNoisyLif(torch.autograd.Function):
         ctx.compiled = _compiled_kernels() if _compiled_applies(
             (mean, variance, unit_noise, bias, current0, voltage0), recurrent_moments, estimator) else None
         if ctx.compiled is not None:
-            spikes, voltages, current, voltage, saved = _forward_compiled(
+            spikes, voltages, current, voltage, sampled, derivatives = _forward_compiled(
                 ctx.compiled, mean, variance, unit_noise, bias, current0, voltage0, params, estimator,
                 generator, needs_derivative=needs_derivative, record_voltage=record_voltage,
             )
             if needs_derivative:
-                ctx.save_for_backward(saved, unit_noise, spikes, variance)
+                ctx.save_for_backward(sampled, unit_noise, spikes, variance, *derivatives)
             return spikes, voltages, current, voltage
         steps = mean.shape[1]
         recurrent = recurrent_moments is not None
@@ -420,13 +421,8 @@ def _backward_through_time(
 
 @functools.cache
 def _compiled_kernels() -> ModuleType | None:
-    """:mod:`sbnn.layers.fused_lif_compiled` (numba kernels of the fused LIF), or ``None`` where numba does
-    not import.  Imported on first use, so that importing ``sbnn`` never imports numba."""
-    try:
-        from sbnn.layers import fused_lif_compiled
-    except ImportError:
-        return None
-    return fused_lif_compiled
+    """:mod:`sbnn.layers.fused_lif_compiled` (numba kernels of the fused LIF), or ``None`` without numba."""
+    return _compiled_module("sbnn.layers.fused_lif_compiled")
 
 
 def _compiled_applies(
@@ -468,12 +464,14 @@ def _forward_compiled(
     kernels: ModuleType, mean: Tensor, variance: Tensor | None, unit_noise: Tensor, bias: Tensor,
     current0: Tensor, voltage0: Tensor, params: CubaParameters, estimator: EstimatorConfig,
     generator: torch.Generator | None, *, needs_derivative: bool, record_voltage: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None, list[Tensor]]:
     """The forward of :class:`_FusedNoisyLif` by :func:`fused_lif_compiled.lif_forward`, a few examples at a
     time: after each group the estimator's derivative of its margins, while they are in cache.
 
-    Returns ``(spikes, voltages, final current, final voltage, saved)``, ``saved`` ``(2, batch, T, n)``:
-    the sampled voltages and the derivatives ``g`` (``None`` without ``needs_derivative``)."""
+    Returns ``(spikes, voltages, final current, final voltage, sampled, derivatives)``: ``sampled``
+    ``(batch, T, n)``, the sampled voltages, and ``derivatives`` each group's derivatives ``g``,
+    ``(group, T, n)`` in the order of the examples, kept as the estimator returns them (copying them into
+    one tensor cost a few percent of a training step); ``None`` and ``[]`` without ``needs_derivative``."""
     batch, steps = mean.shape[:2]
     flat = (batch, steps, current0[:1].numel())
     state_shape = (batch, flat[2])
@@ -481,7 +479,8 @@ def _forward_compiled(
     voltages = mean.new_empty(mean.shape) if record_voltage else mean.new_empty((batch, 0))
     current = current0.detach().reshape(state_shape).clone(memory_format=torch.contiguous_format)
     voltage = voltage0.detach().reshape(state_shape).clone(memory_format=torch.contiguous_format)
-    saved = mean.new_empty((2, *flat)) if needs_derivative else None
+    sampled = mean.new_empty(flat) if needs_derivative else None
+    derivatives = []
     group = max(1, min(batch, _CHUNK_ELEMENTS // max(steps * flat[2], 1)))
     margins = mean.new_empty((group, *flat[1:])) if needs_derivative else None
     scale = None if variance is None else mean.new_empty((group, *flat[1:]))
@@ -489,10 +488,9 @@ def _forward_compiled(
     arrays = [_as_array(t, shape, mean) for t, shape in
               ((mean, flat), (scale, (group, *flat[1:])), (unit_noise, flat))]
     bias_rows = torch.broadcast_to(bias.detach(), current0.shape).reshape(state_shape).contiguous().numpy()
-    outputs = [_as_array(t, flat, mean) for t in (spikes, voltages if record_voltage else None,
-                                                  None if saved is None else saved[0])]
+    outputs = [_as_array(t, flat, mean) for t in (spikes, voltages if record_voltage else None, sampled)]
     outputs.append(_as_array(margins, (group, *flat[1:]), mean))
-    present = np.array([variance is not None, record_voltage, saved is not None], dtype=np.int64)
+    present = np.array([variance is not None, record_voltage, needs_derivative], dtype=np.int64)
     constants = _lif_constants(params, mean)
     for start in range(0, batch, group):
         stop = min(start + group, batch)
@@ -500,10 +498,15 @@ def _forward_compiled(
             _chunk_noise_scale(variance_rows[start:stop], params, scale[:stop - start], None)
         kernels.lif_forward(*arrays, bias_rows, current.numpy(), voltage.numpy(), constants, start, stop,
                             present, *outputs)
-        if saved is not None:
-            saved[1, start:stop] = estimator.outcome_derivative(
-                margins[:stop - start], spikes.view(flat)[start:stop], generator=generator)
-    return spikes, voltages, current.view(current0.shape), voltage.view(voltage0.shape), saved
+        if needs_derivative:
+            derivatives.append(estimator.outcome_derivative(
+                margins[:stop - start], spikes.view(flat)[start:stop], generator=generator).contiguous())
+    return spikes, voltages, current.view(current0.shape), voltage.view(voltage0.shape), sampled, derivatives
+
+
+def _example_rows(arrays: list[np.ndarray], per_example: list, start: int, stop: int) -> list[np.ndarray]:
+    """Examples ``start:stop`` of each array that holds one row per example (``per_example``), the others whole."""
+    return [array[start:stop] if split else array for array, split in zip(arrays, per_example)]
 
 
 def _backward_compiled(
@@ -511,30 +514,39 @@ def _backward_compiled(
     grad_final_voltage: Tensor | None,
 ) -> tuple[Tensor | None, ...]:
     """The backward of :class:`_FusedNoisyLif` by :func:`fused_lif_compiled.lif_backward`, for a forward run
-    by :func:`_forward_compiled`: the gradients :meth:`_FusedNoisyLif.backward` returns."""
-    saved, unit_noise, spikes, variance = ctx.saved_tensors
+    by :func:`_forward_compiled`, one call per group of examples (the groups of its derivatives): the
+    gradients :meth:`_FusedNoisyLif.backward` returns."""
+    sampled, unit_noise, spikes, variance, *derivatives = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    flat = saved.shape[1:]
+    flat = sampled.shape
     state_shape = (flat[0], flat[2])
     if grad_voltages is not None and grad_voltages.shape[1] == 0:
         grad_voltages = None
 
     def adjoint(grad: Tensor | None) -> Tensor:
         if grad is None:
-            return saved.new_zeros(state_shape)
+            return sampled.new_zeros(state_shape)
         return grad.detach().reshape(state_shape).clone(memory_format=torch.contiguous_format)
 
     voltage_adjoint, current_adjoint = adjoint(grad_final_voltage), adjoint(grad_final_current)
-    grad_mean = saved.new_empty(flat)
-    grad_variance = saved.new_empty(flat) if variance is not None and needs[1] else None
-    grad_bias = saved.new_zeros(state_shape)
+    grad_mean = sampled.new_empty(flat)
+    grad_variance = sampled.new_empty(flat) if variance is not None and needs[1] else None
+    grad_bias = sampled.new_zeros(state_shape)
     optional = (variance, grad_spikes, grad_voltages, grad_variance)
-    inputs = [_as_array(t, flat, saved) for t in (saved[0], saved[1], unit_noise, spikes, *optional[:3])]
-    ctx.compiled.lif_backward(
-        *inputs, _lif_constants(ctx.params, saved), np.array([t is not None for t in optional], dtype=np.int64),
-        voltage_adjoint.numpy(), current_adjoint.numpy(), grad_mean.numpy(), _as_array(grad_variance, flat, saved),
-        grad_bias.numpy(),
-    )
+    present = np.array([t is not None for t in optional], dtype=np.int64)
+    inputs = [_as_array(t, flat, sampled) for t in (sampled, unit_noise, *optional[:3])]
+    outputs = [voltage_adjoint.numpy(), current_adjoint.numpy(), grad_mean.numpy(),
+               _as_array(grad_variance, flat, sampled), grad_bias.numpy()]
+    # Which arrays hold one row per example (an absent one, (1, 1, n), serves every group whole).
+    input_rows, output_rows = [True, True, *present[:3]], [True, True, True, present[3], True]
+    constants = _lif_constants(ctx.params, sampled)
+    start = 0
+    for derivative in derivatives:
+        stop = start + derivative.shape[0]
+        sampled_group, noise_group, *optional_group = _example_rows(inputs, input_rows, start, stop)
+        ctx.compiled.lif_backward(sampled_group, derivative.numpy(), noise_group, *optional_group, constants, present,
+                                  *_example_rows(outputs, output_rows, start, stop))
+        start = stop
     return (
         grad_mean.view(spikes.shape) if needs[0] else None,
         grad_variance.view(spikes.shape) if grad_variance is not None else None,
@@ -544,7 +556,6 @@ def _backward_compiled(
         voltage_adjoint.view(spikes[:, 0].shape) if needs[5] else None,
         None, None, None, None, None, None,
     )
-
 
 
 # Integer types as wide as each floating type: the reset clears a spiking unit's voltage bits.

@@ -88,7 +88,7 @@ def lif_forward(mean: np.ndarray, scale: np.ndarray, noise: np.ndarray, bias: np
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _backward_row(sampled, derivative, noise, spikes, variance, grad_spikes, grad_voltages, constants,
+def _backward_row(sampled, derivative, noise, variance, grad_spikes, grad_voltages, constants,
                   has_variance, voltage_adjoint, current_adjoint, grad_mean, grad_variance, grad_bias):
     """One example's step of :func:`lif_backward`, all rows ``(n,)``, branch-free (absent rows read as 0)."""
     alpha, beta, threshold = constants[0], constants[1], constants[2]
@@ -102,7 +102,7 @@ def _backward_row(sampled, derivative, noise, spikes, variance, grad_spikes, gra
         a = voltage_adjoint[i] + grad_voltages[i]
         vhat = sampled[i]
         grad_spike = grad_spikes[i] - a * vhat
-        grad_sampled = zero if spikes[i] > zero else a
+        grad_sampled = zero if vhat > threshold else a   # (a spike is Vhat > theta)
         derivative_over_std = derivative[i] * inverse
         e = grad_sampled + grad_spike * derivative_over_std
         q = e + current_adjoint[i]
@@ -116,16 +116,17 @@ def _backward_row(sampled, derivative, noise, spikes, variance, grad_spikes, gra
 
 
 @njit(cache=True, nogil=True)
-def lif_backward(sampled: np.ndarray, derivative: np.ndarray, noise: np.ndarray, spikes: np.ndarray,
-                 variance: np.ndarray, grad_spikes: np.ndarray, grad_voltages: np.ndarray, constants: np.ndarray,
+def lif_backward(sampled: np.ndarray, derivative: np.ndarray, noise: np.ndarray, variance: np.ndarray,
+                 grad_spikes: np.ndarray, grad_voltages: np.ndarray, constants: np.ndarray,
                  present: np.ndarray, voltage_adjoint: np.ndarray, current_adjoint: np.ndarray,
                  grad_mean: np.ndarray, grad_variance: np.ndarray, grad_bias: np.ndarray) -> None:
     """The adjoint recursion of :func:`lif_forward`, each example from its last step to its first.
 
-    ``sampled`` (Vhat), ``derivative`` (the estimator's g), ``noise``, ``spikes``, ``variance``, the
-    incoming ``grad_spikes`` and ``grad_voltages``: ``(B, T, n)``.  ``voltage_adjoint``, ``current_adjoint``
-    ``(B, n)`` enter as the final state's gradients (``a_{T-1}`` without the last step's voltage gradient,
-    and ``alpha q_T``) and leave as the initial state's.  With ``a_t`` the voltage's adjoint,
+    ``sampled`` (Vhat; the spike ``b_t`` is ``Vhat_t > theta``, not read from memory), ``derivative`` (the
+    estimator's g), ``noise``, ``variance``, the incoming ``grad_spikes`` and ``grad_voltages``:
+    ``(B, T, n)``.  ``voltage_adjoint``, ``current_adjoint`` ``(B, n)`` enter as the final state's gradients
+    (``a_{T-1}`` without the last step's voltage gradient, and ``alpha q_T``) and leave as the initial
+    state's.  With ``a_t`` the voltage's adjoint,
     ``c_t = alpha q_{t+1}``, ``dL/db_t = dL/d(spike)_t - a_t Vhat_t``: ``e_t = a_t (1 - b_t) + dL/db_t
     g_t/s_t``, ``q_t = e_t + c_t`` (written to ``grad_mean``), ``grad_bias[b] = sum_t e_t``, and
     ``dL/dVar_t = ((a_t (1 - b_t) + c_t) xi_t - dL/db_t g_t z_t/s_t) / (2 s_t)`` (to ``grad_variance``).
@@ -135,7 +136,7 @@ def lif_backward(sampled: np.ndarray, derivative: np.ndarray, noise: np.ndarray,
     vs, gs, gv, ws = present[0], present[1], present[2], present[3]
     for b in range(sampled.shape[0]):
         for t in range(sampled.shape[1] - 1, -1, -1):
-            _backward_row(sampled[b, t], derivative[b, t], noise[b, t], spikes[b, t], variance[b * vs, t * vs],
+            _backward_row(sampled[b, t], derivative[b, t], noise[b, t], variance[b * vs, t * vs],
                           grad_spikes[b * gs, t * gs], grad_voltages[b * gv, t * gv], constants, vs == 1,
                           voltage_adjoint[b], current_adjoint[b], grad_mean[b, t],
                           grad_variance[b * ws, t * ws], grad_bias[b])

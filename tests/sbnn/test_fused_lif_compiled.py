@@ -96,6 +96,21 @@ def test_compiled_kernels_match_the_torch_operations(monkeypatch, dtype, record_
         torch.testing.assert_close(a, b, **TOLERANCES[dtype], msg=name)
 
 
+def test_groups_of_several_examples_and_a_shorter_last_group_match(monkeypatch):
+    # Batch 5 in groups of 2: the backward runs once per group, on each group's derivatives.
+    shape = (5, 11, 6)
+    monkeypatch.setattr(fused_lif, "_CHUNK_ELEMENTS", 2 * shape[1] * shape[2])
+    calls = []
+    kernels = fused_lif._compiled_kernels()
+    monkeypatch.setattr(kernels, "lif_backward", _counting(kernels.lif_backward, calls))
+    (values, grads), (reference_values, reference_grads) = _both_paths(
+        monkeypatch, torch.float64, shape, 60, with_variance=True, record_voltage=False)
+    assert len(calls) == 3
+    assert torch.equal(values[0], reference_values[0])
+    for a, b in zip(grads, reference_grads):
+        torch.testing.assert_close(a, b, **TOLERANCES[torch.float64])
+
+
 def _counting(function, calls: list):
     def counted(*args):
         calls.append(1)
