@@ -132,8 +132,9 @@ def quantise(network: FloatNetwork, calibration: np.ndarray, *, headroom: float 
              labels: np.ndarray | None = None, accuracy_margin: float = ACCURACY_MARGIN) -> QuantisedNetwork:
     """Integer network for ``network``, scaled on ``calibration`` inputs ((batch, T, *input_shape) floats).
 
-    ``headroom`` ≥ 1 divides the largest scale the calibration data allows, trading resolution for
-    safety against inputs more intense than the calibration set. ``labels`` (one per calibration sample)
+    ``headroom`` ≥ 1 multiplies the peak |I| and |V| the calibration data reach when they limit a layer's
+    scale (a layer whose weights limit it keeps its scale while its states stay ``headroom`` times below
+    the 24-bit range), trading resolution for safety against inputs more intense than the calibration set. ``labels`` (one per calibration sample)
     let :attr:`QuantisedNetwork.accuracy_check` compare accuracies; without them the hardware is scored
     against the float model's own predictions. An export whose hardware accuracy is more than
     ``accuracy_margin`` (a fraction, 0.05 = 5 points) below the float model's is flagged with a warning.
@@ -204,7 +205,7 @@ def _layer_scale(index: int, layer: FloatLayer, weights: list[np.ndarray], peaks
                  input_factor: float, headroom: float) -> tuple[float, str]:
     """Layer ``index``'s common scale s (integer units per float unit) and the limit that sets it: the
     largest that keeps weights in 8 bits, the threshold in 17 and the float model's peak |I| and |V| on the
-    calibration data (``peaks``) in the 24-bit state, divided by ``headroom``."""
+    calibration data (``peaks``), times ``headroom``, in the 24-bit state."""
     largest_weight = max(float(np.percentile(np.abs(w), WEIGHT_PERCENTILE)) if w.size else 0.0
                          for w in weights) * input_factor
     limits = {"weights": WEIGHT_MAX / largest_weight if largest_weight > 0 else np.inf}
@@ -215,10 +216,10 @@ def _layer_scale(index: int, layer: FloatLayer, weights: list[np.ndarray], peaks
         raise ExportError(f"layer {index}: the float model's current or voltage overflows on the calibration "
                           f"data (|I| {current_peak:.3g}, |V| {voltage_peak:.3g}); check the data for outliers")
     if current_peak > 0:
-        limits["current"] = STATE_MAX / ((1 << STATE_SHIFT) * current_peak)
+        limits["current"] = STATE_MAX / ((1 << STATE_SHIFT) * current_peak * headroom)
     if voltage_peak > 0:
-        limits["voltage"] = STATE_MAX / ((1 << STATE_SHIFT) * voltage_peak)
-    scale = min(limits.values()) / headroom
+        limits["voltage"] = STATE_MAX / ((1 << STATE_SHIFT) * voltage_peak * headroom)
+    scale = min(limits.values())
     if not np.isfinite(scale):
         raise ExportError(f"layer {index}: all weights are zero and there is no threshold to scale")
     return scale, min(limits, key=limits.get)

@@ -230,7 +230,8 @@ class ExportConfig:
         weights: ``mean`` (the posterior mean) or ``sample`` (posterior samples).
         posterior_samples: how many posterior samples to export with ``weights = "sample"``.
         calibration_samples: inputs used to choose the integer scales.
-        headroom: factor on the calibrated range (>= 1 leaves room above what calibration saw).
+        headroom: factor on the calibrated range of the states u and v (>= 1 leaves room above what
+            calibration saw; the weights' own 8-bit limit is not divided by it).
         dt: seconds per time step, written to the NIR metadata.
         seed: seeds the posterior samples and the calibration subset.
         accuracy_margin: an export whose hardware accuracy on the calibration data falls more than this

@@ -205,3 +205,19 @@ def test_weight_outliers_beyond_the_percentile_are_counted_and_warned():
     assert clipped >= 1 and quantised.layers[0]["clipped_fraction"] == clipped / weight.size
     assert quantised.network.layers[0].weights[3, 7] == 2 * 127
     assert any(w.startswith(f"layer 0: {clipped} of 20000 weights clipped to ±127") for w in quantised.warnings)
+
+
+def test_headroom_divides_the_state_limits_not_the_weight_limit():
+    # A readout with weights 1 on 300 active inputs: weights limit the scale to 127, and its state peaks
+    # (|I| = |V| = 300 per step) leave 2^23 / (64 * 127 * 300) = 3.4x of headroom.
+    x = active_inputs(300)
+    network = clipped_bias_network()
+    network = FloatNetwork(input_shape=network.input_shape, dt=DT, layers=(FloatLayer(
+        kind="dense", weight=network.layers[0].weight, alpha=0.0, beta=0.0, threshold=None, bias=np.zeros(2)),))
+    for headroom in (1.0, 3.0):   # within the layer's own headroom: the weight limit stays
+        layer = quantise(network, x, headroom=headroom).layers[0]
+        assert layer["limited_by"] == "weights" and np.isclose(layer["scale"], 127.0)
+    layer = quantise(network, x, headroom=8.0).layers[0]   # beyond it: the state sets the scale
+    state_limit = ((1 << 23) - 1) / (64 * 300 * 8.0)
+    assert layer["limited_by"] in ("current", "voltage") and np.isclose(layer["scale"], state_limit)
+    assert layer["headroom_v"] > 0.95 * 8.0   # measured in hw_sim: 8x up to the rounding of the weights
