@@ -159,13 +159,19 @@ def float_predictions(config, model, data) -> FloatPredictions:
                                   seed=config.export.seed).numpy())
 
 
-def quantised_float_accuracy(folder: ExportFolder, x_test: np.ndarray, labels: np.ndarray) -> float:
+def quantised_float_accuracy(folder: ExportFolder, x_test: np.ndarray, labels: np.ndarray, *,
+                             batch: int = LOGIT_BATCH) -> float:
     """Accuracy of an export's integer parameters in float arithmetic without Loihi's delay
-    (:func:`export.float_network.from_loihi`): the quantisation error alone."""
+    (:func:`export.float_network.from_loihi`): the quantisation error alone.  Runs ``batch`` samples at a
+    time: the float64 states of a whole test set of a conv net would not fit in memory."""
     from export.float_network import from_loihi
 
-    _, voltages = from_loihi(folder.network).run(folder.quantised.encode_input(x_test))
-    return accuracy(readout_logits(voltages[-1]), labels)
+    network = from_loihi(folder.network)
+    logits = []
+    for start in range(0, len(x_test), batch):
+        _, voltages = network.run(folder.quantised.encode_input(x_test[start:start + batch]))
+        logits.append(readout_logits(voltages[-1]))
+    return accuracy(np.concatenate(logits), labels)
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,7 @@ def evaluate_exports(run_dir: Path, config, model, data, folders: list[tuple[str
                     for name, folder in opened.items()}
     mean = opened["mean"]
     with timed(timings, "quantised_float"):
-        quantised_float = quantised_float_accuracy(mean, x_test, labels)
+        quantised_float = quantised_float_accuracy(mean, x_test, labels, batch=config.pipeline.hw_batch)
     with timed(timings, "lava"):
         lava = lava_check(mean, x_test, labels, config.pipeline)
     samples = [run.probabilities for name, run in hardware.items() if name != "mean"]

@@ -186,3 +186,19 @@ def test_two_concurrent_pipelines_on_one_folder_leave_it_consistent(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["skipped"] == ["train", "export mean", "export sample0", "export sample1",
                                                    "evaluate", "report"]
+
+
+def test_quantised_float_accuracy_does_not_depend_on_its_batch(finished_run):
+    # It runs the test set a batch at a time (a whole conv test set's float64 states need tens of GB).
+    from sbnn.export_evaluation import model_sequences, quantised_float_accuracy
+    from sbnn.pipeline import load_run
+    from export.folder import ExportFolder
+
+    folder, _, summary = finished_run
+    config, model, data = load_run(folder / "run")
+    x_test, labels = model_sequences(data.x_test, model), data.y_test.numpy()
+    export = ExportFolder(folder / "run" / "export")
+    whole = quantised_float_accuracy(export, x_test, labels, batch=len(x_test))
+    assert whole == summary["accuracy"]["quantised_float"]
+    for batch in (1, 7):
+        assert quantised_float_accuracy(export, x_test, labels, batch=batch) == whole
