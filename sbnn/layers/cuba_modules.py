@@ -3,11 +3,13 @@ the non-spiking readout :class:`CubaIntegrator` (their step functions are in :mo
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from sbnn.estimators import DEFAULT_ESTIMATOR, EstimatorConfig, draw_noise
 from sbnn.layers.bayesian import BayesLinear, SequenceDraw
@@ -17,11 +19,10 @@ from sbnn.layers.cuba import (
     CubaParameters,
     CubaState,
     _safe_sqrt,
-    cuba_integrator_step,
     cuba_lif_step,
     cuba_lif_step_noisy,
 )
-from sbnn.layers.fused_lif import _FusedNoisyLif, deterministic_lif_no_grad
+from sbnn.layers.fused_lif import _FusedNoisyLif, _time_major, deterministic_lif_no_grad
 from sbnn.layers.modes import Mode, ModeAware, Preactivation, _add_optional, _as_preactivation, as_mode
 
 
@@ -227,6 +228,92 @@ class CubaLif(ModeAware):
         return f"shape={self.neuron_shape}, params={self.params}, {super().extra_repr()}"
 
 
+def _integrate_no_grad(
+    inputs: Tensor, bias: Tensor, current: Tensor, voltage: Tensor, voltage_noise: Tensor | None,
+    params: CubaParameters,
+) -> Tensor:
+    """The non-spiking CUBA recursion over a whole sequence, without autograd: the membrane trace.
+
+    The arithmetic of :func:`cuba_integrator_step` operation for operation (``I = alpha I' + input``,
+    ``V = (beta V' + I) + bias``, then ``+ voltage_noise``), each correctly rounded and elementwise, so the
+    trace is that of the step-by-step loop bit for bit; written into preallocated buffers, no graph.
+
+    Args:
+        inputs: the (sampled) input current, ``(batch, T, *shape)``.
+        bias: the voltage bias, broadcastable to ``(batch, *shape)``.
+        current, voltage: the initial state, broadcastable to ``(batch, *shape)``.
+        voltage_noise: added to the voltage after each step, like ``inputs``, or ``None``.
+        params: the decays (``threshold`` and ``base_noise_std`` are unused).
+
+    Returns:
+        The voltage trace ``V`` shaped like ``inputs``, in the tensors' promoted dtype.
+    """
+    present = [t for t in (inputs, bias, current, voltage, voltage_noise) if t is not None]
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in present))
+    step_shape = inputs[:, 0].shape
+    current = torch.empty(step_shape, dtype=dtype, device=inputs.device).copy_(current.detach())
+    voltage = voltage.detach().expand(step_shape)
+    scaled = torch.empty_like(current)
+    voltages = inputs.new_empty((inputs.shape[1], *step_shape), dtype=dtype)   # time-major
+    step_inputs = _time_major(inputs.detach(), 0, inputs.shape[1]).unbind(0)
+    step_noise = (None,) * len(step_inputs) if voltage_noise is None else _time_major(
+        voltage_noise, 0, inputs.shape[1]).unbind(0)
+    bias = bias.detach()
+    # The decays as 0-dim tensors of the dtype (the values the step rounds its numbers to): no step converts them.
+    alpha, beta = (current.new_full((), decay) for decay in (params.current_decay, params.voltage_decay))
+    for step_input, noise, step_voltage in zip(step_inputs, step_noise, voltages.unbind(0)):
+        current.mul_(alpha).add_(step_input)
+        torch.mul(voltage, beta, out=scaled)
+        voltage = torch.add(scaled, current, out=step_voltage).add_(bias)
+        if noise is not None:
+            voltage.add_(noise)
+    return voltages.transpose(0, 1).contiguous()
+
+
+def _reverse_decay_sum(sources: Tensor, decay: float) -> Tensor:
+    """``out_t = sources_t + decay out_{t+1}`` from the last step back, ``out_{T-1} = sources_{T-1}``: the
+    adjoint of a leaky sum through time; ``sources`` and the result are time-major, ``(T, batch, *shape)``."""
+    out = torch.empty(sources.shape, dtype=sources.dtype, device=sources.device)
+    out_steps, source_steps = out.unbind(0), sources.unbind(0)
+    later = out_steps[-1].copy_(source_steps[-1])
+    for source, step_out in zip(source_steps[-2::-1], out_steps[-2::-1]):
+        later = torch.add(source, later, alpha=decay, out=step_out)
+    return out
+
+
+class _FusedIntegrator(torch.autograd.Function):
+    """:func:`_integrate_no_grad` (the whole sequence of :func:`cuba_integrator_step`) with a hand-written
+    backward: the recursion is linear, so its adjoint needs no saved tensors, only the decays and shapes.
+
+    With ``a_t = dL/dV_t + beta a_{t+1}`` and ``c_t = a_t + alpha c_{t+1}`` (the adjoints of the voltage
+    and the current of step ``t``): ``dL/d input_t = c_t``, ``dL/d bias = sum_t a_t`` (reduced to the
+    bias's shape), and the initial voltage's and current's gradients are ``beta a_0``, ``alpha c_0``.
+    ``voltage_noise`` (or ``None``) is a constant.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, bias, current0, voltage0, voltage_noise, params):  # noqa: D102
+        ctx.params = params
+        ctx.shapes = (bias.shape, current0.shape, voltage0.shape)
+        return _integrate_no_grad(inputs, bias, current0, voltage0, voltage_noise, params)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_voltages):  # noqa: D102
+        needs = ctx.needs_input_grad
+        alpha, beta = ctx.params.current_decay, ctx.params.voltage_decay
+        voltage_adjoint = _reverse_decay_sum(grad_voltages.transpose(0, 1), beta)   # time-major
+        current_adjoint = _reverse_decay_sum(voltage_adjoint, alpha) if needs[0] or needs[2] else None
+        bias_shape, current_shape, voltage_shape = ctx.shapes
+        return (
+            current_adjoint.transpose(0, 1) if needs[0] else None,
+            voltage_adjoint.sum_to_size(bias_shape) if needs[1] else None,
+            (alpha * current_adjoint[0]).sum_to_size(current_shape) if needs[2] else None,
+            (beta * voltage_adjoint[0]).sum_to_size(voltage_shape) if needs[3] else None,
+            None, None,
+        )
+
+
 class CubaIntegrator(ModeAware):
     """Non-spiking CUBA readout: the same current and voltage dynamics, no threshold, no reset.
 
@@ -238,7 +325,9 @@ class CubaIntegrator(ModeAware):
         shape, current_decay, voltage_decay, learn_bias: as :class:`CubaLif`.
         base_noise_std: ``s0 >= 0`` (default 0).
 
-    Forward: :class:`Preactivation` ``(batch, T, *shape)`` -> membrane trace ``V`` ``(batch, T, *shape)``.
+    Forward: :class:`Preactivation` ``(batch, T, *shape)`` -> membrane trace ``V`` ``(batch, T, *shape)``,
+    the steps of :func:`cuba_integrator_step` bit for bit, run as one :class:`_FusedIntegrator` (no graph
+    per step; a hand-written backward through time), or without autograd when no gradient is needed.
     """
 
     def __init__(
@@ -275,16 +364,12 @@ class CubaIntegrator(ModeAware):
                 mean.shape, "gauss", dtype=mean.dtype, device=mean.device, generator=generator
             )
         if noisy and self.params.base_noise_std > 0:
-            voltage_noise = (self.params.base_noise_std * draw_noise(
-                mean.shape, "gauss", dtype=mean.dtype, device=mean.device, generator=generator
-            )).unbind(1)
-        voltage_trace = []
-        for step, step_input in enumerate(inputs.unbind(1)):   # unbind: see CubaLif.run
-            state = cuba_integrator_step(step_input, state, self.params, self.bias)
-            if voltage_noise is not None:
-                state = CubaState(state.current, state.voltage + voltage_noise[step])
-            voltage_trace.append(state.voltage)
-        return torch.stack(voltage_trace, 1)
+            voltage_noise = self.params.base_noise_std * draw_noise(
+                mean.shape, "gauss", dtype=mean.dtype, device=mean.device, generator=generator)
+        recursion_inputs = (inputs, self.bias, state.current, state.voltage, voltage_noise, self.params)
+        if not _needs_graph(inputs, self.bias, *state):
+            return _integrate_no_grad(*recursion_inputs)
+        return _FusedIntegrator.apply(*recursion_inputs)
 
     def extra_repr(self) -> str:
         return (
