@@ -101,22 +101,33 @@ def _random_signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generat
     return (bits * 2 - 1).to(like.dtype)
 
 
-# Costs of a 0/1 input's products on one CPU thread, in ns, measured on the first layer of
-# benchmarks/train_step_vs_peers.py (6400 x 700 inputs at 5 and 10 % density, 256 outputs): finding the
-# ones, per input element; the dense product and its weight gradient, per input element and output column;
-# gathering weight rows (forward) and scattering gradient rows (weight gradient), per one and output column.
-_SCAN_COST = 3.0
-_DENSE_COSTS = (0.013, 0.013)
-_SPARSE_COSTS = (0.047, 0.146)
+# Costs of a first layer's two routes for a 0/1 input on one CPU thread, in ns: the mean of the "fitted"
+# lines of three runs of benchmarks/sparse_product_crossover.py, which times the layer's own forward and
+# backward on both routes (SHD and MNIST first layers, 2-40 % density).  Finding the ones, per input
+# element; the dense route's check that x^2 = x, per input element, paid for the moments only; the dense
+# product and its weight gradient, per input element and output column; gathering weight rows (forward)
+# and scattering gradient rows (weight gradient), per one and output column.  The modelled crossovers are
+# within 2 % density of the measured ones in training (SHD 22 %, MNIST 19 %), within about 5 % in
+# evaluation (measured 12-13 % for the mean, 21-28 % for the moments).
+_SCAN_COST = 2.1
+_CHECK_COST = 2.6
+_DENSE_COSTS = (0.017, 0.022)
+_SPARSE_COSTS = (0.077, 0.114)
 _SAMPLE_SIZE = 4096   # input elements (evenly strided) that decide whether to look for the ones at all
 
 
-def _sparse_density_limit(columns: int, backward: bool) -> float:
+def _sparse_density_limit(columns: int, backward: bool, moments: bool,
+                          costs: tuple[float, float, tuple[float, float], tuple[float, float]] | None = None
+                          ) -> float:
     """The density of ones below which the sparse products are faster than the dense ones, for ``columns``
-    output columns in all and with (``backward``) or without the weights' gradient (:data:`_SCAN_COST`)."""
-    dense = columns * (_DENSE_COSTS[0] + backward * _DENSE_COSTS[1])
-    sparse_per_density = columns * (_SPARSE_COSTS[0] + backward * _SPARSE_COSTS[1])
-    return (dense - _SCAN_COST) / sparse_per_density
+    output columns in all, with (``backward``) or without the weights' gradient, for the ``moments`` (where
+    the dense route checks the whole input) or one product.  ``costs`` (ns): ``(scan, check, dense,
+    sparse)`` as :data:`_SCAN_COST`, :data:`_CHECK_COST`, :data:`_DENSE_COSTS`, :data:`_SPARSE_COSTS` (the
+    default)."""
+    scan, check, dense_costs, sparse_costs = costs or (_SCAN_COST, _CHECK_COST, _DENSE_COSTS, _SPARSE_COSTS)
+    dense = columns * (dense_costs[0] + backward * dense_costs[1]) + moments * check
+    sparse_per_density = columns * (sparse_costs[0] + backward * sparse_costs[1])
+    return (dense - scan) / sparse_per_density
 
 
 class SpikePositions(NamedTuple):
@@ -417,7 +428,7 @@ class BayesianLayer(ModeAware):
             return _InputKind(False, None)   # real-valued, as declared
         products = 2 if moments else 1   # mean and variance, or one product
         backward = torch.is_grad_enabled() and self.effective_weight().requires_grad
-        max_density = _sparse_density_limit(products * self.weight_mu.shape[0], backward)
+        max_density = _sparse_density_limit(products * self.weight_mu.shape[0], backward, moments)
         sparse_capable = self._sparse_products and x.dtype in (torch.float32, torch.float64)
         if sparse_capable and int(sample.count_nonzero()) <= max_density * sample.numel():
             ones = spike_positions(x)

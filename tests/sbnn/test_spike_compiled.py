@@ -90,7 +90,7 @@ def test_a_model_trains_the_same_on_both_paths(monkeypatch):
             optimizer.step()
         return [p.detach().clone() for p in net.parameters()]
 
-    monkeypatch.setattr(bayesian, "_sparse_density_limit", lambda columns, backward: 1.0)   # the sparse product
+    monkeypatch.setattr(bayesian, "_sparse_density_limit", lambda columns, backward, moments: 1.0)   # sparse route
     compiled = train()
     monkeypatch.setattr(bayesian, "_spike_kernels", lambda: None)
     reference = train()
