@@ -22,8 +22,9 @@ import numpy as np
 
 class ExportError(ValueError):
     """The network cannot be exported as asked: a layer beyond what Loihi or an ONNX step computes exactly,
-    or calibration data the quantiser cannot use. A property of the user's model or data, not a bug, so the
-    command line reports it in one line with exit code 2."""
+    or calibration data the quantiser cannot use; or an export folder whose ``export.json`` cannot be read back.
+    A property of the user's model, data or files, not a bug, so the command line reports it in one line with
+    exit code 2."""
 
 
 @dataclass(frozen=True, eq=False)

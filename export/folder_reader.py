@@ -14,7 +14,7 @@ from pathlib import Path
 
 import hw_sim
 
-from .float_network import FloatNetwork
+from .float_network import ExportError, FloatNetwork
 from .nir_io import read_nir
 from .provenance import file_sha256
 from .quantise import QuantisedNetwork
@@ -57,8 +57,16 @@ class ExportFolder:
 
     @cached_property
     def report(self) -> dict:
-        """``export.json``: the quantisation report and the provenance."""
-        return json.loads(self.file("export.json").read_text())
+        """``export.json``: the quantisation report and the provenance. One that is not a JSON object (truncated,
+        edited by hand) is an :class:`ExportError` naming it."""
+        path = self.file("export.json")
+        try:
+            report = json.loads(path.read_text())
+        except ValueError as error:   # JSON and UTF-8 decoding errors
+            raise ExportError(f"{path}: not readable as JSON ({error})") from None
+        if not isinstance(report, dict):
+            raise ExportError(f"{path}: expected a JSON object, found {type(report).__name__}")
+        return report
 
     @cached_property
     def network(self) -> hw_sim.Network:

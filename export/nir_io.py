@@ -266,7 +266,9 @@ def _input_node(chain: _Chain, notes: list[str]) -> tuple[str, tuple[int, ...]]:
     batch dimension of 1 removed (with a note)."""
     inputs = [name for name, node in chain.nodes.items() if type(node).__name__ == "Input"]
     if len(inputs) != 1:
-        raise ValueError(f"the graph needs exactly one Input node, found {len(inputs)}")
+        # nir.read adds an Input before every node no edge reaches (e.g. an unconnected Output): name them all
+        raise ValueError(f"the graph needs exactly one Input node, found {len(inputs)}"
+                         + (f" ({', '.join(inputs)}; is a node left unconnected?)" if inputs else ""))
     input_node = chain.nodes[inputs[0]]
     input_shape = _shape(input_node.input_type["input"], f"input shape of node '{inputs[0]}'")
     if len(input_shape) in (2, 4) and input_shape[0] == 1:

@@ -197,7 +197,9 @@ def _checked_calibration(network: FloatNetwork, calibration: np.ndarray,
         raise ExportError(f"calibration labels: {len(labels)} labels for {len(calibration)} calibration samples")
     graded = not _is_binary(calibration)
     if graded and calibration.min() < 0:
-        raise ExportError("graded inputs must be non-negative (Loihi payloads are unsigned); use an on/off encoding")
+        raise ExportError(f"graded inputs must be non-negative (Loihi's payloads are unsigned), found values down to "
+                          f"{calibration.min():g}; static features: [data] encoding = \"on_off\" gives them signed "
+                          f"channels; sequences: shift or scale them to >= 0 (docs/data.md#encoders)")
     return calibration, graded
 
 

@@ -435,10 +435,18 @@ def _field_error(source: str, section: str, error: FieldError) -> ConfigError:
     return _error(source, f"{section}.{error.key}", error.reason)
 
 
+def _elsewhere(section: str, key: str) -> str:
+    """A hint naming the other sections that do know ``key`` (a key put under the wrong heading), or ""."""
+    keys = {"data": _DATA_KEYS, "model": _MODEL_KEYS, "train": tuple(field_checks(TrainConfig)),
+            "export": tuple(field_checks(ExportConfig)), "pipeline": tuple(field_checks(PipelineConfig))}
+    owners = [f"{name}.{key}" for name in SECTIONS if name != section and key in keys[name]]
+    return f"did you mean {' or '.join(owners)}? " if owners else ""
+
+
 def _unknown_key(source: str, section: str, key: str, known: tuple[str, ...] | list[str]) -> ConfigError:
     close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {section}.{close[0]}?)" if close else ""
-    return _error(source, f"{section}.{key}", f"unknown key{hint}")
+    hint = f"did you mean {section}.{close[0]}? " if close else _elsewhere(section, key)
+    return _error(source, f"{section}.{key}", "unknown key" + (f" ({hint.strip()})" if hint else ""))
 
 
 def _check_section(source: str, section: str, raw: dict[str, Any], config_class: type) -> dict[str, Any]:
@@ -472,7 +480,7 @@ def _build_data(source: str, raw: dict[str, Any]) -> DataConfig:
         if key not in option_names:
             allowed = ", ".join(option_names) or "none"
             close = difflib.get_close_matches(key, list(_DATA_KEYS) + list(option_names), n=1)
-            hint = f"did you mean data.{close[0]}? " if close else ""
+            hint = f"did you mean data.{close[0]}? " if close else _elsewhere("data", key)
             raise _error(source, f"data.{key}", f"unknown key ({hint}options of dataset {name!r}: {allowed})")
         if isinstance(value, (dict, list)):
             raise _error(source, f"data.{key}", f"must be a number, string or boolean, got {show(value)}")
@@ -607,9 +615,13 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     """
     source = os.fspath(path)
     try:
-        text = Path(source).read_text(encoding="utf-8")
+        text = Path(source).read_text(encoding="utf-8-sig")   # a leading byte-order mark (Windows editors) is dropped
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such file (expected a TOML run configuration)") from None
+    except IsADirectoryError:
+        hint = (f" (the run it holds was configured by {Path(source) / 'config.toml'})"
+                if (Path(source) / "config.toml").is_file() else "")
+        raise ConfigError(f"{source}: is a folder, not a TOML run configuration{hint}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{source}: cannot be read ({error})") from None
     try:

@@ -68,6 +68,13 @@ def load_run(run_dir: Path):
     config = load_config(config_path)
     model = load_trained_model(run_dir)
     data = load_training_data(config)
+    if (tuple(model.input_shape), model.num_classes) != (tuple(data.input_shape), data.num_classes):
+        from .training.errors import RunFolderError
+
+        raise RunFolderError(f"{run_dir / 'checkpoint.pt'}: a model of input shape {tuple(model.input_shape)} and "
+                             f"{model.num_classes} classes, but {config_path} loads data of input shape "
+                             f"{tuple(data.input_shape)} and {data.num_classes} classes (the checkpoint or the "
+                             f"config of another run?)")
     return config, model, data
 
 
@@ -211,9 +218,12 @@ def _training_finished(run_dir: Path, config) -> bool:
     if not (run_dir / "checkpoint.pt").exists() or not metrics.exists():
         return False
     try:
-        history = json.loads(metrics.read_text()).get("history", [])
+        document = json.loads(metrics.read_text())
         recorded = load_config(run_dir / "config.toml")
-    except (json.JSONDecodeError, OSError, ConfigError):
+    except (ValueError, OSError, ConfigError):   # damaged JSON or UTF-8 (ValueErrors): trained again
+        return False
+    history = document.get("history") if isinstance(document, dict) else None
+    if not isinstance(history, list):
         return False
     current = with_recorded_auto(config, recorded)
     return recorded.to_dict() == current.to_dict() and len(history) >= recorded.train.epochs

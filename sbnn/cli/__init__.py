@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import NoReturn
 from pathlib import Path
 
 from .inputs import UserError
@@ -62,11 +63,19 @@ def _raised(error: BaseException, module: str, name: str) -> bool:
     return isinstance(cls, type) and isinstance(error, cls)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its refusals in one line (no usage block), pointing at ``--help``; exit code 2 as argparse's.
+    Subcommand parsers are made of the same class (argparse's default ``parser_class``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; its modules import only the standard library."""
     from . import bias, energy, export, import_, pipeline, simulate, train, verify
 
-    parser = argparse.ArgumentParser(prog="sbnn", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="sbnn", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for command in (train, export, pipeline, bias, verify, energy, simulate, import_):
         command.add_command(commands)
@@ -106,11 +115,24 @@ def _input_error_message(args: argparse.Namespace, error: BaseException) -> str:
     if isinstance(error, OSError) and error.errno is not None and error.strerror:
         where = f"{error.filename}: " if error.filename else ""
         message = f"{where}{error.strerror}" + (f" ({error.filename2})" if error.filename2 else "")
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and _writing(args):
+        target = _writing(args)
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and target:
             # Every result is written to a hidden temporary and renamed only when complete.
-            message += f" while writing {_writing(args)}; its previous version, if any, is unchanged"
+            message += f" while writing {target}; its previous version, if any, is unchanged"
+        elif target and error.filename and _beside(str(error.filename), target):
+            # a hidden temporary or lock file beside the folder asked for: name that folder too
+            message += f" while writing {target}"
+        if error.errno == errno.EEXIST and error.filename and os.path.isfile(error.filename):
+            message += " (a file, where a folder is needed)"
         return message
     return _one_line(error)
+
+
+def _beside(path: str, target: str) -> bool:
+    """Whether ``path`` is one of the command's own hidden files next to or in ``target`` (its temporaries and
+    its lock), rather than ``target`` itself or a file of the user's."""
+    name, parent = os.path.basename(path), os.path.dirname(os.path.abspath(path))
+    return name.startswith(".") and parent in (os.path.abspath(target), os.path.dirname(os.path.abspath(target)))
 
 
 def _bug_folder(args: argparse.Namespace) -> Path | None:

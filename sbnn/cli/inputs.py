@@ -23,14 +23,33 @@ class UserError(ValueError):
     """A mistake in what the user asked for or gave us: reported in one line, exit code 2."""
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
+def _number_type(parse: type, accept, what: str):
+    """An argparse ``type``: ``parse(text)`` (int or float) when ``accept(value)``, else argparse's one-line
+    error "expected WHAT, found TEXT" (so NaN, refused by every comparison, is refused too)."""
+    def checked(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, found {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, found {text}")
+        return value
+
+    return checked
+
+
+_positive_int = _number_type(int, lambda value: value >= 1, "a positive integer")
+_non_negative_int = _number_type(int, lambda value: value >= 0, "a non-negative integer")   # seeds (numpy's)
+_fraction = _number_type(float, lambda value: 0.0 <= value <= 1.0, "a number in [0, 1]")      # spike densities
+_positive_seconds = _number_type(float, lambda value: 0.0 < value < float("inf"), "a positive number of seconds")
+
+
+def _path(text: str) -> str:
+    """A file or folder named on the command line: an empty one (``--out "$UNSET"``) is refused rather than
+    read as "not given", which would write to, or read, the default silently."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, found an empty string")
+    return text
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -46,11 +65,12 @@ def _shape(text: str) -> tuple[int, ...]:
 def add_input_options(command: argparse.ArgumentParser) -> None:
     """The options of the commands that run an export or netx file: ``simulate``, ``verify``, ``energy``."""
     command.add_argument("export", help="export folder (holding loihi.h5) or a loihi.h5 file")
-    command.add_argument("--inputs", metavar="X.npy",
+    command.add_argument("--inputs", type=_path, metavar="X.npy",
                          help="inputs: raw features (N, *input_shape), encoded by the export's own encoder "
                               "(export.json), or encoded spikes/payloads (N, T, *input_shape) "
                               "(default: inputs.npy beside the file, else seeded random spikes)")
-    command.add_argument("--labels", metavar="Y.npy", help="labels (N,) integers of --inputs, for the accuracy")
+    command.add_argument("--labels", type=_path, metavar="Y.npy",
+                         help="labels (N,) integers of --inputs, for the accuracy")
     command.add_argument("--limit", type=_positive_int,
                          help="exactly this many samples, the first ones (default: all; 8 random ones); "
                               "more than the inputs hold is an error")
@@ -58,14 +78,14 @@ def add_input_options(command: argparse.ArgumentParser) -> None:
                          help="samples simulated at a time, bounding memory (default 256; results do not "
                               "depend on it)")
     command.add_argument("--steps", type=_positive_int, default=50, help="steps of random input (default 50)")
-    command.add_argument("--density", type=float, default=0.2, help="random input spike density")
-    command.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    command.add_argument("--density", type=_fraction, default=0.2, help="random input spike density")
+    command.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random input")
     command.add_argument("--input-shape", type=_shape, metavar="C,H,W",
                          help="input shape of a netx file without an input layer that starts with a conv "
                               "layer (C,H,W, or netx's W,H,C), as netx needs it too")
     command.add_argument("--workers", type=_positive_int,
                          help="parallel Lava processes (default: 1 for back-to-back samples, else one per core)")
-    command.add_argument("--timeout", type=float, default=600.0, help="seconds before Lava is stopped")
+    command.add_argument("--timeout", type=_positive_seconds, default=600.0, help="seconds before Lava is stopped")
     command.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -144,7 +164,7 @@ class InputSet:
         import numpy as np
 
         if self.encoder is None:
-            return np.asarray(x)
+            return _checked_encoded(self.source, np.asarray(x), self.network)
         from export.quantise import QuantisedNetwork
 
         x = np.asarray(x, dtype=np.float64)
@@ -175,6 +195,20 @@ class InputSet:
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _checked_encoded(source: str, x: np.ndarray, network) -> np.ndarray:
+    """Encoded inputs ``x`` (batch, T, *input_shape) as given, when hw_sim and the float model read them alike:
+    integers, and 0/1 spikes for a network of binary inputs (hw_sim counts any non-zero value as one spike)."""
+    import numpy as np
+
+    if x.dtype.kind == "f" and not (np.isfinite(x).all() and np.array_equal(x, np.round(x))):
+        raise UserError(f"{source}: encoded inputs must be integer-valued (spikes or payloads), found fractions, "
+                        f"NaN or infinities")
+    if network.input_message_bits == 0 and x.size and (x.min() < 0 or x.max() > 1):
+        raise UserError(f"{source}: the network takes 0/1 input spikes, found values {x.min():g}..{x.max():g} "
+                        f"(event counts: save (x > 0) as spikes)")
+    return x
 
 
 def _shape_error(path, x, network, raw_shape: tuple[int, ...]) -> UserError:
@@ -211,8 +245,11 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
         if x.ndim == 1 + len(raw_shape) and tuple(x.shape[1:]) == raw_shape:
             encoder = folder.encoder()
             if encoder is None:
+                if folder.has("export.json"):
+                    folder.report   # a damaged export.json is reported as such (ExportError), not as missing
+                why = "its export.json lacks it" if folder.has("export.json") else "no sbnn export.json"
                 raise UserError(f"{path}: raw features {tuple(x.shape)}, but {folder.path} records no input encoding "
-                                f"(no sbnn export.json); give encoded inputs (N, T, "
+                                f"({why}); give encoded inputs (N, T, "
                                 f"{', '.join(map(str, network.input_shape))}) instead")
             source = f"{path} (raw features, encoded by {folder.file('export.json')})"
         elif x.ndim == 2 + ndim and tuple(x.shape[2:]) == network.input_shape:
@@ -223,7 +260,7 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
         else:
             raise _shape_error(path, x, network, raw_shape)
         if labels is not None:
-            label_values = _load_labels(Path(labels), len(x))
+            label_values = _load_labels(Path(labels), len(x), network)
     elif folder.file("inputs.npy").exists():
         stored = folder.file("inputs.npy")
         x = _open_npy(stored)
@@ -232,7 +269,7 @@ def _load_inputs(folder: ExportFolder, network, *, limit: int | None, steps: int
             raise UserError(f"{stored}: shape {x.shape} does not match (batch, T, {network.input_shape})")
         stored_labels = Path(labels) if labels is not None else folder.file("labels.npy")
         if stored_labels.exists() or labels is not None:
-            label_values = _load_labels(stored_labels, len(x), prefix=labels is None)
+            label_values = _load_labels(stored_labels, len(x), network, prefix=labels is None)
     else:
         if labels is not None:
             raise UserError(f"--labels {labels}: needs --inputs (the inputs are random spikes)")
@@ -271,8 +308,9 @@ def _raw_feature_shape(folder: ExportFolder, network) -> tuple[int, ...]:
         raise UserError(f"{folder.file('export.json')}: {error}") from None
 
 
-def _load_labels(path: Path, count: int, *, prefix: bool = False) -> np.ndarray:
-    """Labels ``(N,)`` integers for ``count`` samples (``prefix``: at least ``count``, the stored pair)."""
+def _load_labels(path: Path, count: int, network, *, prefix: bool = False) -> np.ndarray:
+    """Labels ``(N,)`` integers for ``count`` samples (``prefix``: at least ``count``, the stored pair), each a
+    class the network can predict: 0 .. (its output size) - 1."""
     import numpy as np
 
     y = _load_npy(path)
@@ -280,7 +318,12 @@ def _load_labels(path: Path, count: int, *, prefix: bool = False) -> np.ndarray:
         raise UserError(f"{path}: labels must be (N,) integers, found shape {y.shape} dtype {y.dtype}")
     if len(y) != count and not (prefix and len(y) >= count):
         raise UserError(f"{path}: {len(y)} labels for {count} samples")
-    return y[:count].astype(np.int64)
+    y = y[:count].astype(np.int64)
+    classes = int(np.prod(network.output_shape))
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise UserError(f"{path}: labels must be classes 0..{classes - 1} (the network has {classes} outputs), "
+                        f"found {y.min()}..{y.max()}")
+    return y
 
 
 # ----------------------------------------------------------------------------------------------------

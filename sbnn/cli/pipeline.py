@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 
 from . import EXIT_DIFFERENT, EXIT_OK
+from .inputs import _path
 
 
 def add_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     pipeline = commands.add_parser("pipeline", help="train, export, simulate, verify, energy and report")
     pipeline.add_argument("config", help="run configuration (TOML), e.g. examples/quickstart.toml")
-    pipeline.add_argument("--out", help="run folder (default runs/<config name>)")
+    pipeline.add_argument("--out", type=_path, help="run folder (default runs/<config name>)")
     pipeline.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                           help="override a config value (parsed as TOML); repeatable")
     pipeline.add_argument("--force", action="store_true", help="redo every stage")

@@ -13,11 +13,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from . import EXIT_BAD_INPUT, EXIT_DIFFERENT, EXIT_OK
+from .inputs import _path
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="run configuration (TOML), e.g. examples/quickstart.toml")
-    parser.add_argument("--out", help="run folder (default runs/<config name>)")
+    parser.add_argument("--out", type=_path, help="run folder (default runs/<config name>)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, parsed as TOML (e.g. --set train.epochs=2); repeatable")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")

@@ -97,6 +97,8 @@ def class_indices(source: str, labels: dict[str, np.ndarray],
         classes = tuple(str(name) for name in np.unique(np.concatenate(list(as_text.values()))))
         if num_classes is not None and num_classes != len(classes):
             raise DataError(f"{source}: {len(classes)} distinct text labels but num_classes={num_classes}")
+        if len(classes) < 2:
+            raise DataError(f"{source}: every label is {classes[0]!r}; a classifier needs at least 2 classes")
         indices = {key: np.searchsorted(np.array(classes), values).astype(np.int64) for key, values in as_text.items()}
         return indices, len(classes), classes
     indices = {key: _integer_labels(source, key, values) for key, values in labels.items()}
@@ -105,6 +107,8 @@ def class_indices(source: str, labels: dict[str, np.ndarray],
         num_classes = largest + 1
     if num_classes < 1 or largest >= num_classes:
         raise DataError(f"{source}: labels reach {largest}, outside 0..{num_classes - 1} (num_classes={num_classes})")
+    if num_classes < 2:
+        raise DataError(f"{source}: every label is 0 (one class); a classifier needs at least 2 classes")
     return indices, num_classes, None
 
 

@@ -125,7 +125,11 @@ def build_run_model(config: RunConfig, data: TrainingData) -> SbnnModel:
     if shift_problem is not None:
         raise ConfigError(f"{config.source}: train.augment_shift: {shift_problem}")
     try:
-        return build_model(config.model, data.input_shape, data.num_classes, seed=config.train.seed)
+        with torch.device("meta"):   # the size first, nothing allocated (see _memory_problem)
+            skeleton = build_model(config.model, data.input_shape, data.num_classes, seed=config.train.seed)
+        problem = _memory_problem(sum(p.numel() * p.element_size() for p in skeleton.parameters()))
+        if problem is None:
+            return build_model(config.model, data.input_shape, data.num_classes, seed=config.train.seed)
     except ValueError as error:
         raise ConfigError(f"{config.source}: model: {error} (input shape {data.input_shape})") from None
     except (MemoryError, RuntimeError) as error:
@@ -134,6 +138,24 @@ def build_run_model(config: RunConfig, data: TrainingData) -> SbnnModel:
             raise
         raise ConfigError(f"{config.source}: model: its parameters do not fit in memory ({reason[:200]}; "
                           f"input shape {data.input_shape})") from None
+    raise ConfigError(f"{config.source}: model: {problem} (input shape {data.input_shape}, model.hidden "
+                      f"{list(config.model.hidden)})")
+
+
+def _memory_problem(parameter_bytes: int) -> str | None:
+    """Why a model of ``parameter_bytes`` cannot be trained here: its parameters, gradients and two optimiser
+    moments (4 x ``parameter_bytes``) exceed the memory available now (``MemAvailable``); None when they fit or
+    /proc/meminfo is absent. Allocating it would not fail (Linux overcommits) but wake the out-of-memory killer
+    (exit 137), which may kill other processes too."""
+    try:
+        with open("/proc/meminfo") as file:
+            available = next(int(line.split()[1]) * 1024 for line in file if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    if 4 * parameter_bytes <= available:
+        return None
+    return (f"{parameter_bytes / 2**30:.3g} GiB of parameters (about {4 * parameter_bytes / 2**30:.3g} GiB to "
+            f"train) do not fit in memory ({available / 2**30:.3g} GiB available)")
 
 
 __all__ = ["EPOCH_EVAL_CAP", "EPOCH_EVAL_SHARE", "TrainingData", "build_run_model", "epoch_eval_size",
