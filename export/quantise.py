@@ -195,12 +195,21 @@ def _checked_calibration(network: FloatNetwork, calibration: np.ndarray,
         raise ExportError("calibration data contains NaN or Inf")
     if labels is not None and len(labels) != len(calibration):
         raise ExportError(f"calibration labels: {len(labels)} labels for {len(calibration)} calibration samples")
-    graded = not _is_binary(calibration)
-    if graded and calibration.min() < 0:
-        raise ExportError(f"graded inputs must be non-negative (Loihi's payloads are unsigned), found values down to "
-                          f"{calibration.min():g}; static features: [data] encoding = \"on_off\" gives them signed "
-                          f"channels; sequences: shift or scale them to >= 0 (docs/data.md#encoders)")
-    return calibration, graded
+    problem = signed_input_problem(calibration)
+    if problem is not None:
+        raise ExportError(problem)
+    return calibration, not _is_binary(calibration)
+
+
+def signed_input_problem(x: np.ndarray) -> str | None:
+    """Why inputs ``x`` (any shape) cannot drive a Loihi network: graded values below zero (its payloads are
+    unsigned); ``None`` when they can (0/1 spikes, or non-negative graded values)."""
+    lowest = float(np.min(x)) if np.size(x) else 0.0
+    if lowest >= 0 or _is_binary(x):
+        return None
+    return (f"graded inputs must be non-negative (Loihi's payloads are unsigned), found values down to "
+            f"{lowest:g}; static features: [data] encoding = \"on_off\" gives them signed channels; "
+            f"sequences: shift or scale them to >= 0 (docs/data.md#encoders)")
 
 
 def _layer_scale(index: int, layer: FloatLayer, weights: list[np.ndarray], peaks: tuple[float, float],

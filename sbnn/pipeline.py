@@ -245,10 +245,26 @@ def _train_stage(config, run_dir: Path, *, force: bool, quiet: bool, progress: C
 
     if not force and _training_finished(run_dir, config):
         return ["train"]
+    _check_exportable_inputs(config)
     progress(f"[1/4] training {config.source} -> {run_dir}")
     resume = not force and (run_dir / "checkpoint.pt").exists()
     train(config, run_dir, resume=resume, overwrite=force, json_mode=quiet)
     return []
+
+
+def _check_exportable_inputs(config) -> None:
+    """Refuse, before the training stage, data whose inputs the export stage would refuse (signed graded
+    values: :func:`export.quantise.signed_input_problem`), so that no one trains for an hour to learn it."""
+    from export.quantise import signed_input_problem
+
+    from .config import ConfigError
+    from .train import load_training_data
+
+    data = load_training_data(config)
+    problem = signed_input_problem(data.x_train[:config.export.calibration_samples].numpy())   # as _export_plan
+    if problem is not None:
+        raise ConfigError(f"{config.source}: the pipeline's export could not take this data: {problem}; nothing "
+                          f"was trained (sbnn train trains it without exporting)")
 
 
 def _export_stage(run_dir: Path, loaded, exports: list[tuple[str, Path, str, int]], checkpoint_sha256: str, *,

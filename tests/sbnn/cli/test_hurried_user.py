@@ -288,3 +288,27 @@ def test_nir_graph_with_an_unconnected_output(tmp_path, capsys):
     line = bad_input_line(capsys, ["import", model, "--dt", "0.001", "--out", tmp_path / "imported"])
     assert f"{model}: " in line and "input_output" in line and "unconnected" in line
     assert not (tmp_path / "imported").exists()
+
+
+def test_pipeline_refuses_signed_sequences_before_training(tmp_path, capsys):
+    """Signed float sequences train but cannot be exported (Loihi's payloads are unsigned): the pipeline says
+    so at the start, before an hour of training, and trains nothing; `sbnn train` still takes them."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 5, 3)).astype(np.float32)   # (N, T, F) sequences with negative values
+    y = np.arange(16) % 2
+    np.savez(tmp_path / "signed.npz", x_train=x[:12], y_train=y[:12], x_test=x[12:], y_test=y[12:])
+    config = tmp_path / "signed.toml"
+    config.write_text('[data]\nname = "npz"\npath = "signed.npz"\n[model]\nkind = "snn"\nhidden = [4]\n'
+                      '[train]\nepochs = 1\nthreads = 1\n')
+    line = bad_input_line(capsys, ["pipeline", config, "--out", tmp_path / "run"])
+    assert str(config) in line and "non-negative" in line and "nothing was trained" in line
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert main(["train", str(config), "--out", str(tmp_path / "trained")]) == 0
+    capsys.readouterr()
+    shifted = tmp_path / "shifted.npz"   # the fix the message names: shifted to >= 0, the pipeline runs
+    np.savez(shifted, x_train=x[:12] - x.min(), y_train=y[:12], x_test=x[12:] - x.min(), y_test=y[12:])
+    config.write_text(config.read_text().replace("signed.npz", "shifted.npz"))
+    from sbnn.config import load_config
+    from sbnn.pipeline import _check_exportable_inputs
+
+    _check_exportable_inputs(load_config(config))   # no error
