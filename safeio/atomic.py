@@ -278,7 +278,7 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "", *, leave_no_file: bool = False) -> Iterator[Path]:
     """Hold the exclusive writer lock of ``folder`` (created if missing) for the ``with`` block.
 
     The lock is ``fcntl.flock`` on ``folder/.sbnn.lock``: the kernel releases it when the holder exits in
@@ -293,7 +293,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
     failed before writing), the lock file and the folder are removed again, so a refused or failed command
     leaves no empty folder behind. Removing a lock file is safe against racing openers because an acquirer
     checks, once it holds the lock, that the file it locked is still the one at ``folder/.sbnn.lock``, and
-    starts again otherwise.
+    starts again otherwise. ``leave_no_file`` removes the lock file at the end in any case: for a lock on a
+    folder of the user's (the one an output folder is made in), which should not gain a file of ours.
 
     flock is advisory and local: it serialises this tool's writers on one machine (NFS gives no such
     guarantee); other programs may still write the folder.
@@ -318,7 +319,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "") -> Iterator[Path]:
         try:
             yield folder
         finally:
-            _release_lock(key, fd, path, remove_folder=created)
+            _release_lock(key, fd, path, remove_folder=created, remove_file=leave_no_file)
     finally:
         os.close(fd)
 
@@ -371,15 +372,17 @@ def _acquire(path: Path, folder: Path) -> int:
         os.close(fd)   # the file was removed (or replaced) between our open and our lock: take the new one
 
 
-def _release_lock(key: str, fd: int, path: Path, *, remove_folder: bool) -> None:
+def _release_lock(key: str, fd: int, path: Path, *, remove_folder: bool, remove_file: bool = False) -> None:
     """Forget the lock of folder ``key`` and blank the lock file (``fd`` stays open, so still locked, until
-    the caller closes it); with ``remove_folder``, remove the lock file and its folder when nothing else is in it."""
+    the caller closes it); with ``remove_folder``, remove the lock file and its folder when nothing else is in
+    it; with ``remove_file``, remove the lock file whatever else is there."""
     with _HELD_LOCK:
         _HELD.pop(key, None)
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)   # nobody holds it now; a SIGKILLed holder's line is checked by _holder
-    if remove_folder:
-        with contextlib.suppress(OSError):
-            if [entry.name for entry in os.scandir(path.parent)] == [LOCK_NAME]:
-                os.unlink(path)
-                os.rmdir(path.parent)
+    with contextlib.suppress(OSError):
+        alone = [entry.name for entry in os.scandir(path.parent)] == [LOCK_NAME]
+        if remove_file or (remove_folder and alone):
+            os.unlink(path)   # safe while we hold it: an acquirer that opened it finds it gone and starts again
+        if remove_folder and alone:
+            os.rmdir(path.parent)

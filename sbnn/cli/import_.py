@@ -73,7 +73,7 @@ def command_import(args: argparse.Namespace) -> int:
                                   {"seed": args.seed, "density": args.density, "samples": args.samples,
                                    "steps": args.steps})}
     _check_calibration(args.calibration, calibration, tuple(network.input_shape))   # once --out is checked
-    with folder_lock(out.parent, "sbnn import"):
+    with folder_lock(out.parent, "sbnn import", leave_no_file=True):
         try:
             folder, quantised, report = write_export(network, calibration, out, test_inputs=calibration[:8],
                                                      source={"nir": str(model), "model": origin, "calibration": source},

@@ -220,6 +220,19 @@ def test_folder_lock_in_one_process(tmp_path):
             raise FolderLocked("is writing this folder")   # ... and an error inside still releases it
     with folder_lock(kept):
         pass
+    users = tmp_path / "users"   # a folder of the user's that an output is made in: it gains no lock file
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    with folder_lock(users, "import", leave_no_file=True):
+        assert (users / LOCK_NAME).is_file()
+        other = python("import sys\nfrom safeio.atomic import folder_lock, FolderLocked\n"
+                       "try:\n    folder_lock(sys.argv[1]).__enter__()\nexcept FolderLocked as e:\n"
+                       "    print(e); sys.exit(7)\n", users, cwd=tmp_path)
+        assert other.returncode == 7, other.stdout + other.stderr
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    with folder_lock(tmp_path / "fresh2", leave_no_file=True):
+        pass
+    assert not (tmp_path / "fresh2").exists()
 
 
 INJECT = """

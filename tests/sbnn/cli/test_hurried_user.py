@@ -312,3 +312,15 @@ def test_pipeline_refuses_signed_sequences_before_training(tmp_path, capsys):
     from sbnn.pipeline import _check_exportable_inputs
 
     _check_exportable_inputs(load_config(config))   # no error
+
+
+def test_import_into_a_users_folder_adds_only_the_export(exported, tmp_path, capsys):
+    """`import --out X/y` locks X while it writes y; X, the user's folder, keeps no lock file of ours."""
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    assert main(["import", str(exported / "model.nir"), "--out", str(users / "imported"), "--samples", "2",
+                 "--steps", "5"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in users.iterdir()) == ["imported", "notes.txt"]
+    assert (users / "imported" / "loihi.h5").is_file()
