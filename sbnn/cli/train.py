@@ -21,9 +21,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=_path, help="run folder (default runs/<config name>)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, parsed as TOML (e.g. --set train.epochs=2); repeatable")
-    parser.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in a run folder that holds a previous run (deletes its checkpoint)")
+    start = parser.add_mutually_exclusive_group()   # both at once would silently mean --resume
+    start.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a run folder that holds a previous run (deletes its checkpoint)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the results")
 

@@ -83,6 +83,7 @@ def test_damaged_export_json_is_named(exported, tmp_path, capsys, text):
     (["pipeline", "{config}", "--out", ""], "argument --out"),
     (["simulate", "{export}", "--inputs", ""], "argument --inputs"),
     (["energy", "{export}", "--labels", ""], "argument --labels"),
+    (["train", "{config}", "--resume", "--overwrite"], "not allowed with"),   # was --resume, silently
 ])
 def test_out_of_range_options_are_refused(exported, capsys, argv, fragment):
     names = {"{export}": exported, "{model}": exported / "model.nir", "{run}": exported.parent,
