@@ -307,7 +307,10 @@ class BayesianLayer(ModeAware):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """``mu ~ N(0, init_mu_std^2)`` (drawn on the CPU from ``generator``), ``sigma = init_sigma``,
-        bias 0; clears any frozen sample."""
+        bias 0; clears any frozen sample. A layer on the meta device (a model built only to be sized) draws
+        nothing: a random draw there would import ``torch._dynamo`` (about a second) for no values."""
+        if self.weight_mu.is_meta:
+            return
         with torch.no_grad():
             draw = torch.randn(self.weight_mu.shape, generator=generator, dtype=torch.float64)
             self.weight_mu.copy_(draw * self.init_mu_std)
