@@ -7,11 +7,11 @@ with α = 1 − dt/τ_syn and β = 1 − dt/τ_mem. Our per-step voltage bias b 
 ``v_leak = b / (1 − β)``.
 
 Writing: dense → ``Linear`` (``Affine`` when it has a current bias), conv → ``Conv2d`` (its current bias), a ``Flatten`` between conv and dense, neurons →
-``CubaLIF`` (readout: ``CubaLI``), recurrence → a ``Linear`` from the neuron node back to itself.
+``CubaLIF`` (readout: ``CubaLI``; without leak ``IF``/``I``), recurrence → a ``Linear`` from the neuron node back to itself.
 
 Reading (ours and other tools' graphs): ``Affine``/``Linear``/``Conv2d`` synapses followed by ``CubaLIF``,
-``LIF``, ``IF``, ``Threshold``, ``CubaLI``, ``LI`` or ``I`` neurons, ``Flatten``, ``Input``/``Output``, and
-self-recurrent synapses. Every other node type is an error that names the node and its type — never
+``LIF``, ``IF``, ``Threshold``, ``CubaLI``, ``LI`` or ``I`` neurons, ``Flatten``, ``Input``/``Output``,
+self-recurrent synapses, and a last synapse that feeds ``Output`` directly (a read-out with α = β = 0). Every other node type is an error that names the node and its type — never
 silently dropped.
 """
 
@@ -74,19 +74,9 @@ def to_nir(network: FloatNetwork):
         else:
             nodes[synapse] = nir.Linear(weight=weight, metadata=dict(meta))
         edges.append((previous, synapse))
-        tau_syn = _time_constant(layer.alpha, dt, "current", index)
-        tau_mem = _time_constant(layer.beta, dt, "voltage", index)
-        shape = layer.shape
-        full = lambda value: np.full(shape, value, dtype=np.float64)  # noqa: E731 - per-neuron arrays
-        v_leak = np.asarray(layer.bias, dtype=np.float64) / (1.0 - layer.beta)
         neuron = f"neuron{index}"
-        if layer.readout:
-            nodes[neuron] = nir.CubaLI(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt),
-                                       v_leak=v_leak, w_in=full(tau_syn / dt), metadata=dict(meta))
-        else:
-            nodes[neuron] = nir.CubaLIF(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt),
-                                        v_leak=v_leak, v_threshold=full(layer.threshold), v_reset=full(0.0),
-                                        w_in=full(tau_syn / dt), metadata=dict(meta))
+        nodes[neuron] = _neuron_node(layer, index, dt)
+        shape = layer.shape
         edges.append((synapse, neuron))
         if layer.recurrent_weight is not None:
             recurrent = f"rec{index}"
@@ -96,6 +86,31 @@ def to_nir(network: FloatNetwork):
     nodes["output"] = nir.Output(output_type={"output": np.array(previous_shape)}, metadata=dict(meta))
     edges.append((previous, "output"))
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=dict(meta))
+
+
+def _neuron_node(layer: FloatLayer, index: int, dt: float):
+    """Layer ``index``'s neurons as a NIR node with unit input gain: ``CubaLIF`` (read-out ``CubaLI``), or
+    ``IF`` (read-out ``I``) for an integrator without leak (α = 0, β = 1: Sinabs's ``IAF``, norse's
+    ``IAFCell``), whose decay 1 has no finite time constant."""
+    import nir
+
+    meta = {"dt": dt}
+    full = lambda value: np.full(layer.shape, value, dtype=np.float64)  # noqa: E731 - per-neuron arrays
+    if layer.beta >= 1.0 and layer.alpha == 0.0:
+        if np.any(np.asarray(layer.bias) != 0):
+            raise ValueError(f"layer {index}: a voltage bias without voltage leak (β = 1) has no NIR form")
+        if layer.readout:
+            return nir.I(r=full(1.0 / dt), metadata=meta)
+        return nir.IF(r=full(1.0 / dt), v_threshold=full(layer.threshold), v_reset=full(0.0), metadata=meta)
+    tau_syn = _time_constant(layer.alpha, dt, "current", index)
+    tau_mem = _time_constant(layer.beta, dt, "voltage", index)
+    v_leak = np.asarray(layer.bias, dtype=np.float64) / (1.0 - layer.beta)
+    if layer.readout:
+        return nir.CubaLI(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt), v_leak=v_leak,
+                          w_in=full(tau_syn / dt), metadata=meta)
+    return nir.CubaLIF(tau_syn=full(tau_syn), tau_mem=full(tau_mem), r=full(tau_mem / dt), v_leak=v_leak,
+                       v_threshold=full(layer.threshold), v_reset=full(0.0), w_in=full(tau_syn / dt),
+                       metadata=meta)
 
 
 def _channel_bias(layer: FloatLayer, index: int) -> np.ndarray:
@@ -202,7 +217,8 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
     """Map a NIR graph to a FloatNetwork. Returns the network and notes on approximations made.
 
     The graph must be a chain Input → [Flatten] → synapse → neuron → … → Output, where a neuron may also
-    receive a synapse from its own output (recurrence). Errors name the node and its type.
+    receive a synapse from its own output (recurrence), and the last synapse may feed Output directly (a
+    read-out with α = β = 0). Errors name the node and its type.
     """
     import copy
 
@@ -250,8 +266,10 @@ class _Chain:
         for name, node in nodes.items():
             kind = type(node).__name__
             if kind not in SYNAPSES + NEURONS + ("Input", "Output", "Flatten"):
+                hint = ("; pooling is linear with no neurons of its own: fold it into the next synapse's weights "
+                        "before export" if "Pool" in kind else "")
                 raise ValueError(f"node '{name}' of type {kind} cannot be mapped to Loihi "
-                                 f"(supported: {', '.join(SYNAPSES + NEURONS)}, Flatten, Input, Output)")
+                                 f"(supported: {', '.join(SYNAPSES + NEURONS)}, Flatten, Input, Output){hint}")
         chain = cls(nodes, {name: [] for name in nodes}, {name: [] for name in nodes})
         for source, target in list(graph.edges):
             if source not in nodes or target not in nodes:
@@ -294,12 +312,15 @@ def _synapse_layer(chain: _Chain, synapse_name: str, shape: tuple[int, ...], dt:
     neuron's self-recurrent synapse, if any; and the neuron node's name."""
     synapse, nodes = chain.nodes[synapse_name], chain.nodes
     after = [n for n in chain.successors[synapse_name] if n not in chain.visited]
-    if len(after) != 1 or type(nodes[after[0]]).__name__ not in NEURONS:
-        raise ValueError(f"synapse '{synapse_name}' must feed exactly one neuron node, found {after}")
-    neuron_name = after[0]
-    neuron = nodes[neuron_name]
-    neuron_kind = type(neuron).__name__
-    chain.visited.add(neuron_name)
+    kinds = [type(nodes[n]).__name__ for n in after]
+    if kinds == ["Output"]:   # a read-out synapse without neurons: its output W·x + b at every step
+        neuron_name, neuron_kind = synapse_name, "Output"
+    elif len(after) != 1 or kinds[0] not in NEURONS:
+        raise ValueError(f"synapse '{synapse_name}' must feed exactly one neuron node (or the Output), found "
+                         f"{', '.join(f'{n} ({k})' for n, k in zip(after, kinds)) or 'none'}")
+    else:
+        neuron_name, neuron_kind = after[0], kinds[0]
+        chain.visited.add(neuron_name)
     weight = np.asarray(synapse.weight, dtype=np.float64)
     synaptic_bias = np.asarray(getattr(synapse, "bias", 0.0), dtype=np.float64)
     if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(synaptic_bias))):
@@ -309,13 +330,15 @@ def _synapse_layer(chain: _Chain, synapse_name: str, shape: tuple[int, ...], dt:
         raise ValueError(f"node '{synapse_name}': bias of shape {synaptic_bias.shape} does not fit "
                          f"{out_shape[0]} outputs")
     try:
-        fields, gain = _neuron_to_float(neuron, neuron_kind, out_shape, dt)
+        fields, gain = (_neuron_to_float(nodes[neuron_name], neuron_kind, out_shape, dt) if neuron_kind != "Output"
+                        else (dict(alpha=0.0, beta=0.0, bias=np.zeros(out_shape), threshold=None), 1.0))
     except ValueError as error:
         raise ValueError(f"node '{neuron_name}' ({neuron_kind}): {error}")
-    if np.any(synaptic_bias != 0):   # the quantiser feeds it to the current through always-on inputs
-        per_neuron = np.broadcast_to(synaptic_bias.reshape(-1, *([1] * (len(out_shape) - 1))), out_shape)
+    recurrent_weight, recurrent_bias = ((None, 0.0) if neuron_kind == "Output" else
+                                        _recurrent_weight(chain, neuron_name, synapse_name, out_shape, gain))
+    per_neuron = np.broadcast_to(synaptic_bias.reshape(-1, *([1] * (len(out_shape) - 1))), out_shape) + recurrent_bias
+    if np.any(per_neuron != 0):   # the quantiser feeds it to the current through always-on inputs
         fields["current_bias"] = per_neuron * gain
-    recurrent_weight = _recurrent_weight(chain, neuron_name, synapse_name, out_shape, gain)
     layer = FloatLayer(kind=layer_kind, weight=weight * gain, recurrent_weight=recurrent_weight, **conv, **fields)
     return layer, neuron_name
 
@@ -338,28 +361,29 @@ def _synapse_geometry(synapse, name: str, weight: np.ndarray,
 
 
 def _recurrent_weight(chain: _Chain, neuron_name: str, synapse_name: str, out_shape: tuple[int, ...],
-                      gain: float) -> np.ndarray | None:
-    """The weights (input gain folded in) of the neuron's self-recurrent Linear/Affine node, now visited;
-    None when its only input is the feed-forward synapse ``synapse_name``."""
+                      gain: float) -> tuple[np.ndarray | None, np.ndarray | float]:
+    """The weights (input gain folded in) of the neuron's self-recurrent Linear/Affine node, now visited, and
+    its bias (n,) (input gain not folded in; 0.0 without one), a constant added to the current every step like
+    the feed-forward synapse's (snnTorch's ``RLeaky``/``RSynaptic`` recurrent ``nn.Linear`` has one);
+    (None, 0.0) when the neuron's only input is the feed-forward synapse ``synapse_name``."""
     recurrent = [p for p in chain.predecessors[neuron_name] if p != synapse_name]
     if not recurrent:
-        return None
+        return None, 0.0
     loop = recurrent[0]
     nodes = chain.nodes
     if len(recurrent) > 1 or type(nodes[loop]).__name__ not in ("Linear", "Affine") \
             or chain.predecessors[loop] != [neuron_name]:
         raise ValueError(f"node '{neuron_name}' has inputs {chain.predecessors[neuron_name]}; only one "
                          f"feed-forward synapse and one self-recurrent Linear/Affine are supported")
-    if np.any(np.asarray(getattr(nodes[loop], "bias", 0.0)) != 0):
-        raise ValueError(f"recurrent node '{loop}' has a bias, which cannot be mapped")
     recurrent_weight = np.asarray(nodes[loop].weight, dtype=np.float64) * gain
-    if recurrent_weight.shape != (out_shape[0],) * 2 or len(out_shape) != 1:
-        raise ValueError(f"recurrent node '{loop}': weight {recurrent_weight.shape} does not fit "
-                         f"{out_shape} neurons")
-    if not np.all(np.isfinite(recurrent_weight)):
-        raise ValueError(f"recurrent node '{loop}': weight holds NaN or infinite values")
+    bias = np.asarray(getattr(nodes[loop], "bias", 0.0), dtype=np.float64)
+    if recurrent_weight.shape != (out_shape[0],) * 2 or len(out_shape) != 1 or bias.size not in (1, out_shape[0]):
+        raise ValueError(f"recurrent node '{loop}': weight {recurrent_weight.shape} (bias {bias.shape}) does not "
+                         f"fit {out_shape} neurons")
+    if not (np.all(np.isfinite(recurrent_weight)) and np.all(np.isfinite(bias))):
+        raise ValueError(f"recurrent node '{loop}': weight or bias holds NaN or infinite values")
     chain.visited.add(loop)
-    return recurrent_weight
+    return recurrent_weight, np.broadcast_to(bias.reshape(-1), out_shape).copy()
 
 
 def _conv_geometry(node, name: str, shape: tuple[int, ...]) -> dict:

@@ -218,14 +218,32 @@ def peer_corrections(graph, dt: float) -> list[str]:
     if not norse_signature(graph) or not all(
             np.all(_values(node, name) < dt) for kind, node in neurons
             for name in (("tau_syn", "tau_mem") if kind.startswith("Cuba") else ("tau",))):
-        return _snntorch_notes(graph, dt)
+        return _snntorch_notes(graph, dt) + _sinabs_iaf_notes(graph, dt)
     for kind, node in neurons:
         for name in (("tau_syn", "tau_mem") if kind.startswith("Cuba") else ("tau",)):
             setattr(node, name, np.asarray(getattr(node, name), dtype=np.float64) / dt)
         if kind.startswith("Cuba"):
             node.w_in = np.asarray(node.tau_syn, dtype=np.float64) / dt
-    return [f"{NORSE}: corrected to τ = written τ / dt and w_in = τ_syn/dt for dt = {dt:g} s, which "
-            f"reproduces norse's own step; re-export once norse's to_nir writes 1/tau_mem_inv"]
+    for kind, node in _neurons(graph):
+        if kind == "IF":   # norse's IAFCell adds its input in full (v ← v + x): NIR's gain r·dt = 1
+            node.r = np.asarray(node.r, dtype=np.float64) / dt
+    return [f"{NORSE}: corrected to τ = written τ / dt, w_in = τ_syn/dt (and r = 1/dt for IF) for dt = {dt:g} s, "
+            f"which reproduces norse's own step; re-export once norse's to_nir writes 1/tau_mem_inv. norse's "
+            f"to_nir does not write v_reset: a model whose cells reset to v_reset ≠ 0 computes differently (and norse "
+            f"starts v at v_leak, NIR and Loihi at 0)"]
+
+
+def _sinabs_iaf_notes(graph, dt: float) -> list[str]:
+    """Sinabs's exporter writes its ``IAF`` as ``IF`` with r = 1 (dt = 1 step) and no trace of its spike and
+    reset functions."""
+    neurons = _neurons(graph)
+    if dt != 1.0 or not neurons or any(kind != "IF" for kind, _ in neurons) \
+            or any(type(node).__name__ == "Linear" for node in graph.nodes.values()):
+        return []
+    return ["IF neurons with r = 1 (as Sinabs's to_nir writes its IAF) are imported as Loihi's: one spike a "
+            "step and reset to 0 (Sinabs's SingleSpike and MembraneReset); the file does not record spike_fn or "
+            "reset_fn, and a model built with Sinabs's defaults (MultiSpike, MembraneSubtract) computes "
+            "differently"]
 
 
 def _snntorch_notes(graph, dt: float) -> list[str]:
