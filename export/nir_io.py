@@ -11,14 +11,16 @@ Writing: dense → ``Linear`` (``Affine`` when it has a current bias), conv → 
 
 Reading (ours and other tools' graphs): ``Affine``/``Linear``/``Conv2d`` synapses followed by ``CubaLIF``,
 ``LIF``, ``IF``, ``Threshold``, ``CubaLI``, ``LI`` or ``I`` neurons, ``Flatten``, ``Input``/``Output``,
-self-recurrent synapses, and a last synapse that feeds ``Output`` directly (a read-out with α = β = 0). Every other node type is an error that names the node and its type — never
-silently dropped.
+self-recurrent synapses, and a last synapse that feeds ``Output`` directly (a read-out with α = β = 0).
+``AvgPool2d``/``SumPool2d`` in front of a synapse are linear and have no neurons: they are folded exactly into
+that synapse's weights (docs/formats.md#nir-peers). Every other node type is an error that names the node and
+its type — never silently dropped.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from .float_network import FloatLayer, FloatNetwork
 from .nir_peers import peer_corrections, resolve_dt, single_number
 
 SYNAPSES = ("Affine", "Linear", "Conv2d")
+POOLS = ("AvgPool2d", "SumPool2d")   # folded into the next synapse
 MAX_NEURONS = 1 << 24            # per layer; a larger shape is a damaged or hostile file (hw_sim's limit too)
 MAX_DECLARED_BYTES = 1 << 31     # all arrays of a .nir together, checked before nir.read reads them
 NEURONS = ("CubaLIF", "LIF", "IF", "Threshold", "CubaLI", "LI", "I")
@@ -228,22 +231,29 @@ def from_nir(graph, *, dt: float | None = None) -> tuple[FloatNetwork, list[str]
     chain = _Chain.of(graph)
     current, input_shape = _input_node(chain, notes)
     layers: list[FloatLayer] = []
+    pools: list[_Pooling] = []   # pooling nodes since the last neuron group, to fold into the next synapse
     shape = input_shape
     while True:
         name = _next_node(chain, current)
         kind = type(chain.nodes[name]).__name__
         if kind == "Output":
             break
+        if kind in POOLS:
+            pools.append(_Pooling.of(chain.nodes[name], name, shape))
+            shape, current = pools[-1].output_shape, name
+            continue
         if kind == "Flatten":
-            shape = (int(np.prod(shape)),)
-            current = name
+            shape, current = (int(np.prod(shape)),), name
             continue
         if kind not in SYNAPSES:
             raise ValueError(f"node '{name}' of type {kind} follows '{current}', where a synapse "
                              f"(Affine, Linear, Conv2d) is expected")
         layer, current = _synapse_layer(chain, name, shape, dt)
-        layers.append(layer)
+        layers.append(_fold_pooling(layer, name, pools, notes) if pools else layer)
+        pools = []
         shape = layer.shape
+    if pools:
+        raise ValueError(f"pooling node '{pools[0].name}' is followed by no synapse to fold it into")
     if not layers:
         raise ValueError("the graph has no synapse and neuron layers")
     return FloatNetwork(input_shape=input_shape, layers=tuple(layers), dt=dt), notes
@@ -265,11 +275,11 @@ class _Chain:
         nodes = graph.nodes
         for name, node in nodes.items():
             kind = type(node).__name__
-            if kind not in SYNAPSES + NEURONS + ("Input", "Output", "Flatten"):
-                hint = ("; pooling is linear with no neurons of its own: fold it into the next synapse's weights "
-                        "before export" if "Pool" in kind else "")
-                raise ValueError(f"node '{name}' of type {kind} cannot be mapped to Loihi "
-                                 f"(supported: {', '.join(SYNAPSES + NEURONS)}, Flatten, Input, Output){hint}")
+            if kind not in SYNAPSES + NEURONS + POOLS + ("Input", "Output", "Flatten"):
+                hint = ("; only AvgPool2d and SumPool2d (linear) fold into the next synapse: max pooling is not "
+                        "linear, replace it by average pooling or a strided Conv2d" if "Pool" in kind else "")
+                raise ValueError(f"node '{name}' of type {kind} cannot be mapped to Loihi (supported: "
+                                 f"{', '.join(SYNAPSES + NEURONS + POOLS)}, Flatten, Input, Output){hint}")
         chain = cls(nodes, {name: [] for name in nodes}, {name: [] for name in nodes})
         for source, target in list(graph.edges):
             if source not in nodes or target not in nodes:
@@ -418,6 +428,116 @@ def _conv_shape(weight: np.ndarray, shape: tuple[int, ...], conv: dict) -> tuple
     from hw_sim.network import conv_output_hw
     h, w = conv_output_hw(shape[1:], weight.shape[2:], conv["stride"], conv["padding"], conv["dilation"])
     return (weight.shape[0], h, w)
+
+
+@dataclass(frozen=True)
+class _Pooling:
+    """An ``AvgPool2d``/``SumPool2d`` node waiting to be folded into the next synapse: the (C, H, W) map it
+    pools and its (height, width) kernel, stride and padding (floor output size, as nir's shape inference)."""
+
+    name: str
+    kind: str
+    input_shape: tuple[int, int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    @classmethod
+    def of(cls, node, name: str, shape: tuple[int, ...]) -> _Pooling:
+        kind = type(node).__name__
+        if len(shape) != 3:
+            raise ValueError(f"node '{name}' ({kind}) needs a (C, H, W) input, found {shape}")
+        kernel, stride, padding = (tuple(_integer(v, f"node '{name}': {field}") for v in
+                                         np.broadcast_to(np.asarray(getattr(node, field)).reshape(-1), (2,)))
+                                   for field in ("kernel_size", "stride", "padding"))
+        if min(kernel + stride) < 1 or min(padding) < 0:
+            raise ValueError(f"node '{name}' ({kind}): kernel {kernel} and stride {stride} must be >= 1, "
+                             f"padding {padding} >= 0")
+        if kind == "AvgPool2d" and any(padding):
+            raise ValueError(f"node '{name}' (AvgPool2d): padding {padding} cannot be folded: NIR does not say "
+                             f"whether the average counts the padded zeros (use SumPool2d or no padding)")
+        pooling = cls(name, kind, tuple(shape), kernel, stride, padding)
+        if min(pooling.output_shape) < 1:
+            raise ValueError(f"node '{name}' ({kind}): kernel {kernel} does not fit the {shape} map")
+        return pooling
+
+    def scale(self, axis: int) -> float:
+        """Each input's weight in a window along ``axis`` (0: height, 1: width): an average's 1/k, a sum's 1."""
+        return 1.0 / self.kernel[axis] if self.kind == "AvgPool2d" else 1.0
+
+    def axis_matrix(self, axis: int) -> np.ndarray:
+        """The pooling along ``axis`` (0: height, 1: width) as an (out, in) matrix."""
+        return _axis_matrix(np.full(self.kernel[axis], self.scale(axis)), self.input_shape[1 + axis],
+                            self.stride[axis], self.padding[axis])
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        from hw_sim.network import conv_output_hw
+        return (self.input_shape[0], *conv_output_hw(self.input_shape[1:], self.kernel, self.stride, self.padding,
+                                                     (1, 1)))
+
+
+def _axis_matrix(kernel: np.ndarray, size: int, stride: int, padding: int) -> np.ndarray:
+    """The 1-D cross-correlation of a map of ``size`` (zero-padded by ``padding`` on both sides) with
+    ``kernel`` at ``stride``, as an (out, size) matrix; out = (size + 2·padding − len(kernel)) // stride + 1."""
+    count = max((size + 2 * padding - len(kernel)) // stride + 1, 0)
+    matrix = np.zeros((count, size))
+    for out in range(count):
+        for tap, value in enumerate(kernel):
+            position = out * stride - padding + tap
+            if 0 <= position < size:
+                matrix[out, position] += value
+    return matrix
+
+
+def _fold_pooling(layer: FloatLayer, synapse_name: str, pools: list[_Pooling], notes: list[str]) -> FloatLayer:
+    """``layer`` (synapse ``synapse_name``, on the last pooling's output) with ``pools`` (in graph order) folded
+    exactly into its weights: the same layer on the first pooling's input map, with a note."""
+    before = layer.weight.size
+    for pool in reversed(pools):
+        if layer.kind == "dense":
+            weight = layer.weight.reshape(layer.weight.shape[0], *pool.output_shape)
+            weight = np.einsum("ochw,hH,wW->ocHW", weight, pool.axis_matrix(0), pool.axis_matrix(1), optimize=True)
+            layer = replace(layer, weight=weight.reshape(weight.shape[0], -1))
+        else:
+            layer = _fold_into_conv(layer, synapse_name, pool)
+    names = ", ".join(f"'{pool.name}' ({pool.kind} {pool.kernel}, stride {pool.stride})" for pool in pools)
+    notes.append(f"pooling {names} folded exactly into synapse '{synapse_name}': {before} weights became "
+                 f"{layer.weight.size}")
+    return layer
+
+
+def _fold_into_conv(layer: FloatLayer, synapse_name: str, pool: _Pooling) -> FloatLayer:
+    """Conv ``layer`` after ``pool`` as one conv on the pooling's input: along each axis the kernel grows to
+    (K − 1)·s_pool + k, the stride to s·s_pool and the padding to p·s_pool + p_pool; each axis's composed
+    map is checked against conv ∘ pooling (a padded conv reads zeros the un-pooled map may not have)."""
+    if layer.dilation != (1, 1):
+        raise ValueError(f"node '{pool.name}' ({pool.kind}) cannot be folded into Conv2d '{synapse_name}' with "
+                         f"dilation {layer.dilation} (only dilation 1)")
+    expansions, geometry = [], []
+    for axis, name in enumerate(("height", "width")):
+        size, taps = layer.weight.shape[2 + axis], pool.kernel[axis]
+        step, stride = pool.stride[axis], layer.stride[axis] * pool.stride[axis]
+        padding = layer.padding[axis] * step + pool.padding[axis]
+        expansion = np.zeros(((size - 1) * step + taps, size))
+        for tap in range(size):   # column tap: the pooling's window, placed where the conv's tap reads it
+            expansion[tap * step:tap * step + taps, tap] = pool.scale(axis)
+        pooling = pool.axis_matrix(axis)
+        for tap in range(size):
+            unit = np.eye(size)[tap]
+            wanted = _axis_matrix(unit, pooling.shape[0], layer.stride[axis], layer.padding[axis]) @ pooling
+            folded = _axis_matrix(expansion[:, tap], pool.input_shape[1 + axis], stride, padding)
+            if wanted.shape != folded.shape or not np.allclose(wanted, folded, rtol=0.0, atol=1e-12):
+                raise ValueError(f"node '{pool.name}' ({pool.kind} {pool.kernel}, stride {pool.stride}) cannot "
+                                 f"be folded exactly into Conv2d '{synapse_name}' (padding {layer.padding}): along "
+                                 f"the {name}, the padded conv would read un-pooled values where the pooled map has "
+                                 f"its padding (a map the pooling stride does not divide, or windows wider than the "
+                                 f"stride)")
+        expansions.append(expansion)
+        geometry.append((stride, padding))
+    weight = np.einsum("oiab,ua,vb->oiuv", layer.weight, *expansions, optimize=True)
+    return replace(layer, weight=weight, input_shape=pool.input_shape, stride=tuple(g[0] for g in geometry),
+                   padding=tuple(g[1] for g in geometry))
 
 
 def normalise_graph(graph):

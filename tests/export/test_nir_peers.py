@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 
 import nir
 import numpy as np
 import pytest
 
-from export.nir_io import NIRImportError, normalise_graph, read_nir, write_nir
+from export.nir_io import NIRImportError, from_nir, normalise_graph, read_nir, write_nir
 from export.quantise import quantise
 
 T, SAMPLES, HIDDEN, READOUT_THRESHOLD = 25, 300, 32, 100.0   # the read-out never reaches its threshold
@@ -466,24 +467,148 @@ def test_norse_iafcell_gets_its_full_input_gain(digits, tmp_path):
     np.testing.assert_allclose(written_voltages[-1], float_voltages[-1], rtol=1e-9, atol=1e-9)
 
 
-def test_snntorch_avgpool_is_refused_naming_the_node_and_the_fix(tmp_path):
-    """snnTorch exports ``nn.AvgPool2d`` as NIR's ``AvgPool2d``: refused in one line naming the node, its type
-    and what to do (pooling is linear: fold it into the next synapse's weights)."""
-    pytest.importorskip("snntorch", reason="snnTorch is not installed")
+def snntorch_pooled_model(conv_digits: dict, path, *, between_convs: bool) -> np.ndarray:
+    """snnTorch's nn.Conv2d(1, 4, 3, padding=1) → Leaky → nn.AvgPool2d(2) → [nn.Conv2d(4, 4, 3, padding=1) →
+    Leaky →] Flatten → nn.Linear(…, 10) read-out (no neuron: its output at every step), seeded Gaussian weights
+    (off any grid, so no voltage ties the threshold), written to ``path`` by snnTorch's own exporter; and the
+    read-out's output on the first 40 samples, (40, T, 10)."""
     import snntorch as snn
     import torch
     from snntorch.export_nir import export_to_nir
 
-    full = lambda value: torch.full((4, 8, 8), value)  # noqa: E731 - per-neuron parameters for the exporter
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1),
-                                snn.Leaky(beta=full(0.8), threshold=full(1.0), init_hidden=True),
-                                torch.nn.AvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    rng = np.random.default_rng(1)
+    draw = lambda layer, std: torch.from_numpy(  # noqa: E731
+        rng.normal(0.0, std, layer.weight.shape).astype(np.float32))
+    leaky = lambda shape: snn.Leaky(beta=torch.full(shape, 0.8), threshold=torch.full(shape, 1.0),  # noqa: E731
+                                    init_hidden=True, reset_mechanism="zero", reset_delay=False)
+    layers = [torch.nn.Conv2d(1, 4, 3, padding=1, bias=False), leaky((4, 8, 8)), torch.nn.AvgPool2d(2)]
+    if between_convs:
+        layers += [torch.nn.Conv2d(4, 4, 3, padding=1, bias=False), leaky((4, 4, 4))]
+    layers += [torch.nn.Flatten(), torch.nn.Linear(64, 10, bias=False)]
+    model = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                layer.weight.copy_(draw(layer, 1.0 if isinstance(layer, torch.nn.Conv2d) else 0.5))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        nir.write(tmp_path / "pool.nir", export_to_nir(model, torch.zeros(1, 1, 8, 8), ignore_dims=[0]))
-    with pytest.raises(NIRImportError, match=r"node '2' of type AvgPool2d cannot be mapped to Loihi .*fold it "
-                                             r"into the next synapse's weights"):
-        read_nir(tmp_path / "pool.nir")
+        nir.write(path, export_to_nir(model, torch.zeros(1, 1, 8, 8), ignore_dims=[0]))
+        with torch.no_grad():
+            return np.stack([model(torch.from_numpy(conv_digits["spikes"][:40, t])).numpy() for t in range(T)], axis=1)
+
+
+@pytest.mark.parametrize("between_convs", [True, False], ids=["avgpool-conv", "avgpool-flatten-linear"])
+def test_snntorch_avgpool_folds_exactly_into_the_next_synapse(conv_digits, tmp_path, capsys, between_convs):
+    """snnTorch's ``nn.AvgPool2d(2)`` (exported as NIR's ``AvgPool2d``) before a Conv2d, or before Flatten →
+    Linear, is folded into that synapse: `sbnn import` (in-process) writes a model.onnx whose output equals
+    snnTorch's forward step by step, and hw_sim runs the quantised export with the hidden layers firing."""
+    pytest.importorskip("snntorch", reason="snnTorch is not installed")
+    from sbnn.cli import main
+
+    from export.onnx_export import run_onnx
+
+    outputs = snntorch_pooled_model(conv_digits, tmp_path / "pool.nir", between_convs=between_convs)
+    spikes = conv_digits["spikes"][:40]
+    np.save(tmp_path / "calibration.npy", spikes)
+    assert main(["import", str(tmp_path / "pool.nir"), "--calibration", str(tmp_path / "calibration.npy"),
+                 "--out", str(tmp_path / "export"), "--json"]) == 0, capsys.readouterr().err[-2000:]
+    ours = run_onnx(tmp_path / "export" / "model.onnx", spikes)
+    assert np.abs(ours - outputs).max() < 1e-5 * np.abs(outputs).max()
+    network, notes = read_nir(tmp_path / "pool.nir")
+    folded = network.layers[1]
+    weights = 4 * 4 * 6 * 6 if between_convs else 10 * 4 * 8 * 8
+    assert folded.weight.size == weights and any("folded exactly into synapse" in note and f"became {weights}" in note
+                                                 for note in notes)
+    quantised = quantise(network, spikes)
+    outcome = quantised.network.run(quantised.hardware_input(spikes), record_states=True)
+    assert all(0.01 < float(np.mean(fired)) < 0.6 for fired in outcome.spikes[:-1])
+    latency = quantised.network.latency
+    hardware = outcome.v[-1][:, latency:latency + T].mean(axis=1)
+    correlation = np.corrcoef(hardware.reshape(-1), outputs.mean(axis=1).reshape(-1))[0, 1]
+    print(f"snnTorch pooled ({'conv' if between_convs else 'linear'}): hw_sim vs snnTorch read-out correlation "
+          f"{correlation:.3f}")
+    assert correlation > 0.9
+
+
+def pooled_graph(pool, input_shape: tuple[int, int, int] = (1, 8, 8)):
+    """Input ``input_shape`` → [``pool``] → Conv2d(C → 3, 3×3, padding 1) → LIF → Flatten →
+    Linear(…, 4) read-out → Output, Gaussian weights of seed 3 (the same with and without ``pool``), dt = 1 ms
+    in the metadata (τ = 10 ms, r = 10: unit gain). Without ``pool`` the conv sees the input directly (the
+    reference for a pooled input)."""
+    from hw_sim.network import conv_output_hw
+
+    rng = np.random.default_rng(3)
+    channels, hw = input_shape[0], input_shape[1:]
+    if pool is not None:   # MaxPool2d (below) has no stride or padding: kernel-wide steps
+        kernel = tuple(pool.kernel_size)
+        stride, padding = tuple(getattr(pool, "stride", kernel)), tuple(getattr(pool, "padding", (0, 0)))
+        hw = conv_output_hw(hw, kernel, stride, padding, (1, 1))
+    hidden = (3, *conv_output_hw(hw, (3, 3), (1, 1), (1, 1), (1, 1)))
+    full = lambda value: np.full(hidden, value)  # noqa: E731
+    nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)}),
+             **({"pool": pool} if pool is not None else {}),
+             "conv": nir.Conv2d(input_shape=hw, weight=rng.normal(0.0, 0.6, (3, channels, 3, 3)), stride=1,
+                                padding=1, dilation=1, groups=1, bias=np.zeros(3)),
+             "lif": nir.LIF(tau=full(1e-2), r=full(10.0), v_leak=full(0.0), v_threshold=full(1.0)),
+             "flatten": nir.Flatten(input_type={"input": np.array(hidden)}, start_dim=0, end_dim=-1),
+             "readout": nir.Linear(weight=rng.normal(0.0, 0.3, (4, int(np.prod(hidden))))),
+             "output": nir.Output(output_type={"output": np.array([4])})}
+    names = list(nodes)
+    return nir.NIRGraph(nodes=nodes, edges=list(zip(names, names[1:])), metadata={"dt": 1e-3}, type_check=False)
+
+
+def test_sumpool_with_padding_folds_exactly_into_a_conv(tmp_path):
+    """NIR's ``SumPool2d`` (no peer writes one) with kernel 2, stride 2 and padding 1, written with nir and
+    read back, folds into the next Conv2d (padding 1) as one 6×6 conv, stride 2, padding 3: spikes and read-out
+    voltages equal those of the same graph without the pooling on torch's sum-pooled input."""
+    import torch
+    import torch.nn.functional as F
+
+    pool = nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([1, 1]))
+    nir.write(tmp_path / "sumpool.nir", pooled_graph(pool))
+    network, notes = read_nir(tmp_path / "sumpool.nir")
+    conv = network.layers[0]
+    assert (conv.weight.shape, conv.stride, conv.padding, conv.input_shape) == ((3, 1, 6, 6), (2, 2), (3, 3), (1, 8, 8))
+    assert any("pooling 'pool' (SumPool2d (2, 2), stride (2, 2)) folded exactly into synapse 'conv': 27 weights "
+               "became 108" in note for note in notes)
+    reference, _ = from_nir(pooled_graph(None, (1, 5, 5)))
+    x = (np.random.default_rng(0).random((6, T, 1, 8, 8)) < 0.4).astype(np.float64)
+    pooled = F.avg_pool2d(torch.from_numpy(x.reshape(-1, 1, 8, 8)), 2, 2, 1, divisor_override=1).numpy()
+    spikes, voltages = network.run(x, record_voltage=True)
+    want_spikes, want_voltages = reference.run(pooled.reshape(6, T, 1, 5, 5), record_voltage=True)
+    assert 0.01 < spikes[0].mean() < 0.6 and np.array_equal(spikes[0], want_spikes[0])
+    np.testing.assert_allclose(voltages[-1], want_voltages[-1], rtol=1e-9, atol=1e-9)
+
+
+@dataclass(eq=False)
+class MaxPool2d(nir.NIRNode):
+    """A max-pooling node as a library might add one (NIR 1.0.8 has none)."""
+
+    kernel_size: np.ndarray
+
+    def __post_init__(self):
+        self.input_type, self.output_type = {"input": None}, {"output": None}
+
+
+AVERAGE = dict(kernel_size=np.array([2, 2]), stride=np.array([2, 2]))
+
+
+@pytest.mark.parametrize("pool, input_shape, message", [
+    (nir.AvgPool2d(**AVERAGE, padding=np.array([1, 1])), (1, 8, 8),
+     r"node 'pool' \(AvgPool2d\): padding \(1, 1\) cannot be folded: NIR does not say whether the average counts"),
+    (nir.AvgPool2d(**AVERAGE, padding=np.array([0, 0])), (1, 9, 8),
+     r"node 'pool' \(AvgPool2d \(2, 2\), stride \(2, 2\)\) cannot be folded exactly into Conv2d 'conv' \(padding "
+     r"\(1, 1\)\): along the height, the padded conv would read un-pooled values where the pooled map has its "
+     r"padding \(a map the pooling stride does not divide"),
+    (MaxPool2d(kernel_size=np.array([2, 2])), (1, 8, 8),
+     r"node 'pool' of type MaxPool2d cannot be mapped to Loihi .*max pooling is not linear, replace it by average "
+     r"pooling or a strided Conv2d")], ids=["avgpool-padding", "padded-conv-over-a-remainder", "maxpool"])
+def test_pooling_that_cannot_be_folded_is_refused_in_one_line(pool, input_shape, message):
+    """An average with padding (NIR leaves count_include_pad open), a padded conv over the row an AvgPool2d(2)
+    drops from a 9-row map, and max pooling: each a one-line error naming the node and the reason."""
+    with pytest.raises(ValueError, match=message) as refused:
+        from_nir(pooled_graph(pool, input_shape))
+    assert "\n" not in str(refused.value)
 
 
 def test_rockpool_lif_is_refused_naming_its_exporter_bugs(tmp_path):
