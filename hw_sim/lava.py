@@ -65,6 +65,9 @@ sys.exit(status)
 """
 
 
+WORKER_ERROR_PREFIX = "lava worker error: "   # marks the worker's one-line reason among Lava's own messages
+
+
 def lava_python() -> Path:
     """The interpreter of the Lava environment: ``$SBNN_LAVA_PYTHON`` or ``.venv-lava`` in the project."""
     path = Path(os.environ.get("SBNN_LAVA_PYTHON", PROJECT_ROOT / ".venv-lava" / "bin" / "python"))
@@ -201,7 +204,8 @@ def _wait_for_workers(processes: list[subprocess.Popen], timeout: float) -> None
         _kill_group(process)
         if process.returncode != 0:
             message = stderr.decode(errors="replace").strip().splitlines()
-            reason = message[-1] if message else f"exit status {process.returncode}"
+            marked = [line.split(WORKER_ERROR_PREFIX, 1)[1] for line in message if WORKER_ERROR_PREFIX in line]
+            reason = (marked or message or [f"exit status {process.returncode}"])[-1]
             if process.returncode < 0:
                 reason = f"killed by signal {-process.returncode}"
                 if process.returncode == -signal.SIGKILL:

@@ -18,6 +18,7 @@ sample) for everything else.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -32,6 +33,7 @@ from hw_sim import lava_compat  # noqa: E402
 lava_compat.install()
 
 from hw_sim.arith import SignMode  # noqa: E402
+from hw_sim.lava import WORKER_ERROR_PREFIX  # noqa: E402
 from hw_sim.netx_io import load  # noqa: E402
 from hw_sim.network import MAX_DELAY, ConvLayer, Network  # noqa: E402
 
@@ -179,8 +181,10 @@ def run_once(build, network: Network, data: np.ndarray, steps: int, record_state
             pair[0].probe(lif.u, steps)
             pair[1].probe(lif.v, steps)
             monitors.append(pair)
+    # No stop() after a failed run: it waits forever on Lava's failed runtime; the worker exits at once
+    # (os._exit below) and the parent ends its process group.
+    source.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
     try:
-        source.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
         spikes = [reverse_axes(np.asarray(sink.data.get()))
                   for sink, layer in zip(sinks, network.layers)]
         us, vs = [], []
@@ -241,5 +245,10 @@ if __name__ == "__main__":
         main(Path(sys.argv[1]))
     except Exception as error:  # one line for the parent; the full trace goes to the log file
         (Path(sys.argv[1]) / "worker.log").write_text(traceback.format_exc())
-        print(f"{type(error).__name__}: {error}".replace("\n", " "), file=sys.stderr)
-        sys.exit(3)
+        print(WORKER_ERROR_PREFIX + f"{type(error).__name__}: {error}".replace("\n", " "), file=sys.stderr, flush=True)
+        # A failed Lava run leaves its runtime processes waiting forever, holding our output pipes (which the
+        # parent reads to the end): end them, and exit without the interpreter's wait for them.
+        import multiprocessing
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(3)

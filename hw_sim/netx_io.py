@@ -297,14 +297,19 @@ class _Reader:
         if problem:
             raise self.fail(f"field '{name}' {problem}")
 
-    def shape(self, group: h5py.Group, name: str = "shape") -> tuple[int, ...]:
-        """A layer shape: 1 or 3 positive sizes, at most :data:`MAX_NEURONS` neurons."""
+    def shape(self, group: h5py.Group, name: str = "shape", *, scalar: bool = False) -> tuple[int, ...]:
+        """A layer shape: 1 or 3 positive sizes, at most :data:`MAX_NEURONS` neurons. ``scalar``: a 0-d
+        size is accepted too (netx takes a dense layer's ``prod(shape)``; elsewhere it reverses the shape)."""
         value = self.array(group, name)
+        if self.member(group, name).dtype.kind == "f":
+            raise self.fail(f"field '{name}' holds floats; netx 0.6 fails on them (store integers)")
+        if value.ndim == 0 and not scalar:
+            raise self.fail(f"field '{name}' is a 0-d scalar; netx 0.6 reverses it and fails (store (N,) or (C, H, W))")
         if value.ndim > 1 or value.size not in (1, 3) or value.min() < 1:
             raise self.fail(f"field '{name}' must be (N,) or (C, H, W) positive sizes, found {value.tolist()}")
         if int(np.prod(value, dtype=np.float64)) > MAX_NEURONS:
             raise self.fail(f"field '{name}' declares {value.tolist()}, more than {MAX_NEURONS} neurons")
-        return tuple(int(n) for n in value)
+        return tuple(int(n) for n in value.reshape(-1))
 
     def scalar(self, group: h5py.Group, name: str, *, default: int | None = None) -> int:
         value = self.array(group, name, required=default is None)
@@ -331,9 +336,14 @@ class _Reader:
 
 
 def _bias_from_netx(bias: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
-    """netx's bias field -> per-neuron bias in our layout: (N,) for dense; (C,) or (W, H, C) for conv."""
+    """netx's bias field -> per-neuron bias in our layout: (N,) or one value for dense; (C,) or (W, H, C) for conv."""
     if bias is None:
         return np.zeros(shape, dtype=np.int64)
+    if len(shape) == 1 and bias.size == 1:   # netx hands a dense layer's bias to Lava as it is: one for all
+        return np.full(shape, bias.reshape(-1)[0], dtype=np.int64)
+    if len(shape) == 1 and bias.ndim > 1:
+        raise ValueError(f"bias of shape {bias.shape}: netx hands a dense layer's bias to Lava as it is, which "
+                         f"fails on it (store ({shape[0]},))")
     if len(shape) == 1 and bias.size == shape[0]:
         return bias.reshape(shape)
     if len(shape) == 3 and bias.shape == tuple(reversed(shape)):
@@ -379,6 +389,39 @@ def _check_fields(reader: "_Reader", group: h5py.Group, allowed: set[str], what:
                               f"{', '.join(sorted(allowed - {'lava'}))})")
 
 
+def _layer_type(reader: "_Reader", group: h5py.Group) -> str:
+    if not len(group):
+        raise reader.fail("is an empty group (slayer's export_hdf5 writes nothing for some blocks, e.g. KWTA; "
+                          "netx cannot build them either)")
+    return reader.string(group, "type")
+
+
+def _check_layer_fields(reader: "_Reader", group: h5py.Group, kind: str) -> None:
+    """The neuron type first (an RF layer's complex weights or an SDNN input block are refused for their
+    neurons), then the layer's fields; an input layer with neurons is refused by the caller. The neuron
+    group of a layer with a ``lava`` group is read only for netx's view (:func:`_read_neuron_group`)."""
+    neuron = reader.member(group, "neuron") if "neuron" in group else None
+    if isinstance(neuron, h5py.Group) and "lava" not in group:   # our files' exact parameters replace it
+        where = reader.where
+        reader.where += "neuron: "
+        _check_neuron_type(reader, neuron)
+        reader.where = where
+    if not (kind == "input" and neuron is not None):
+        _check_fields(reader, group, SYNAPSE_FIELDS[kind], f"layers of type '{kind}'")
+
+
+def _conv_geometry(reader: "_Reader", group: h5py.Group) -> dict:
+    """stride, padding, dilation (one value, or (H, W)) and groups (one value), as netx 0.6 can build them."""
+    geometry = {}
+    for name in ("stride", "padding", "dilation", "groups"):
+        value = reader.array(group, name)
+        if value.ndim != 0 and (name == "groups" or value.size == 1):
+            raise reader.fail(f"field '{name}' is a 1-d array of shape {value.shape}; netx 0.6 fails on it "
+                              f"(store {'a scalar' if name == 'groups' else 'a scalar or (H, W)'})")
+        geometry[name] = int(value) if name == "groups" else tuple(value.reshape(-1))
+    return geometry
+
+
 def _uniform(reader: "_Reader", group: h5py.Group, name: str, *, default: int | None = None) -> int:
     """A neuron parameter: one integer, or an array of one repeated value (netx passes arrays on to Lava)."""
     value = reader.array(group, name, required=default is None)
@@ -386,7 +429,22 @@ def _uniform(reader: "_Reader", group: h5py.Group, name: str, *, default: int | 
         return default
     if value.size == 0 or np.any(value != value.reshape(-1)[0]):
         raise reader.fail(f"field '{name}' differs between neurons; hw_sim models one value per layer")
+    if reader.member(group, name).dtype.kind == "f":
+        raise reader.fail(f"field '{name}' is stored as a float; netx 0.6 hands it to Lava's fixed-point LIF, "
+                          "which fails on it (store an integer)")
     return int(value.reshape(-1)[0])
+
+
+def _check_neuron_type(reader: "_Reader", neuron: h5py.Group) -> None:
+    """Refuse neuron types other than CUBA and LOIHI, naming the type (``reader.where`` ends in "neuron: ")."""
+    neuron_type = reader.string(neuron, "type")
+    if neuron_type == "SDNN":
+        raise reader.fail("sigma-delta neurons (type 'SDNN') are not modelled by hw_sim (CUBA or LOIHI only)")
+    if "RF" in neuron_type:
+        raise reader.fail(f"resonate-and-fire neurons (type '{neuron_type}') are not modelled by hw_sim "
+                          "(CUBA or LOIHI only)")
+    if neuron_type not in ("CUBA", "LOIHI"):
+        raise reader.fail(f"neuron type '{neuron_type}' is not supported (CUBA or LOIHI)")
 
 
 def _read_neuron_group(reader: "_Reader", group: h5py.Group) -> dict:
@@ -396,14 +454,7 @@ def _read_neuron_group(reader: "_Reader", group: h5py.Group) -> dict:
         raise reader.fail("field 'neuron' is not a group")
     where = reader.where
     reader.where += "neuron: "
-    neuron_type = reader.string(neuron, "type")
-    if neuron_type == "SDNN":
-        raise reader.fail("sigma-delta neurons (type 'SDNN') are not modelled by hw_sim (CUBA or LOIHI only)")
-    if "RF" in neuron_type:
-        raise reader.fail(f"resonate-and-fire neurons (type '{neuron_type}') are not modelled by hw_sim "
-                          "(CUBA or LOIHI only)")
-    if neuron_type not in ("CUBA", "LOIHI"):
-        raise reader.fail(f"neuron type '{neuron_type}' is not supported (CUBA or LOIHI)")
+    _check_neuron_type(reader, neuron)
     _check_fields(reader, neuron, NEURON_FIELDS, "a CUBA neuron group")
     if "weight_exp" in neuron:
         _warn(reader, "field 'weight_exp' (slayer's normalisation exponent) is ignored by netx 0.6, and so here")
@@ -460,6 +511,11 @@ def _read_dense_netx(reader: "_Reader", group: h5py.Group, kind: str, neurons: C
         weight_rec = weight_rec.reshape(size, -1)
         if weight_rec.shape != (size, size):
             raise reader.fail(f"field 'weight_rec' must be ({size}, {size}), found {weight_rec.shape}")
+    both = weight if weight_rec is None else np.hstack([weight, weight_rec])
+    if both.max() > 254 or both.min() < -256:
+        _warn(reader, f"weights in [{both.min()}, {both.max()}] exceed the 8-bit range [-256, 254] (e.g. a slayer "
+                      "quantisation hook with more bits); netx 0.6 clips mixed-sign weights to it and zeroes "
+                      "single-signed ones: simulated as netx runs it")
     try:
         reading, rec_scaled = _netx_dense_reading(weight, weight_rec)
     except ValueError as error:
@@ -481,7 +537,7 @@ def _read_dense_netx(reader: "_Reader", group: h5py.Group, kind: str, neurons: C
 
 def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[int, ...],
                 use_lava_groups: bool) -> Layer:
-    shape = reader.shape(group)
+    shape = reader.shape(group, scalar=kind != "conv")
     if kind != "conv":
         shape = (int(np.prod(shape)),)   # netx: a dense layer has prod(shape) neurons
     lava = (reader.member(group, "lava") if "lava" in group else None) if use_lava_groups else None
@@ -513,11 +569,7 @@ def _read_layer(reader: _Reader, group: h5py.Group, kind: str, previous: tuple[i
         weights = reader.array(source, "weight", cast=lava is None)
         if weights.ndim == 5 and weights.shape[4] == 1:   # slayer's trailing time axis
             weights = weights[..., 0]
-        return ConvLayer(weights=weights, neurons=neurons, input_shape=previous,
-                         stride=tuple(reader.array(group, "stride").reshape(-1)),
-                         padding=tuple(reader.array(group, "padding").reshape(-1)),
-                         dilation=tuple(reader.array(group, "dilation").reshape(-1)),
-                         groups=reader.scalar(group, "groups"))
+        return ConvLayer(weights=weights, neurons=neurons, input_shape=previous, **_conv_geometry(reader, group))
     readout = not has_neuron or neurons.vth >= NEVER_FIRES
     if lava is not None:
         return DenseLayer(weights=reader.array(lava, "weight"), neurons=neurons,
@@ -621,7 +673,7 @@ def _first_layer_input(reader: _Reader, group: h5py.Group, kind: str, file_shape
         except ValueError as error:
             raise reader.fail(str(error))
     weight = reader.array(group, "weight", cast=True)
-    neurons = int(np.prod(reader.shape(group)))
+    neurons = int(np.prod(reader.shape(group, scalar=True)))
     if weight.ndim not in (1, 2) or weight.size == 0 or weight.size % neurons:
         raise reader.fail(f"field 'weight' of shape {weight.shape} does not fit {neurons} neurons")
     inputs = weight.size // neurons
@@ -658,15 +710,14 @@ def _read_network(handle: h5py.File, reader: _Reader, use_lava_groups: bool,
         group = reader.member(root, name)
         if not isinstance(group, h5py.Group):
             raise reader.fail("is not a group")
-        kind = reader.string(group, "type")
+        kind = _layer_type(reader, group)
         try:
             if kind in NOT_MODELLED_LAYERS:
                 raise reader.fail(f"layer type '{kind}' ({NOT_MODELLED_LAYERS[kind]}) is not modelled by hw_sim "
                                   "(dense, dense_rec, conv, flatten)")
             if kind not in LAYER_TYPES:
                 raise reader.fail(f"layer type '{kind}' is not supported (dense, dense_rec, conv, flatten)")
-            if not (kind == "input" and "neuron" in group):
-                _check_fields(reader, group, SYNAPSE_FIELDS[kind], f"layers of type '{kind}'")
+            _check_layer_fields(reader, group, kind)
             if kind == "input":
                 if name != "0":
                     raise reader.fail("an input layer must come first")

@@ -273,3 +273,167 @@ def test_sbnn_conv_first_file_needs_input_shape(tmp_path):
     assert done.returncode == 2 and "--input-shape" in done.stderr and len(done.stderr.strip().splitlines()) == 1
     done = run_cli("verify", path, "--builder", "netx", "--input-shape", "2,8,6", "--limit", "2", "--steps", "15")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------------------------------
+# More of what slayer users export: lava-dl's own blocks, written by slayer's export_hdf5 in .venv-lava.
+
+SLAYER_MORE = r'''
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from hw_sim.lava_worker import _import_netx
+_import_netx()
+import h5py, torch
+import lava.lib.dl.slayer as slayer
+
+torch.manual_seed(1)
+c = slayer.block.cuba
+N = {"threshold": 1.0, "current_decay": 0.25, "voltage_decay": 0.03}
+NORM = dict(N, norm=slayer.neuron.norm.MeanOnlyBatchNorm)
+hook10 = lambda x, descale=False: slayer.utils.quantize_hook_fx(x, num_bits=10, descale=descale)
+nets = {
+    # two convs (rectangular kernel, stride and padding pairs; groups and dilation), Flatten, Affine readout
+    "conv_conv_affine": ([c.Conv(N, 2, 4, (3, 5), stride=(1, 2), padding=(1, 2), weight_scale=2),
+                          c.Conv(N, 4, 4, 3, padding=2, dilation=2, groups=2, weight_scale=2),
+                          c.Flatten(), c.Affine(N, 4 * 8 * 5, 5, weight_scale=2)], (2, 8, 10)),
+    # bias from a normalisation (its running mean), weight_norm, a 10-bit quantisation hook
+    "dense_norm_hook": ([c.Dense(NORM, 20, 16, weight_scale=2, pre_hook_fx=hook10),
+                         c.Dense(NORM, 16, 6, weight_scale=2, weight_norm=True)], (20,)),
+    "single_affine": ([c.Affine(N, 20, 6, weight_scale=2)], (20,)),
+    "recurrent_first": ([c.Recurrent(N, 12, 12, weight_scale=2), c.Dense(N, 12, 4, weight_scale=2)], (12,)),
+    "conv_pool": ([c.Conv(N, 2, 4, 3, padding=1, weight_scale=2), c.Pool(N, 2, weight_scale=2)], (2, 8, 8)),
+    "kwta": ([c.Dense(N, 20, 16, weight_scale=2), c.KWTA(N, 16, 8, num_winners=2, weight_scale=2)], (20,)),
+    "input_block": ([c.Input(N, weight=2, bias=0.1), c.Dense(N, 20, 8, weight_scale=2)], (20,)),
+    "sdnn": ([slayer.block.sigma_delta.Input({"threshold": 0.1, "activation": torch.relu}),
+              slayer.block.sigma_delta.Dense({"threshold": 0.1, "activation": torch.relu}, 20, 6)], (20,)),
+    "rf": ([slayer.block.rf.Dense({"threshold": 1.0, "period": 10, "decay": 0.1}, 20, 6)], (20,)),
+}
+for name, (blocks, shape) in nets.items():
+    blocks = torch.nn.ModuleList(blocks)
+    with torch.no_grad():
+        x = (torch.rand(2, *shape, 8) < 0.3).float()
+        for block in blocks:
+            x = block(x)
+        if name == "dense_norm_hook":   # trained weights beyond the 8 bits that the 10-bit hook allows
+            blocks[0].synapse.weight.data *= 12
+    with h5py.File(Path(sys.argv[1]) / f"{name}.h5", "w") as handle:
+        for index, block in enumerate(blocks):
+            block.export_hdf5(handle.create_group(f"layer/{index}"))
+'''
+
+
+@pytest.fixture(scope="module")
+def more_slayer_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("slayer_more")
+    done = subprocess.run([str(hw_sim.lava.lava_python()), "-c", SLAYER_MORE, str(out), str(ROOT)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+@pytest.mark.parametrize("name, input_shape", [("conv_conv_affine", (2, 8, 10)), ("dense_norm_hook", None),
+                                               ("single_affine", None), ("recurrent_first", None)])
+def test_more_slayer_blocks_run_exactly_as_intel_netx_runs_them(more_slayer_files, name, input_shape):
+    path = more_slayer_files / f"{name}.h5"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        network = hw_sim.load(path, input_shape=input_shape)
+    if name == "dense_norm_hook":
+        with h5py.File(path) as handle:
+            assert np.abs(handle["layer/0/weight"][()]).max() > 256 and np.abs(handle["layer/0/bias"][()]).max() >= 1
+        # netx clips the 10-bit weights to [-256, 254] without a word; the reader says so
+        assert any("netx 0.6 clips mixed-sign weights" in str(w.message) for w in caught)
+        assert network.layers[0].weights.min() >= -256 and np.any(network.layers[0].neurons.bias)
+    x = spikes_in(network, steps=20, batch=2, density=0.3)
+    ours = network.run(x, record_states=True)
+    for layer, spikes, v in zip(network.layers, ours.spikes, ours.v):
+        assert (np.abs(v).sum() if getattr(layer, "readout", False) else spikes.sum()) > 0, "a silent layer proves nothing"
+    assert_bit_exact(hw_sim.verify(network, x, builder="netx", netx_file=path))
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("conv_pool", "layer 1: layer type 'pool' (pooling layers) is not modelled"),
+    ("kwta", "layer 1: is an empty group (slayer's export_hdf5 writes nothing for some blocks, e.g. KWTA"),
+    ("input_block", "layer 0: input layers with neurons (slayer's Input block) are not modelled"),
+    ("sdnn", "layer 0: neuron: sigma-delta neurons (type 'SDNN') are not modelled"),
+    ("rf", "layer 0: neuron: resonate-and-fire neurons (type 'RF_PHASE') are not modelled"),
+])
+def test_slayer_blocks_hw_sim_does_not_model_are_refused_by_name(more_slayer_files, name, expected):
+    path = more_slayer_files / f"{name}.h5"
+    done = run_cli("simulate", path, "--input-shape", "2,8,8", "--steps", "5") if name == "conv_pool" else \
+        run_cli("simulate", path, "--steps", "5")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def _slayer_style_dense(path: Path, edit) -> Path:
+    write_slayer_style_file(path, 4, hidden=(12,), outputs=5, bias=True)
+    with h5py.File(path, "a") as handle:
+        edit(handle)
+    return path
+
+
+def _replace(handle, key, value):
+    del handle[key]
+    handle.create_dataset(key, data=value)
+
+
+def test_one_bias_for_a_dense_layer_and_a_scalar_shape_run_as_netx_runs_them(tmp_path):
+    """netx hands a dense layer's bias to Lava as it is (one value: every neuron gets it) and takes
+    prod(shape) neurons, a 0-d shape included; both were refused."""
+    def edit(handle):
+        _replace(handle, "layer/0/bias", np.array([90.0], dtype=np.float32))
+        _replace(handle, "layer/1/bias", np.float32(-40.0))
+        _replace(handle, "layer/1/shape", np.int64(handle["layer/1/shape"][0]))
+    path = _slayer_style_dense(tmp_path / "one_bias.h5", edit)
+    network = hw_sim.load(path)
+    assert np.all(network.layers[0].neurons.bias == 90 << 6) and np.all(network.layers[1].neurons.bias == -40 << 6)
+    x = spikes_in(network, steps=20, batch=2, density=0.3)
+    assert all(s.sum() > 0 for s in network.run(x).spikes)
+    assert_bit_exact(hw_sim.verify(network, x, builder="netx", netx_file=path))
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda h: _replace(h, "layer/0/neuron/vThMant", np.float64(h["layer/0/neuron/vThMant"][()])),
+     "layer 0: neuron: field 'vThMant' is stored as a float; netx 0.6 hands it to Lava's fixed-point LIF"),
+    (lambda h: _replace(h, "layer/1/shape", h["layer/1/shape"][()].astype(np.float64)),
+     "layer 1: field 'shape' holds floats; netx 0.6 fails on them"),
+    (lambda h: [h["layer/1"].__delitem__(key) for key in list(h["layer/1"])],
+     "layer 1: is an empty group"),
+    (lambda h: _replace(h, "layer/0/bias", h["layer/0/bias"][()].reshape(-1, 1)),
+     "layer 0: field 'bias': bias of shape (12, 1): netx hands a dense layer's bias to Lava as it is"),
+])
+def test_dense_files_netx_cannot_run_are_refused_in_one_line(tmp_path, edit, expected):
+    """netx builds the float-threshold and the (N, 1) bias files and Lava then fails (the verifier waited
+    for it until its timeout); the float shape and the empty group fail in netx itself."""
+    path = _slayer_style_dense(tmp_path / "bad.h5", edit)
+    with pytest.raises(hw_sim.LoihiFileError) as error:
+        hw_sim.load(path)
+    assert expected in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("groups", np.array([1]), "field 'groups' is a 1-d array of shape (1,); netx 0.6 fails on it (store a scalar)"),
+    ("stride", np.array([1]), "field 'stride' is a 1-d array of shape (1,); netx 0.6 fails on it"),
+])
+def test_conv_geometry_netx_cannot_build_is_refused(tmp_path, field, value, expected):
+    path = tmp_path / "conv.h5"
+    write_slayer_style_file(path, 2, input_shape=(2, 8, 6), conv_channels=(3,))
+    with h5py.File(path, "a") as handle:
+        _replace(handle, f"layer/0/{field}", value)
+    with pytest.raises(hw_sim.LoihiFileError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        hw_sim.load(path, input_shape=(2, 8, 6))
+
+
+def test_conv_geometry_as_scalars_runs_as_netx_runs_it(tmp_path):
+    path = tmp_path / "conv.h5"
+    write_slayer_style_file(path, 2, input_shape=(2, 8, 6), conv_channels=(3,))
+    with h5py.File(path, "a") as handle:
+        geometry = {name: handle[f"layer/0/{name}"][()] for name in ("stride", "padding", "dilation")}
+        assert all(np.all(v == v.reshape(-1)[0]) for v in geometry.values())
+        for name, v in geometry.items():
+            _replace(handle, f"layer/0/{name}", np.int64(v.reshape(-1)[0]))
+    network = hw_sim.load(path, input_shape=(2, 8, 6))
+    x = spikes_in(network, steps=15, batch=2, density=0.3)
+    assert_bit_exact(hw_sim.verify(network, x, builder="netx", netx_file=path))
