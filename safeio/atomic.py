@@ -293,8 +293,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "", *, leave_no_file: boo
     failed before writing), the lock file and the folder are removed again, so a refused or failed command
     leaves no empty folder behind. Removing a lock file is safe against racing openers because an acquirer
     checks, once it holds the lock, that the file it locked is still the one at ``folder/.sbnn.lock``, and
-    starts again otherwise. ``leave_no_file`` removes the lock file at the end in any case: for a lock on a
-    folder of the user's (the one an output folder is made in), which should not gain a file of ours.
+    starts again otherwise. ``leave_no_file`` removes the lock file at the end when this call created it: for a
+    lock on a folder of the user's (the one an output folder is made in), which should not gain a file of ours.
 
     flock is advisory and local: it serialises this tool's writers on one machine (NFS gives no such
     guarantee); other programs may still write the folder.
@@ -310,6 +310,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "", *, leave_no_file: boo
         return
     created = _make_folder(folder)
     path = folder / LOCK_NAME
+    # leave_no_file removes only a lock file this call made: a file of that name already there is left alone
+    remove_file = leave_no_file and not os.path.lexists(path)
     fd = _acquire(path, folder)
     try:
         os.ftruncate(fd, 0)
@@ -319,7 +321,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "", *, leave_no_file: boo
         try:
             yield folder
         finally:
-            _release_lock(key, fd, path, remove_folder=created, remove_file=leave_no_file)
+            _release_lock(key, fd, path, remove_folder=created, remove_file=remove_file)
     finally:
         os.close(fd)
 

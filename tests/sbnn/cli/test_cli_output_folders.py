@@ -233,6 +233,10 @@ def test_folder_lock_in_one_process(tmp_path):
     with folder_lock(tmp_path / "fresh2", leave_no_file=True):
         pass
     assert not (tmp_path / "fresh2").exists()
+    (users / LOCK_NAME).write_text("a file of the user's that happens to bear the name")
+    with folder_lock(users, "import", leave_no_file=True):
+        pass
+    assert (users / LOCK_NAME).is_file()   # not made by that call: never removed
 
 
 INJECT = """
